@@ -1,0 +1,67 @@
+/**
+ * The one error type of kubeos. Callers branch on `code`, never on message text; `hint` tells a
+ * person what to do next. The CLI is the only place that turns one into output and an exit code.
+ */
+export const errorCodes = [
+  'E_USAGE',
+  'E_TOOL_MISSING',
+  'E_TOOL_FAILED',
+  'E_LAYOUT_INVALID',
+  'E_LAYOUT_DOES_NOT_FIT',
+  'E_IMAGE_INVALID',
+  'E_ROOTFS_TOO_BIG',
+  'E_FS_UNKNOWN',
+  'E_KERNEL_FETCH',
+  'E_OUTPUT',
+  'E_QEMU',
+  'E_QEMU_TIMEOUT',
+  'E_BUNDLE_INVALID',
+  'E_BUNDLE_TRUNCATED',
+  'E_SIGNATURE',
+  'E_UNKNOWN_KEY',
+  'E_HASH_MISMATCH',
+  'E_KEY_INVALID',
+  'E_CHANNEL_INVALID',
+  'E_CHANNEL_EXPIRED',
+  'E_CHANNEL_ROLLBACK',
+  'E_PUBLISH',
+  'E_FETCH',
+  'E_INCOMPATIBLE',
+  'E_DOWNGRADE',
+  'E_LOCKED',
+  'E_BOOTENV',
+  'E_SLOT',
+  'E_KUBERNETES',
+  'E_PLAN_INVALID',
+] as const;
+
+export type ErrorCode = (typeof errorCodes)[number];
+
+export interface KubeosErrorOptions {
+  hint?: string;
+  cause?: unknown;
+  /** Machine-readable details for `--json` output (a path, an expected and an actual value). */
+  details?: Record<string, unknown>;
+}
+
+export class KubeosError extends Error {
+  override readonly name = 'KubeosError';
+  readonly code: ErrorCode;
+  readonly hint: string | undefined;
+  readonly details: Record<string, unknown> | undefined;
+
+  constructor(code: ErrorCode, message: string, options: KubeosErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.code = code;
+    this.hint = options.hint;
+    this.details = options.details;
+  }
+
+  toJSON(): Record<string, unknown> {
+    return { code: this.code, message: this.message, hint: this.hint, details: this.details };
+  }
+}
+
+export function isKubeosError(error: unknown, code?: ErrorCode): error is KubeosError {
+  return error instanceof KubeosError && (code === undefined || error.code === code);
+}

@@ -1,0 +1,144 @@
+/**
+ * Every child process of kubeos starts here: argv arrays only, a timeout and an AbortSignal on each
+ * call, and a preflight that names a missing tool together with the Debian package that has it.
+ */
+import { access, constants } from 'node:fs/promises';
+import { delimiter, join } from 'node:path';
+import { execa, type Options, type ResultPromise } from 'execa';
+import { KubeosError } from './errors.js';
+
+/** Tool → Debian package that provides it. Keep one line per tool. */
+export const toolPackages = {
+  'mke2fs': 'e2fsprogs',
+  'e2fsck': 'e2fsprogs',
+  'debugfs': 'e2fsprogs',
+  'mkfs.vfat': 'dosfstools',
+  'fsck.vfat': 'dosfstools',
+  'mcopy': 'mtools',
+  'mmd': 'mtools',
+  'mdir': 'mtools',
+  'mtype': 'mtools',
+  'sgdisk': 'gdisk',
+  'grub-mkimage': 'grub-common',
+  'grub-editenv': 'grub-common',
+  'qemu-system-x86_64': 'qemu-system-x86',
+  'qemu-img': 'qemu-utils',
+  'busybox': 'busybox-static',
+  'cpio': 'cpio',
+  'zstd': 'zstd',
+  'dpkg-deb': 'dpkg',
+  'apt-get': 'apt',
+  'apt-cache': 'apt',
+  'modinfo': 'kmod',
+  'mksquashfs': 'squashfs-tools',
+  'unsquashfs': 'squashfs-tools',
+  'mkfs.erofs': 'erofs-utils',
+  'curl': 'curl',
+  'sha256sum': 'coreutils',
+  'dd': 'coreutils',
+} as const;
+
+export type Tool = keyof typeof toolPackages;
+
+const defaultTimeoutMs = 10 * 60 * 1000;
+const extraDirs = ['/usr/local/sbin', '/usr/sbin', '/sbin'];
+
+function searchPath(): string[] {
+  const dirs = (process.env['PATH'] ?? '').split(delimiter).filter(Boolean);
+  for (const dir of extraDirs) if (!dirs.includes(dir)) dirs.push(dir);
+  return dirs;
+}
+
+const resolved = new Map<string, string>();
+
+/** Absolute path of a tool, or undefined when it is not installed. */
+export async function findTool(tool: string): Promise<string | undefined> {
+  const known = resolved.get(tool);
+  if (known !== undefined) return known;
+  for (const dir of searchPath()) {
+    const candidate = join(dir, tool);
+    try {
+      await access(candidate, constants.X_OK);
+      resolved.set(tool, candidate);
+      return candidate;
+    } catch {
+      // not in this directory
+    }
+  }
+  return undefined;
+}
+
+/** Fails with E_TOOL_MISSING naming every missing tool and its Debian package at once. */
+export async function requireTools(tools: readonly Tool[]): Promise<void> {
+  const missing: Tool[] = [];
+  for (const tool of tools) if ((await findTool(tool)) === undefined) missing.push(tool);
+  if (missing.length === 0) return;
+  const packages = [...new Set(missing.map((tool) => toolPackages[tool]))];
+  throw new KubeosError(
+    'E_TOOL_MISSING',
+    `missing host tool${missing.length > 1 ? 's' : ''}: ${missing.map((t) => `${t} (Debian package ${toolPackages[t]})`).join(', ')}`,
+    { hint: `install with: apt-get install ${packages.join(' ')} (or run scripts/install-deps.sh)`, details: { missing, packages } },
+  );
+}
+
+export interface RunOptions {
+  cwd?: string;
+  env?: Record<string, string | undefined>;
+  input?: string | Buffer;
+  timeoutMs?: number;
+  signal?: AbortSignal;
+  /** Inherit stdio (interactive use); output is then not captured. */
+  inherit?: boolean;
+}
+
+export interface RunResult {
+  stdout: string;
+  stderr: string;
+}
+
+function execaOptions(options: RunOptions): Options {
+  return {
+    cwd: options.cwd,
+    env: { ...options.env, PATH: searchPath().join(delimiter) },
+    extendEnv: true,
+    input: options.input,
+    timeout: options.timeoutMs ?? defaultTimeoutMs,
+    cancelSignal: options.signal,
+    stdio: options.inherit ? 'inherit' : 'pipe',
+    stripFinalNewline: false,
+  };
+}
+
+/** Runs a tool to completion; a non-zero exit becomes E_TOOL_FAILED carrying its stderr. */
+export async function run(tool: Tool, args: readonly string[], options: RunOptions = {}): Promise<RunResult> {
+  const path = await findTool(tool);
+  if (path === undefined) await requireTools([tool]);
+  try {
+    const result = await execa(path ?? tool, [...args], { ...execaOptions(options), encoding: 'utf8' });
+    return { stdout: String(result.stdout ?? ''), stderr: String(result.stderr ?? '') };
+  } catch (error) {
+    const e = error as { stderr?: unknown; shortMessage?: string; timedOut?: boolean; isCanceled?: boolean };
+    const stderr = typeof e.stderr === 'string' ? e.stderr.trim() : '';
+    const why = e.timedOut ? 'timed out' : e.isCanceled ? 'was cancelled' : 'failed';
+    throw new KubeosError('E_TOOL_FAILED', `${tool} ${why}: ${stderr.split('\n').slice(-5).join('\n') || e.shortMessage}`, {
+      cause: error,
+      details: { tool, args, stderr },
+    });
+  }
+}
+
+/** Starts a long-running tool and hands back the process (streams are the caller's). */
+export async function spawnTool(tool: Tool, args: readonly string[], options: RunOptions & { stdin?: 'pipe' | 'ignore' | 'inherit'; stdout?: 'pipe' | 'inherit' | 'ignore' } = {}): Promise<ResultPromise> {
+  const path = await findTool(tool);
+  if (path === undefined) await requireTools([tool]);
+  return execa(path ?? tool, [...args], {
+    ...execaOptions(options),
+    stdin: options.stdin ?? 'pipe',
+    stdout: options.stdout ?? 'pipe',
+    stderr: options.inherit ? 'inherit' : 'pipe',
+    stdio: undefined,
+    buffer: false,
+    reject: false,
+    encoding: 'buffer',
+  });
+}
