@@ -1,0 +1,31 @@
+/**
+ * `npm run bench`: every speed and memory target of kubeos, each printed as a ratio against a
+ * baseline measured in the same run on the same machine. `--json` prints the rows for CI.
+ * `--only NAME` runs the benches whose module name contains NAME.
+ */
+import type { Bench, BenchRow } from './bench/measure.js';
+
+const benches: Record<string, () => Promise<{ bench: Bench }>> = {
+};
+
+const args = process.argv.slice(2);
+const json = args.includes('--json');
+const onlyIndex = args.indexOf('--only');
+const only = onlyIndex >= 0 ? args[onlyIndex + 1] : undefined;
+
+const rows: BenchRow[] = [];
+for (const [name, load] of Object.entries(benches)) {
+  if (only !== undefined && !name.includes(only)) continue;
+  process.stderr.write(`bench: ${name}...\n`);
+  const { bench } = await load();
+  rows.push(...(await bench()));
+}
+
+if (json) {
+  process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
+} else {
+  const fmt = (v: number) => (Number.isFinite(v) ? v.toFixed(v < 10 ? 3 : 1) : String(v));
+  for (const r of rows) {
+    process.stdout.write(`${r.name}: ${fmt(r.value)} ${r.unit} | baseline ${r.baseline}: ${fmt(r.baselineValue)} ${r.unit} | ratio ${fmt(r.ratio)}x${r.note ? ` (${r.note})` : ''}\n`);
+  }
+}
