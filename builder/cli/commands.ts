@@ -1,5 +1,7 @@
 /** Every `kubeos` command, in `--help` order. One line per command module. */
 import type { CommandModule } from 'yargs';
+import { buildCommand } from './commands/build.js';
 
 export const commands: CommandModule<any, any>[] = [
+  buildCommand,
 ];

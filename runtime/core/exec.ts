@@ -12,6 +12,7 @@ export const toolPackages = {
   'mke2fs': 'e2fsprogs',
   'e2fsck': 'e2fsprogs',
   'debugfs': 'e2fsprogs',
+  'dumpe2fs': 'e2fsprogs',
   'mkfs.vfat': 'dosfstools',
   'fsck.vfat': 'dosfstools',
   'mcopy': 'mtools',
@@ -127,18 +128,22 @@ export async function run(tool: Tool, args: readonly string[], options: RunOptio
   }
 }
 
-/** Starts a long-running tool and hands back the process (streams are the caller's). */
-export async function spawnTool(tool: Tool, args: readonly string[], options: RunOptions & { stdin?: 'pipe' | 'ignore' | 'inherit'; stdout?: 'pipe' | 'inherit' | 'ignore' } = {}): Promise<ResultPromise> {
+/**
+ * Starts a long-running tool. The subprocess comes back wrapped in an object because execa's
+ * subprocess is itself a promise: returning it from an async function would wait for the exit.
+ */
+export async function spawnTool(tool: Tool, args: readonly string[], options: RunOptions & { stdin?: 'pipe' | 'ignore' | 'inherit'; stdout?: 'pipe' | 'inherit' | 'ignore' } = {}): Promise<{ child: ResultPromise }> {
   const path = await findTool(tool);
   if (path === undefined) await requireTools([tool]);
-  return execa(path ?? tool, [...args], {
+  const child = execa(path ?? tool, [...args], {
     ...execaOptions(options),
     stdin: options.stdin ?? 'pipe',
     stdout: options.stdout ?? 'pipe',
     stderr: options.inherit ? 'inherit' : 'pipe',
     stdio: undefined,
-    buffer: false,
+    buffer: { stdout: false, stderr: true },
     reject: false,
     encoding: 'buffer',
   });
+  return { child };
 }

@@ -1,0 +1,173 @@
+/**
+ * `kubeos build`: image definition + layout → disk.img (+ disk.qcow2), rootfs.img, build.json.
+ * Everything is written into a sibling staging directory that replaces the output directory only
+ * when the whole build succeeded, so a failed build leaves no half-written output behind.
+ */
+import { mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
+import { bootEnvToGrub, initialBootEnv } from '../../runtime/core/boot-env.js';
+import { KubeosError } from '../../runtime/core/errors.js';
+import { findTool, requireTools, run, type Tool } from '../../runtime/core/exec.js';
+import { encodeGrubEnv } from '../../runtime/core/grubenv.js';
+import { hashFile } from '../../runtime/core/hash-file.js';
+import { makeGrubEfi } from '../boot/make-grub-efi.js';
+import { makeInitramfs } from '../boot/make-initramfs.js';
+import { renderGrubConfig } from '../boot/render-grub-config.js';
+import { makeEsp } from '../disk/make-esp.js';
+import { makeExt4 } from '../disk/make-ext4.js';
+import { splicePartition, writePartitionTable } from '../disk/write-partition-table.js';
+import { loadImage } from '../image/load-image.js';
+import { fetchKernel } from '../kernel/fetch-kernel.js';
+import { resolveModules } from '../kernel/resolve-modules.js';
+import { deriveUuid, deriveVolumeId } from '../layout/derive-uuid.js';
+import { loadLayout } from '../layout/load-layout.js';
+import { partitionByRole, planDisk, type DiskPlan } from '../layout/plan-disk.js';
+import { normalizeTimes, stageRootfs } from '../rootfs/stage-rootfs.js';
+
+export const diskFormats = ['raw', 'qcow2'] as const;
+export type DiskFormat = (typeof diskFormats)[number];
+
+export interface BuildOptions {
+  image: string;
+  out: string;
+  layout?: string;
+  format?: DiskFormat;
+  /** Overrides the definition's version (release pipelines stamp it). */
+  version?: string;
+  sourceDateEpoch?: number;
+  signal?: AbortSignal;
+  onProgress?: (step: string, fraction?: number) => void;
+}
+
+export interface BuildResult {
+  out: string;
+  image: { name: string; version: string; compatible: string; arch: string; kernelVersion: string; kernelPackage: string };
+  layout: { name: string; file: string };
+  sourceDateEpoch: number;
+  disk: DiskPlan;
+  artifacts: Record<string, { size: number; sha256: string }>;
+  seconds: number;
+}
+
+const buildTools: Tool[] = ['mke2fs', 'debugfs', 'dumpe2fs', 'mkfs.vfat', 'mmd', 'mcopy', 'sgdisk', 'grub-mkimage', 'busybox', 'dpkg-deb', 'apt-get', 'apt-cache', 'modinfo'];
+
+export async function buildImage(options: BuildOptions): Promise<BuildResult> {
+  const started = Date.now();
+  const step = options.onProgress ?? (() => {});
+  const signal = options.signal;
+  const format = options.format ?? 'raw';
+  await requireTools(format === 'qcow2' ? [...buildTools, 'qemu-img'] : buildTools);
+
+  const loaded = await loadImage(options.image);
+  const image = options.version === undefined ? loaded : { ...loaded, version: options.version };
+  if (!/^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$/.test(image.version)) {
+    throw new KubeosError('E_USAGE', `--version must be a semantic version like 2.0.0, got ${JSON.stringify(image.version)}`);
+  }
+  const layout = await loadLayout(options.layout ?? image.layout);
+  const plan = planDisk(layout);
+  const epoch = options.sourceDateEpoch ?? Math.floor(Date.now() / 1000);
+
+  const out = resolve(options.out);
+  await mkdir(dirname(out), { recursive: true });
+  const partial = join(dirname(out), `.${basename(out)}.partial-${process.pid}`);
+  const work = join(partial, '.work');
+  await rm(partial, { recursive: true, force: true });
+  await mkdir(work, { recursive: true });
+  try {
+    step('fetching kernel');
+    const kernel = await fetchKernel(image.kernel.package, { signal, onStep: step });
+    step('resolving kernel modules');
+    const modules = await resolveModules(kernel.modulesDir, image.kernel.modules, signal);
+    const busybox = (await findTool('busybox')) as string;
+    const names = {
+      esp: partitionByRole(plan, 'esp').name,
+      rootA: partitionByRole(plan, 'root-a').name,
+      rootB: partitionByRole(plan, 'root-b').name,
+      persist: partitionByRole(plan, 'persist').name,
+    };
+    step('making initramfs');
+    const initramfs = await makeInitramfs({ busybox, modules, partitionNames: names, mtime: epoch });
+
+    step('staging root filesystem');
+    const tree = join(work, 'rootfs');
+    const buildId = deriveUuid(`${layout.seed}:${image.name}:${image.version}:${epoch}`, 'build').toLowerCase();
+    await stageRootfs({ image, tree, busybox, vmlinuz: kernel.vmlinuz, initramfs, kernelRelease: kernel.release, buildId }, signal);
+    const treeBytes = await normalizeTimes(tree, epoch);
+
+    const rootA = partitionByRole(plan, 'root-a');
+    step('writing rootfs.img (mke2fs -d)');
+    const rootfsImg = join(partial, 'rootfs.img');
+    await makeExt4({
+      file: rootfsImg, size: rootA.size, label: 'kubeos-root', journal: false, tree, treeBytes, epoch, signal,
+      uuid: deriveUuid(layout.seed, `rootfs:${image.name}:${image.version}`),
+    });
+
+    step('writing EFI system partition');
+    const esp = partitionByRole(plan, 'esp');
+    const grubEfi = join(work, 'BOOTX64.EFI');
+    await makeGrubEfi(grubEfi, signal);
+    const grubCfg = join(work, 'grub.cfg');
+    await writeFile(grubCfg, renderGrubConfig({
+      slotPartitions: { A: rootA.number, B: partitionByRole(plan, 'root-b').number },
+      bootTries: plan.bootTries,
+      kernel: '/boot/vmlinuz',
+      initrd: '/boot/initrd.img',
+      cmdline: image.kernel.cmdline,
+      rootFilesystem: rootA.filesystem,
+      timeout: 0,
+    }));
+    const grubEnv = join(work, 'grubenv');
+    await writeFile(grubEnv, encodeGrubEnv(bootEnvToGrub(initialBootEnv)));
+    const espImg = join(work, 'esp.img');
+    await makeEsp({
+      file: espImg, size: esp.size, label: 'KUBEOS-ESP', volumeId: deriveVolumeId(layout.seed, 'esp'), epoch, signal,
+      files: { 'EFI/BOOT/BOOTX64.EFI': grubEfi, 'EFI/BOOT/grub.cfg': grubCfg, 'EFI/BOOT/grubenv': grubEnv },
+    });
+
+    step('writing persist');
+    const persist = partitionByRole(plan, 'persist');
+    const persistImg = join(work, 'persist.img');
+    await makeExt4({ file: persistImg, size: persist.size, label: 'kubeos-persist', uuid: persist.fsUuid, journal: true, epoch, signal });
+
+    step('writing disk.img');
+    const diskImg = join(partial, 'disk.img');
+    await writePartitionTable(plan, diskImg, signal);
+    await splicePartition(diskImg, esp.offset, espImg);
+    await splicePartition(diskImg, rootA.offset, rootfsImg, (done, total) => step('writing disk.img', done / total));
+    await splicePartition(diskImg, persist.offset, persistImg);
+    if (format === 'qcow2') {
+      step('converting to qcow2');
+      await run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', diskImg, join(partial, 'disk.qcow2')], { signal, timeoutMs: 10 * 60_000 });
+    }
+    await rm(work, { recursive: true, force: true });
+
+    step('hashing artifacts');
+    const artifacts: BuildResult['artifacts'] = {};
+    for (const name of ['disk.img', ...(format === 'qcow2' ? ['disk.qcow2'] : []), 'rootfs.img']) {
+      const path = join(partial, name);
+      artifacts[name] = { size: (await stat(path)).size, sha256: await hashFile(path, signal) };
+    }
+    const result: BuildResult = {
+      out,
+      image: { name: image.name, version: image.version, compatible: image.compatible, arch: image.arch, kernelVersion: kernel.release, kernelPackage: kernel.package },
+      layout: { name: layout.name, file: layout.file },
+      sourceDateEpoch: epoch,
+      disk: plan,
+      artifacts,
+      seconds: 0,
+    };
+    const { out: _out, seconds: _seconds, ...recorded } = result;
+    await writeFile(join(partial, 'build.json'), `${JSON.stringify(recorded, null, 2)}\n`);
+
+    const old = join(dirname(out), `.${basename(out)}.old-${process.pid}`);
+    const existed = await stat(out).then(() => true, () => false);
+    if (existed) await rename(out, old);
+    await rename(partial, out);
+    if (existed) await rm(old, { recursive: true, force: true });
+    step('done');
+    return { ...result, seconds: (Date.now() - started) / 1000 };
+  } catch (error) {
+    await rm(partial, { recursive: true, force: true });
+    throw error;
+  }
+}

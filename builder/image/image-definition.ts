@@ -1,0 +1,23 @@
+/** The validated form of an image definition (images/NAME/image.json). */
+export interface ImageDefinition {
+  name: string;
+  version: string;
+  /** A host only installs bundles whose `compatible` equals its own. */
+  compatible: string;
+  arch: 'x86_64';
+  /** Layout used when the build names none. */
+  layout: string;
+  kernel: {
+    /** Debian package with the kernel: a versioned one, or a meta package resolved through apt. */
+    package: string;
+    /** Modules the initramfs loads (their dependencies are added in order). */
+    modules: string[];
+    cmdline: string;
+  };
+  /** Directory of files copied over the root (absolute after loading). */
+  files: string | undefined;
+  /** Directory the definition came from (absolute). */
+  dir: string;
+  /** The definition's file, for messages. */
+  file: string;
+}

@@ -1,0 +1,100 @@
+/** Reads and validates an image definition: a directory holding image.json, or the file itself. */
+import { readFile, stat } from 'node:fs/promises';
+import { basename, dirname, join, relative, resolve } from 'node:path';
+import { KubeosError } from '../../runtime/core/errors.js';
+import { checkKnownKeys, isObject, Problems } from '../config/problems.js';
+import { projectRoot } from '../project-root.js';
+import type { ImageDefinition } from './image-definition.js';
+
+const imageKeys = ['$schema', 'name', 'description', 'version', 'compatible', 'arch', 'layout', 'kernel', 'files'];
+const kernelKeys = ['package', 'modules', 'cmdline'];
+const hint = 'see images/minimal/image.json for a complete example';
+
+export async function loadImage(dirOrFile: string): Promise<ImageDefinition> {
+  const fromRoot = join(projectRoot(), 'images', dirOrFile);
+  let path = resolve(dirOrFile);
+  try {
+    if ((await stat(path)).isDirectory()) path = join(path, 'image.json');
+  } catch {
+    if (!dirOrFile.includes('/')) path = join(fromRoot, 'image.json');
+  }
+  const shown = relative(process.cwd(), path) || basename(path);
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (error) {
+    throw new KubeosError('E_IMAGE_INVALID', `cannot read image definition ${shown}: ${(error as NodeJS.ErrnoException).code ?? String(error)}`, {
+      cause: error,
+      hint: 'give a directory holding image.json (e.g. images/minimal) or the name of one in images/',
+      details: { file: shown },
+    });
+  }
+  let data: unknown;
+  try {
+    data = JSON.parse(text);
+  } catch (error) {
+    throw new KubeosError('E_IMAGE_INVALID', `image definition ${shown} is not valid JSON: ${(error as Error).message}`, { cause: error, details: { file: shown } });
+  }
+  return validateImage(data, shown, dirname(path));
+}
+
+export function validateImage(data: unknown, file: string, dir: string): ImageDefinition {
+  const problems = new Problems();
+  const bad = (path: string, expected: string, actual: unknown) => problems.add(path, expected, actual, 'E_IMAGE_INVALID');
+  if (!isObject(data)) {
+    bad('(top level)', 'an object', data);
+    problems.throwIfAny('image definition', file, 'E_IMAGE_INVALID', hint);
+  }
+  const obj = data as Record<string, unknown>;
+  checkKnownKeys(problems, '', obj, imageKeys, 'E_IMAGE_INVALID');
+  const str = (key: string, pattern: RegExp, expected: string): string => {
+    const value = obj[key];
+    if (typeof value !== 'string' || !pattern.test(value)) bad(key, expected, value);
+    return value as string;
+  };
+  const name = str('name', /^[a-z0-9][a-z0-9-]*$/, 'a lower-case name like "minimal"');
+  const version = str('version', /^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$/, 'a semantic version like "1.0.0"');
+  const compatible = str('compatible', /^[A-Za-z0-9._-]+$/, 'a compatibility string like "kubeos-minimal-x86_64"');
+  const arch = obj['arch'] ?? 'x86_64';
+  if (arch !== 'x86_64') bad('arch', '"x86_64" (the only architecture built so far)', arch);
+  const layout = obj['layout'] ?? 'kubeos';
+  if (typeof layout !== 'string' || layout.length === 0) bad('layout', 'a layout name or path', layout);
+  const files = obj['files'];
+  if (files !== undefined && (typeof files !== 'string' || files.startsWith('/') || files.split('/').includes('..'))) {
+    bad('files', 'a directory relative to the definition, inside it', files);
+  }
+
+  const kernel = obj['kernel'];
+  let modules: string[] = [];
+  if (!isObject(kernel)) {
+    bad('kernel', 'an object with package, modules and cmdline', kernel);
+  } else {
+    checkKnownKeys(problems, 'kernel', kernel, kernelKeys, 'E_IMAGE_INVALID');
+    if (typeof kernel['package'] !== 'string' || !/^linux-image-[a-z0-9.+-]+$/.test(kernel['package'])) {
+      bad('kernel.package', 'a Debian kernel package like "linux-image-cloud-amd64"', kernel['package']);
+    }
+    const rawModules = kernel['modules'] ?? [];
+    if (!Array.isArray(rawModules) || !rawModules.every((m) => typeof m === 'string' && /^[A-Za-z0-9_-]+$/.test(m))) {
+      bad('kernel.modules', 'an array of module names like ["virtio_blk"]', rawModules);
+    } else {
+      modules = rawModules as string[];
+    }
+    const cmdline = kernel['cmdline'] ?? '';
+    if (typeof cmdline !== 'string' || /kubeos\.(slot|boot)=|[\n"'\\]/.test(cmdline)) {
+      bad('kernel.cmdline', 'extra kernel arguments without quotes, newlines or kubeos.slot/kubeos.boot (kubeos sets those)', cmdline);
+    }
+  }
+  problems.throwIfAny('image definition', file, 'E_IMAGE_INVALID', hint);
+  const k = kernel as Record<string, unknown>;
+  return {
+    name,
+    version,
+    compatible,
+    arch: 'x86_64',
+    layout: layout as string,
+    kernel: { package: k['package'] as string, modules, cmdline: (k['cmdline'] as string | undefined) ?? '' },
+    files: files === undefined ? undefined : join(dir, files as string),
+    dir,
+    file,
+  };
+}
