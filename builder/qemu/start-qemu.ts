@@ -117,7 +117,8 @@ export class QemuVm {
     const text = this.partial + chunk.toString('utf8');
     const lines = text.split(/\r?\n/);
     this.partial = lines.pop() ?? '';
-    for (const raw of lines) this.onLine(raw.replace(/\r/g, ''));
+    // firmware and GRUB paint the screen with escape sequences: match and report the text alone
+    for (const raw of lines) this.onLine(raw.replace(/\x1b\[[0-9;=?]*[A-Za-z]|\r/g, ''));
   }
 
   private onLine(line: string): void {
@@ -172,7 +173,8 @@ export class QemuVm {
   }
 
   private failure(code: 'E_QEMU' | 'E_QEMU_TIMEOUT', message: string): KubeosError {
-    return new KubeosError(code, `${message}; console log: ${this.log}`, {
+    const last = this.tail.slice(-12).map((line) => `  | ${line}`).join('\n');
+    return new KubeosError(code, `${message}; console log: ${this.log}\nlast console lines:\n${last}`, {
       hint: 'the last console lines are in details.tail; the whole console is in the log file',
       details: { log: this.log, tail: [...this.tail] },
     });

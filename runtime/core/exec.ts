@@ -44,7 +44,10 @@ export type Tool = keyof typeof toolPackages;
 const defaultTimeoutMs = 10 * 60 * 1000;
 const extraDirs = ['/usr/local/sbin', '/usr/sbin', '/sbin'];
 
+/** KUBEOS_PATH replaces the search path entirely (for unusual installs, and to test preflights). */
 function searchPath(): string[] {
+  const override = process.env['KUBEOS_PATH'];
+  if (override !== undefined) return override.split(delimiter).filter(Boolean);
   const dirs = (process.env['PATH'] ?? '').split(delimiter).filter(Boolean);
   for (const dir of extraDirs) if (!dirs.includes(dir)) dirs.push(dir);
   return dirs;

@@ -1,0 +1,19 @@
+/** Builds test images once per test process, with the small layout and a fixed SOURCE_DATE_EPOCH. */
+import { copyFile, mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { buildImage, type BuildResult } from '../builder/build/build-image.js';
+
+export const bootTimeoutMs = 180_000;
+
+export async function buildTestImage(options: { version?: string; image?: string } = {}): Promise<BuildResult> {
+  const dir = await mkdtemp(join(tmpdir(), 'kubeos-qemu-test-'));
+  return buildImage({ image: options.image ?? 'images/minimal', layout: 'small', out: join(dir, 'out'), version: options.version, sourceDateEpoch: 1_700_000_000 });
+}
+
+/** A private copy of a built disk, so each test boots (and writes) its own. */
+export async function copyDisk(build: BuildResult, name: string): Promise<string> {
+  const target = join(build.out, `${name}.img`);
+  await copyFile(join(build.out, 'disk.img'), target);
+  return target;
+}

@@ -1,0 +1,122 @@
+/** `kubeos build` end to end through the CLI, checked by independent tools. */
+import test from 'ava';
+import { execa } from 'execa';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { mkdir, mkdtemp, readFile, readdir, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { hashFile } from '../../runtime/core/hash-file.js';
+import { jsonError, kubeos } from '../helpers/cli.js';
+import { testNeeding } from '../helpers/tools.js';
+
+const buildTest = await testNeeding(['mke2fs', 'mkfs.vfat', 'mcopy', 'sgdisk', 'grub-mkimage', 'busybox', 'modinfo', 'e2fsck', 'fsck.vfat', 'grub-editenv', 'qemu-img']);
+const epoch = '1700000000';
+const env = { SOURCE_DATE_EPOCH: epoch };
+
+interface BuildJson {
+  image: { version: string; compatible: string; kernelVersion: string };
+  disk: { size: number; partitions: { name: string; offset: number; size: number; number: number }[] };
+  artifacts: Record<string, { size: number; sha256: string }>;
+}
+
+async function build(out: string, extra: string[] = []) {
+  const result = await kubeos(['build', 'images/minimal', '--layout', 'small', '--out', out, '--json', ...extra], { env });
+  if (result.exitCode !== 0) throw new Error(`build failed: ${result.stderr}\n${result.stdout}`);
+  return JSON.parse(result.stdout) as BuildJson & { seconds: number };
+}
+
+async function extract(disk: string, offset: number, size: number, to: string): Promise<string> {
+  await pipeline(createReadStream(disk, { start: offset, end: offset + size - 1 }), createWriteStream(to));
+  return to;
+}
+
+const dir = await mkdtemp(join(tmpdir(), 'kubeos-build-'));
+let first: Promise<BuildJson> | undefined;
+const firstBuild = () => (first ??= build(join(dir, 'one')));
+
+buildTest('the disk passes sgdisk, e2fsck, fsck.vfat and grub-editenv', async (t) => {
+  const result = await firstBuild();
+  const disk = join(dir, 'one', 'disk.img');
+  const verify = await execa('sgdisk', ['-v', disk]);
+  t.regex(verify.stdout, /No problems found/);
+  const part = (name: string) => {
+    const p = result.disk.partitions.find((x) => x.name === name);
+    if (!p) throw new Error(`no ${name}`);
+    return p;
+  };
+  for (const name of ['rootA', 'persist']) {
+    const file = await extract(disk, part(name).offset, part(name).size, join(dir, `${name}.img`));
+    await t.notThrowsAsync(execa('e2fsck', ['-fn', file]), name);
+  }
+  const esp = await extract(disk, part('boot').offset, part('boot').size, join(dir, 'esp.img'));
+  await t.notThrowsAsync(execa('fsck.vfat', ['-n', esp]));
+  await execa('mcopy', ['-i', esp, '::/EFI/BOOT/grubenv', join(dir, 'grubenv')], { env: { MTOOLS_SKIP_CHECK: '1' } });
+  const listed = await execa('grub-editenv', [join(dir, 'grubenv'), 'list']);
+  t.deepEqual(listed.stdout.split('\n'), ['kubeos_good=A', 'kubeos_try=', 'kubeos_tries=0', 'kubeos_failed=']);
+  const files = await execa('mdir', ['-b', '-i', esp, '::/EFI/BOOT'], { env: { MTOOLS_SKIP_CHECK: '1' } });
+  t.deepEqual(files.stdout.trim().split('\n').map((f) => f.replace('::/EFI/BOOT/', '')).sort(), ['BOOTX64.EFI', 'grub.cfg', 'grubenv']);
+  // rootB starts empty
+  const rootB = await extract(disk, part('rootB').offset, part('rootB').size, join(dir, 'rootB.img'));
+  t.is(await hashFile(rootB), await hashFile(await extract('/dev/zero', 0, part('rootB').size, join(dir, 'zero.img'))));
+});
+
+buildTest('build.json records the partition table and the sha256 of each artifact', async (t) => {
+  const result = await firstBuild();
+  const recorded = JSON.parse(await readFile(join(dir, 'one', 'build.json'), 'utf8')) as BuildJson;
+  t.deepEqual(recorded.artifacts, result.artifacts);
+  t.is(recorded.image.version, '1.0.0');
+  t.regex(recorded.image.kernelVersion, /^\d+\.\d+\.\d+-\d+-cloud-amd64$/);
+  t.deepEqual(recorded.disk.partitions.map((p) => p.name), ['boot', 'rootA', 'rootB', 'persist']);
+  for (const name of ['disk.img', 'rootfs.img']) {
+    const file = join(dir, 'one', name);
+    t.is(recorded.artifacts[name]?.sha256, await hashFile(file), name);
+    t.is(recorded.artifacts[name]?.size, (await stat(file)).size, name);
+  }
+  t.is(recorded.artifacts['disk.img']?.size, recorded.disk.size);
+  // rootA holds exactly rootfs.img
+  const rootA = recorded.disk.partitions.find((p) => p.name === 'rootA');
+  const copy = await extract(join(dir, 'one', 'disk.img'), rootA?.offset ?? 0, rootA?.size ?? 0, join(dir, 'rootA-copy.img'));
+  t.is(await hashFile(copy), recorded.artifacts['rootfs.img']?.sha256);
+});
+
+buildTest('two builds with the same inputs and SOURCE_DATE_EPOCH are byte-identical', async (t) => {
+  const one = await firstBuild();
+  const two = await build(join(dir, 'two'), ['--format', 'qcow2']);
+  t.is(two.artifacts['disk.img']?.sha256, one.artifacts['disk.img']?.sha256);
+  t.is(two.artifacts['rootfs.img']?.sha256, one.artifacts['rootfs.img']?.sha256);
+  const info = await execa('qemu-img', ['info', '--output=json', join(dir, 'two', 'disk.qcow2')]);
+  t.is((JSON.parse(info.stdout) as { format: string }).format, 'qcow2');
+});
+
+// Bad input: a clear error code, and the output directory is neither created nor touched.
+const badInputs: [string, string[], Record<string, string>, string][] = [
+  ['a missing host tool names the tool and its package', ['images/minimal', '--layout', 'small'], { KUBEOS_PATH: '/nonexistent' }, 'E_TOOL_MISSING'],
+  ['a layout that does not fit its disk size', ['images/minimal', '--layout', 'test/build/fixtures/does-not-fit.json'], {}, 'E_LAYOUT_DOES_NOT_FIT'],
+  ['a root filesystem bigger than its slot', ['images/minimal', '--layout', 'test/build/fixtures/tiny-slots.json'], {}, 'E_ROOTFS_TOO_BIG'],
+  ['an unknown filesystem type', ['images/minimal', '--layout', 'test/build/fixtures/xfs-persist.json'], {}, 'E_FS_UNKNOWN'],
+  ['a malformed image definition', ['test/build/fixtures/bad-image'], {}, 'E_IMAGE_INVALID'],
+  ['a layout that does not exist', ['images/minimal', '--layout', 'nope'], {}, 'E_LAYOUT_INVALID'],
+];
+
+badInputs.forEach(([title, args, extraEnv, code], index) => {
+  buildTest(`bad input fails cleanly: ${title}`, async (t) => {
+    const parent = join(dir, `bad-${index}`);
+    const out = join(parent, 'out');
+    await mkdir(out, { recursive: true });
+    await writeFile(join(out, 'keep.txt'), 'earlier build');
+    const result = await kubeos(['build', ...args, '--out', out, '--json'], { env: { ...env, ...extraEnv } });
+    t.is(result.exitCode, 1);
+    const error = jsonError(result.stdout);
+    t.is(error.code, code);
+    t.deepEqual(await readdir(out), ['keep.txt']);
+    t.deepEqual(await readdir(parent), ['out']);
+    if (code === 'E_TOOL_MISSING') t.true((error.details?.['packages'] as string[]).includes('e2fsprogs'));
+  });
+});
+
+test('the malformed image definition error lists every problem', async (t) => {
+  const result = await kubeos(['build', 'test/build/fixtures/bad-image', '--out', join(dir, 'never'), '--json']);
+  const error = jsonError(result.stdout);
+  t.deepEqual((error.details?.['problems'] as { path: string }[]).map((p) => p.path).sort(), ['kernel.modules', 'name', 'version']);
+});
