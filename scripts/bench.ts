@@ -6,6 +6,9 @@
 import type { Bench, BenchRow } from './bench/measure.js';
 
 const benches: Record<string, () => Promise<{ bench: Bench }>> = {
+  bundle: () => import('./bench/bundle.js'),
+  build: () => import('./bench/build.js'),
+  operator: () => import('./bench/operator.js'),
 };
 
 const args = process.argv.slice(2);

@@ -22,6 +22,7 @@ import { resolveModules } from '../kernel/resolve-modules.js';
 import { deriveUuid, deriveVolumeId } from '../layout/derive-uuid.js';
 import { loadLayout } from '../layout/load-layout.js';
 import { partitionByRole, planDisk, type DiskPlan } from '../layout/plan-disk.js';
+import { stageAgent } from '../rootfs/stage-agent.js';
 import { normalizeTimes, stageRootfs } from '../rootfs/stage-rootfs.js';
 
 export const diskFormats = ['raw', 'qcow2'] as const;
@@ -32,6 +33,10 @@ export interface BuildOptions {
   out: string;
   layout?: string;
   format?: DiskFormat;
+  /** Public keys the image's agent trusts, added to the definition's agent.trustedKeys. */
+  trustedKeys?: string[];
+  /** Channel URL the image's agent follows (overrides agent.channel). */
+  channel?: string;
   /** Overrides the definition's version (release pipelines stamp it). */
   version?: string;
   sourceDateEpoch?: number;
@@ -49,7 +54,16 @@ export interface BuildResult {
   seconds: number;
 }
 
-const buildTools: Tool[] = ['mke2fs', 'debugfs', 'dumpe2fs', 'mkfs.vfat', 'mmd', 'mcopy', 'sgdisk', 'grub-mkimage', 'busybox', 'dpkg-deb', 'apt-get', 'apt-cache', 'modinfo'];
+const buildTools: Tool[] = ['ldd', 'zstd', 'mke2fs', 'debugfs', 'dumpe2fs', 'mkfs.vfat', 'mmd', 'mcopy', 'sgdisk', 'grub-mkimage', 'busybox', 'dpkg-deb', 'apt-get', 'apt-cache', 'modinfo'];
+
+/**
+ * rootfs.img holds the tree with room for filesystem overhead, not the whole slot: bundles and
+ * slot writes then carry only what is there. A read-only root never needs free space.
+ */
+export function rootfsSize(treeBytes: number, slotSize: number): number {
+  const wanted = Math.ceil((treeBytes * 1.15 + 24 * 1024 * 1024) / (4 * 1024 * 1024)) * 4 * 1024 * 1024;
+  return Math.min(wanted, slotSize);
+}
 
 export async function buildImage(options: BuildOptions): Promise<BuildResult> {
   const started = Date.now();
@@ -92,13 +106,23 @@ export async function buildImage(options: BuildOptions): Promise<BuildResult> {
     const tree = join(work, 'rootfs');
     const buildId = deriveUuid(`${layout.seed}:${image.name}:${image.version}:${epoch}`, 'build').toLowerCase();
     await stageRootfs({ image, tree, busybox, vmlinuz: kernel.vmlinuz, initramfs, kernelRelease: kernel.release, buildId }, signal);
+    if (image.agent !== undefined) {
+      step('adding the agent (Node.js, bundled agent, keys)');
+      await stageAgent({
+        tree, compatible: image.compatible, bootTries: plan.bootTries, signal,
+        channel: options.channel ?? image.agent.channel,
+        pollSeconds: image.agent.pollSeconds,
+        trustedKeys: [...image.agent.trustedKeys, ...(options.trustedKeys ?? [])],
+        slotPartitions: { A: names.rootA, B: names.rootB },
+      });
+    }
     const treeBytes = await normalizeTimes(tree, epoch);
 
     const rootA = partitionByRole(plan, 'root-a');
     step('writing rootfs.img (mke2fs -d)');
     const rootfsImg = join(partial, 'rootfs.img');
     await makeExt4({
-      file: rootfsImg, size: rootA.size, label: 'kubeos-root', journal: false, tree, treeBytes, epoch, signal,
+      file: rootfsImg, size: rootfsSize(treeBytes, rootA.size), slotSize: rootA.size, label: 'kubeos-root', journal: false, tree, treeBytes, epoch, signal,
       uuid: deriveUuid(layout.seed, `rootfs:${image.name}:${image.version}`),
     });
 

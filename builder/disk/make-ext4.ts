@@ -13,13 +13,15 @@ export interface Ext4Input {
   tree?: string;
   /** Bytes of file data in `tree`, to fail early with a clear message. */
   treeBytes?: number;
+  /** The slot the filesystem must fit, for that message. */
+  slotSize?: number;
   journal: boolean;
   epoch: number;
   signal?: AbortSignal;
 }
 
 export async function makeExt4(input: Ext4Input): Promise<void> {
-  if (input.treeBytes !== undefined && input.treeBytes > input.size * 0.95) {
+  if (input.treeBytes !== undefined && input.slotSize !== undefined && input.treeBytes > input.slotSize * 0.95) {
     throw tooBig(input, undefined);
   }
   await rm(input.file, { force: true });
@@ -74,9 +76,10 @@ async function pinChangeTimes(input: Ext4Input): Promise<void> {
 
 function tooBig(input: Ext4Input, cause: unknown): KubeosError {
   const content = input.treeBytes === undefined ? 'the root filesystem' : `the root filesystem (${formatSize(input.treeBytes)} of files)`;
-  return new KubeosError('E_ROOTFS_TOO_BIG', `${content} does not fit its ${formatSize(input.size)} slot ${input.label}`, {
+  const slot = input.slotSize ?? input.size;
+  return new KubeosError('E_ROOTFS_TOO_BIG', `${content} does not fit its ${formatSize(slot)} slot`, {
     cause,
     hint: 'make the root slots bigger in the layout, or the image smaller',
-    details: { slot: input.label, slotSize: input.size, treeBytes: input.treeBytes },
+    details: { slotSize: slot, treeBytes: input.treeBytes },
   });
 }

@@ -14,6 +14,8 @@ export interface ImageDefinition {
     modules: string[];
     cmdline: string;
   };
+  /** Include Node.js, the bundled agent and its configuration (undefined: no agent). */
+  agent: { channel: string | undefined; trustedKeys: string[]; pollSeconds: number } | undefined;
   /** Directory of files copied over the root (absolute after loading). */
   files: string | undefined;
   /** Directory the definition came from (absolute). */

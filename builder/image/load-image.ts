@@ -6,7 +6,8 @@ import { checkKnownKeys, isObject, Problems } from '../config/problems.js';
 import { projectRoot } from '../project-root.js';
 import type { ImageDefinition } from './image-definition.js';
 
-const imageKeys = ['$schema', 'name', 'description', 'version', 'compatible', 'arch', 'layout', 'kernel', 'files'];
+const imageKeys = ['$schema', 'name', 'description', 'version', 'compatible', 'arch', 'layout', 'kernel', 'files', 'agent'];
+const agentKeys = ['channel', 'trustedKeys', 'pollSeconds'];
 const kernelKeys = ['package', 'modules', 'cmdline'];
 const hint = 'see images/minimal/image.json for a complete example';
 
@@ -84,6 +85,24 @@ export function validateImage(data: unknown, file: string, dir: string): ImageDe
       bad('kernel.cmdline', 'extra kernel arguments without quotes, newlines or kubeos.slot/kubeos.boot (kubeos sets those)', cmdline);
     }
   }
+  const rawAgent = obj['agent'];
+  let agent: ImageDefinition['agent'];
+  if (rawAgent !== undefined && rawAgent !== false) {
+    const a = isObject(rawAgent) ? rawAgent : {};
+    if (rawAgent !== true && !isObject(rawAgent)) bad('agent', 'true, false or an object with channel, trustedKeys, pollSeconds', rawAgent);
+    checkKnownKeys(problems, 'agent', a, agentKeys, 'E_IMAGE_INVALID');
+    const channel = a['channel'];
+    if (channel !== undefined && (typeof channel !== 'string' || !/^https?:\/\//.test(channel))) bad('agent.channel', 'an http(s) URL of a channel index', channel);
+    const keys = a['trustedKeys'] ?? [];
+    if (!Array.isArray(keys) || !keys.every((k) => typeof k === 'string')) bad('agent.trustedKeys', 'an array of public key files relative to the definition', keys);
+    const poll = a['pollSeconds'] ?? 300;
+    if (typeof poll !== 'number' || poll < 1) bad('agent.pollSeconds', 'a number of seconds >= 1', poll);
+    agent = {
+      channel: channel as string | undefined,
+      trustedKeys: Array.isArray(keys) ? (keys as string[]).map((k) => join(dir, k)) : [],
+      pollSeconds: poll as number,
+    };
+  }
   problems.throwIfAny('image definition', file, 'E_IMAGE_INVALID', hint);
   const k = kernel as Record<string, unknown>;
   return {
@@ -93,6 +112,7 @@ export function validateImage(data: unknown, file: string, dir: string): ImageDe
     arch: 'x86_64',
     layout: layout as string,
     kernel: { package: k['package'] as string, modules, cmdline: (k['cmdline'] as string | undefined) ?? '' },
+    agent,
     files: files === undefined ? undefined : join(dir, files as string),
     dir,
     file,

@@ -8,7 +8,7 @@ import { run } from '../../runtime/core/exec.js';
 import type { ImageDefinition } from '../image/image-definition.js';
 
 /** Mount points and top-level directories every kubeos root has; persist and the ESP mount on two. */
-const skeleton = ['bin', 'boot', 'boot/efi', 'dev', 'etc', 'etc/kubeos', 'lib', 'mnt', 'persist', 'proc', 'root', 'run', 'sbin', 'sys', 'tmp', 'usr/bin', 'usr/sbin', 'var'];
+const skeleton = ['bin', 'boot', 'boot/efi', 'dev', 'etc', 'lib', 'mnt', 'persist', 'proc', 'root', 'run', 'sbin', 'sys', 'tmp', 'usr/bin', 'usr/sbin', 'var'];
 
 export interface StageInput {
   image: ImageDefinition;
@@ -57,8 +57,11 @@ export async function stageRootfs(input: StageInput, signal?: AbortSignal): Prom
   if (input.image.files !== undefined) {
     await cp(input.image.files, tree, { recursive: true, verbatimSymlinks: true, force: true, preserveTimestamps: false });
   }
-  await writeFile(join(tree, 'etc/os-release'), renderOsRelease(input.image, input.buildId));
-  await writeFile(join(tree, 'etc/kubeos/image.json'), `${JSON.stringify({
+  // os-release lives in the read-only /usr (the /etc overlay persists across upgrades)
+  await mkdir(join(tree, 'usr/lib/kubeos'), { recursive: true });
+  await writeFile(join(tree, 'usr/lib/os-release'), renderOsRelease(input.image, input.buildId));
+  await symlink('../usr/lib/os-release', join(tree, 'etc/os-release'));
+  await writeFile(join(tree, 'usr/lib/kubeos/image.json'), `${JSON.stringify({
     name: input.image.name,
     version: input.image.version,
     compatible: input.image.compatible,

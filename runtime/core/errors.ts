@@ -33,6 +33,10 @@ export const errorCodes = [
   'E_SLOT',
   'E_KUBERNETES',
   'E_PLAN_INVALID',
+  'E_OSUPGRADE_INVALID',
+  'E_OSUPGRADE_NOT_FOUND',
+  'E_ROLLOUT_FAILED',
+  'E_LEADERSHIP_LOST',
 ] as const;
 
 export type ErrorCode = (typeof errorCodes)[number];

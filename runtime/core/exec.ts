@@ -37,6 +37,8 @@ export const toolPackages = {
   'curl': 'curl',
   'sha256sum': 'coreutils',
   'dd': 'coreutils',
+  'reboot': 'systemd-sysv',
+  'ldd': 'libc-bin',
 } as const;
 
 export type Tool = keyof typeof toolPackages;

@@ -11,6 +11,8 @@ interface BuildArgs extends GlobalArgs {
   layout?: string;
   format: DiskFormat;
   imageVersion?: string;
+  trustedKey?: string[];
+  channel?: string;
 }
 
 export const buildCommand: CommandModule<GlobalArgs, BuildArgs> = {
@@ -21,6 +23,8 @@ export const buildCommand: CommandModule<GlobalArgs, BuildArgs> = {
     .option('out', { alias: 'o', type: 'string', default: 'out', describe: 'Output directory (replaced only when the build succeeds)' })
     .option('layout', { type: 'string', describe: 'Partition layout: a JSON file or a name in layouts/ (default: the image\'s own)' })
     .option('format', { choices: diskFormats, default: 'raw' as DiskFormat, describe: 'Disk image format; qcow2 also keeps disk.img' })
+    .option('trusted-key', { type: 'string', array: true, describe: 'Public key (PEM) the image\'s agent trusts for bundles and channels; repeatable' })
+    .option('channel', { type: 'string', describe: 'Channel index URL the image\'s agent follows' })
     .option('image-version', { type: 'string', describe: 'Override the image version (e.g. 2.0.0) for this build' })
     .example('$0 build images/minimal --out out/minimal', 'Build the default image')
     .example('SOURCE_DATE_EPOCH=1700000000 $0 build minimal --layout small --json', 'A reproducible build with a small layout, result as JSON')
@@ -33,7 +37,7 @@ export const buildCommand: CommandModule<GlobalArgs, BuildArgs> = {
       if (!Number.isSafeInteger(sourceDateEpoch) || sourceDateEpoch < 0) throw new KubeosError('E_USAGE', `SOURCE_DATE_EPOCH must be a whole number of seconds, got ${JSON.stringify(raw)}`);
     }
     const result = await buildImage({
-      image: args.image, out: args.out, layout: args.layout, format: args.format, version: args.imageVersion, sourceDateEpoch,
+      image: args.image, out: args.out, layout: args.layout, format: args.format, version: args.imageVersion, trustedKeys: args.trustedKey, channel: args.channel, sourceDateEpoch,
       onProgress: makeProgress(args),
     });
     printResult(args, result, () => [

@@ -1,0 +1,138 @@
+/**
+ * Writes a signed bundle without holding the image in memory. One read of the rootfs feeds both
+ * the chunk hasher and `zstd` (so the hashes describe exactly the bytes compressed); the compressed
+ * payload goes to a temp file next to the output because the manifest, which precedes it in the
+ * tar, must carry its size and sha256. The bundle appears at `out` only once complete (rename).
+ */
+import { createReadStream, createWriteStream } from 'node:fs';
+import { rename, rm, stat } from 'node:fs/promises';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import type { KeyObject } from 'node:crypto';
+import * as tar from 'tar-stream';
+import { canonicalJson } from '../../runtime/core/crypto/canonical-json.js';
+import { keyIdOf } from '../../runtime/core/crypto/keys.js';
+import { signBytes } from '../../runtime/core/crypto/signature.js';
+import { KubeosError } from '../../runtime/core/errors.js';
+import { HashTap } from '../../runtime/core/bundle/hash-tap.js';
+import {
+  bundleFormat,
+  defaultChunkSize,
+  manifestMember,
+  payloadMember,
+  signatureMember,
+  validateManifest,
+  type BundleManifest,
+} from '../../runtime/core/bundle/manifest.js';
+import { startZstd } from '../../runtime/core/bundle/run-zstd.js';
+import { ChunkHasher } from './hash-chunks.js';
+import type { BundleMetadata } from './resolve-metadata.js';
+
+/** Fixed level; multi-threaded zstd output does not depend on the thread count, so -T0 is safe. */
+export const zstdLevel = 3;
+export function zstdCompressArgs(size: number): string[] {
+  // --stream-size records the content size like a file input would, for identical frames.
+  return [`-${zstdLevel}`, '-T0', '-c', '-q', '--no-progress', `--stream-size=${size}`];
+}
+
+export interface CreateBundleOptions {
+  rootfs: string;
+  out: string;
+  privateKey: KeyObject;
+  metadata: BundleMetadata;
+  /** Seconds since 1970 (SOURCE_DATE_EPOCH); defaults to the rootfs mtime, never the wall clock. */
+  sourceDateEpoch?: number | undefined;
+  chunkSize?: number;
+  signal?: AbortSignal | undefined;
+  onProgress?: (step: string, fraction?: number) => void;
+}
+
+export interface CreatedBundle {
+  path: string;
+  manifest: BundleManifest;
+  /** Size and sha256 of the whole bundle file. */
+  size: number;
+  sha256: string;
+}
+
+const zstdTimeoutMs = 6 * 60 * 60 * 1000;
+
+export async function createBundle(options: CreateBundleOptions): Promise<CreatedBundle> {
+  const { rootfs, out, privateKey, metadata, signal } = options;
+  const chunkSize = options.chunkSize ?? defaultChunkSize;
+  const progress = options.onProgress ?? (() => {});
+  let info;
+  try {
+    info = await stat(rootfs);
+  } catch (cause) {
+    throw new KubeosError('E_USAGE', `cannot read rootfs ${rootfs}`, { cause, details: { path: rootfs } });
+  }
+  if (!info.isFile()) throw new KubeosError('E_USAGE', `rootfs ${rootfs} is not a regular file`, { details: { path: rootfs } });
+  const epoch = options.sourceDateEpoch ?? Math.floor(info.mtimeMs / 1000);
+  const created = new Date(epoch * 1000);
+
+  const payloadTemp = `${out}.payload-${process.pid}.tmp`;
+  const bundleTemp = `${out}.partial-${process.pid}.tmp`;
+  try {
+    const hasher = new ChunkHasher(chunkSize, (bytes) => progress('compress', bytes / info.size));
+    const compressed = new HashTap();
+    const child = await startZstd(zstdCompressArgs(info.size), { signal, timeoutMs: zstdTimeoutMs });
+    const results = await Promise.allSettled([
+      pipeline(createReadStream(rootfs), hasher, child.stdin, { signal }),
+      pipeline(child.stdout, compressed, createWriteStream(payloadTemp), { signal }),
+    ]);
+    const exit = await child.exited;
+    signal?.throwIfAborted();
+    if (exit.exitCode !== 0) {
+      throw new KubeosError('E_TOOL_FAILED', `zstd failed: ${exit.stderr || `exit ${exit.exitCode ?? 'by signal'}`}`, { details: { tool: 'zstd', stderr: exit.stderr } });
+    }
+    for (const result of results) if (result.status === 'rejected') throw new KubeosError('E_OUTPUT', `writing the payload failed: ${String(result.reason)}`, { cause: result.reason });
+    if (hasher.bytes !== info.size) throw new KubeosError('E_USAGE', `rootfs ${rootfs} changed size while it was read`);
+
+    const manifest: BundleManifest = validateManifest({
+      format: bundleFormat,
+      ...metadata,
+      created: created.toISOString().replace('.000Z', 'Z'),
+      keyId: keyIdOf(privateKey),
+      payload: {
+        compression: 'zstd',
+        size: compressed.bytes,
+        sha256: compressed.digest(),
+        uncompressedSize: hasher.bytes,
+        uncompressedSha256: hasher.sha256(),
+        chunkSize,
+        chunks: hasher.chunks,
+      },
+    });
+    const manifestBytes = Buffer.from(canonicalJson(manifest));
+    const signatureBytes = Buffer.from(canonicalJson(signBytes(privateKey, manifestBytes)));
+
+    progress('write bundle');
+    const pack = tar.pack();
+    const whole = new HashTap();
+    const writing = pipeline(pack, whole, createWriteStream(bundleTemp), { signal });
+    // Fixed owner, mode and mtime: the tar headers are as reproducible as the contents.
+    const header = (name: string, size: number) => ({ name, size, mode: 0o644, mtime: created, uid: 0, gid: 0, uname: '', gname: '', type: 'file' as const });
+    try {
+      await pipeline(Readable.from([manifestBytes]), pack.entry(header(manifestMember, manifestBytes.length)));
+      await pipeline(Readable.from([signatureBytes]), pack.entry(header(signatureMember, signatureBytes.length)));
+      await pipeline(createReadStream(payloadTemp), pack.entry(header(payloadMember, compressed.bytes)), { signal });
+      pack.finalize();
+    } catch (error) {
+      pack.destroy(error as Error);
+      await writing.catch(() => {});
+      throw error;
+    }
+    await writing;
+    await rename(bundleTemp, out);
+    progress('done');
+    return { path: out, manifest, size: whole.bytes, sha256: whole.digest() };
+  } catch (error) {
+    if (error instanceof KubeosError) throw error;
+    if (signal?.aborted) throw signal.reason;
+    throw new KubeosError('E_OUTPUT', `creating bundle ${out} failed: ${(error as Error).message}`, { cause: error, details: { path: out } });
+  } finally {
+    await rm(payloadTemp, { force: true });
+    await rm(bundleTemp, { force: true });
+  }
+}

@@ -1,0 +1,194 @@
+/**
+ * Publishes a bundle to a channel. Order is the whole point: verify the bundle locally, upload it
+ * under its content address (skipped when already there: a retry is idempotent), confirm it is
+ * complete, and only then overwrite the channel index. A reader therefore never sees an index
+ * naming a missing or partial bundle, and any failure before the last step changes no channel.
+ */
+import type { KeyObject } from 'node:crypto';
+import { GetObjectCommand, HeadObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { signChannel, verifyChannel, type ChannelSigned } from '../../runtime/core/channel/channel-index.js';
+import { bundlePath, channelPath, checkChannelName, objectKey } from '../../runtime/core/channel/layout.js';
+import { keyIdOf, makeTrustedKeys, type TrustedKeys } from '../../runtime/core/crypto/keys.js';
+import { verifyBundleFile } from '../../runtime/core/bundle/verify-bundle-file.js';
+import { isKubeosError, KubeosError } from '../../runtime/core/errors.js';
+import { compareVersions } from './compare-versions.js';
+import { defaultExpiresDays } from './publish-defaults.js';
+import { uploadFile } from './upload-file.js';
+
+export const defaultExpiresInSeconds = defaultExpiresDays * 24 * 60 * 60;
+
+export interface PublishOptions {
+  bundle: string;
+  client: S3Client;
+  bucket: string;
+  prefix?: string | undefined;
+  channel: string;
+  /** Signs the channel index; its public half is trusted for the bundle and the old index. */
+  privateKey: KeyObject;
+  /** More keys to trust for the bundle and the current index (e.g. during a key rotation). */
+  extraTrustedKeys?: TrustedKeys;
+  expiresInSeconds?: number;
+  allowDowngrade?: boolean;
+  now?: () => Date;
+  partSize?: number;
+  multipartThreshold?: number;
+  signal?: AbortSignal | undefined;
+  onProgress?: (step: 'verify' | 'upload' | 'channel' | 'done', fraction?: number) => void;
+}
+
+export interface PublishResult {
+  channel: string;
+  serial: number;
+  version: string;
+  expires: string;
+  bundleKey: string;
+  channelKey: string;
+  size: number;
+  sha256: string;
+  /** False when the bundle was already stored (a retry or a re-publish). */
+  uploaded: boolean;
+  previous?: { serial: number; version: string } | undefined;
+}
+
+function isNotFound(error: unknown): boolean {
+  const e = error as { name?: string; $metadata?: { httpStatusCode?: number } };
+  return e?.name === 'NoSuchKey' || e?.name === 'NotFound' || e?.$metadata?.httpStatusCode === 404;
+}
+
+function publishError(what: string, error: unknown): KubeosError {
+  if (isKubeosError(error)) return error;
+  const e = error as { name?: string; message?: string };
+  return new KubeosError('E_PUBLISH', `${what} failed: ${e?.name ?? 'Error'}: ${e?.message ?? String(error)}`, {
+    cause: error,
+    hint: 'check --endpoint, --bucket and credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or --access-key-id)',
+  });
+}
+
+async function readCurrentChannel(options: PublishOptions, key: string, trustedKeys: TrustedKeys): Promise<ChannelSigned | undefined> {
+  let text: string;
+  try {
+    const object = await options.client.send(new GetObjectCommand({ Bucket: options.bucket, Key: key }), { abortSignal: options.signal });
+    text = (await object.Body?.transformToString('utf8')) ?? '';
+  } catch (error) {
+    if (isNotFound(error)) return undefined;
+    throw publishError(`reading s3://${options.bucket}/${key}`, error);
+  }
+  // Only the serial matters here; an expired index must not stop the publish that replaces it.
+  return verifyChannel(text, { trustedKeys, channel: options.channel, ignoreExpiry: true });
+}
+
+async function headSize(options: PublishOptions, key: string): Promise<{ size: number; sha256: string | undefined } | undefined> {
+  try {
+    const head = await options.client.send(new HeadObjectCommand({ Bucket: options.bucket, Key: key }), { abortSignal: options.signal });
+    return { size: head.ContentLength ?? -1, sha256: head.Metadata?.['sha256'] };
+  } catch (error) {
+    if (isNotFound(error)) return undefined;
+    throw publishError(`HEAD s3://${options.bucket}/${key}`, error);
+  }
+}
+
+export async function publishBundle(options: PublishOptions): Promise<PublishResult> {
+  const progress = options.onProgress ?? (() => {});
+  const channel = checkChannelName(options.channel);
+  const trustedKeys = makeTrustedKeys([options.privateKey, ...(options.extraTrustedKeys?.values() ?? [])]);
+  const now = (options.now ?? (() => new Date()))();
+  const expiresIn = options.expiresInSeconds ?? defaultExpiresInSeconds;
+  if (!Number.isSafeInteger(expiresIn) || expiresIn <= 0) throw new KubeosError('E_USAGE', `expiry must be a positive number of seconds, got ${expiresIn}`);
+
+  // A bundle that does not verify is never uploaded.
+  progress('verify', 0);
+  const verified = await verifyBundleFile(options.bundle, { trustedKeys, signal: options.signal, onBytes: () => {} });
+  const manifest = verified.manifest;
+  const bundleKey = objectKey(options.prefix, bundlePath(verified.sha256));
+  const channelKey = objectKey(options.prefix, channelPath(channel));
+
+  const previous = await readCurrentChannel(options, channelKey, trustedKeys);
+  if (previous !== undefined && !options.allowDowngrade && compareVersions(manifest.version, previous.version) < 0) {
+    throw new KubeosError('E_DOWNGRADE', `channel ${channel} is at ${previous.version}; publishing ${manifest.version} would downgrade it`, {
+      hint: 'pass --allow-downgrade to roll a channel back on purpose',
+      details: { current: previous.version, publishing: manifest.version },
+    });
+  }
+
+  progress('upload', 0);
+  const existing = await headSize(options, bundleKey);
+  const alreadyStored = existing !== undefined && existing.size === verified.size && existing.sha256 === verified.sha256;
+  if (!alreadyStored) {
+    try {
+      await uploadFile({
+        client: options.client,
+        bucket: options.bucket,
+        key: bundleKey,
+        path: options.bundle,
+        size: verified.size,
+        contentType: 'application/x-tar',
+        metadata: { sha256: verified.sha256, version: manifest.version },
+        partSize: options.partSize,
+        multipartThreshold: options.multipartThreshold,
+        signal: options.signal,
+        onBytes: (sent) => progress('upload', verified.size === 0 ? 1 : sent / verified.size),
+      });
+    } catch (error) {
+      if (options.signal?.aborted) {
+        throw new KubeosError('E_PUBLISH', `upload of ${bundleKey} was interrupted; channel ${channel} is unchanged`, { cause: options.signal.reason });
+      }
+      throw publishError(`uploading s3://${options.bucket}/${bundleKey}`, error);
+    }
+    const stored = await headSize(options, bundleKey);
+    if (stored?.size !== verified.size) {
+      throw new KubeosError('E_PUBLISH', `s3://${options.bucket}/${bundleKey} holds ${stored?.size ?? 'nothing'} bytes after upload, expected ${verified.size}; channel ${channel} is unchanged`);
+    }
+  }
+  progress('upload', 1);
+
+  options.signal?.throwIfAborted();
+  const signed: ChannelSigned = {
+    type: 'kubeos-channel',
+    format: 1,
+    channel,
+    serial: (previous?.serial ?? 0) + 1,
+    published: isoSeconds(now),
+    expires: isoSeconds(new Date(now.getTime() + expiresIn * 1000)),
+    os: manifest.os,
+    version: manifest.version,
+    arch: manifest.arch,
+    compatible: manifest.compatible,
+    bundle: { path: bundlePath(verified.sha256), size: verified.size, sha256: verified.sha256 },
+  };
+  const body = Buffer.from(signChannel(signed, options.privateKey));
+  progress('channel');
+  try {
+    await options.client.send(
+      new PutObjectCommand({
+        Bucket: options.bucket,
+        Key: channelKey,
+        Body: body,
+        ContentLength: body.length,
+        ContentType: 'application/json',
+        // Hosts poll this object; caches must revalidate so a new serial is seen promptly.
+        CacheControl: 'no-cache',
+        Metadata: { serial: String(signed.serial), keyid: keyIdOf(options.privateKey) },
+      }),
+      { abortSignal: options.signal },
+    );
+  } catch (error) {
+    throw publishError(`writing s3://${options.bucket}/${channelKey}`, error);
+  }
+  progress('done');
+  return {
+    channel,
+    serial: signed.serial,
+    version: manifest.version,
+    expires: signed.expires,
+    bundleKey,
+    channelKey,
+    size: verified.size,
+    sha256: verified.sha256,
+    uploaded: !alreadyStored,
+    previous: previous === undefined ? undefined : { serial: previous.serial, version: previous.version },
+  };
+}
+
+function isoSeconds(date: Date): string {
+  return `${date.toISOString().slice(0, 19)}Z`;
+}

@@ -1,0 +1,33 @@
+/** Writes a fresh ed25519 key pair into a directory; refuses to replace keys unless told to. */
+import { chmod, mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { generateKeyPair } from '../../runtime/core/crypto/keys.js';
+import { KubeosError } from '../../runtime/core/errors.js';
+
+export const privateKeyFile = 'signing.pem';
+export const publicKeyFile = 'signing.pub.pem';
+
+export interface WrittenKeyPair {
+  keyId: string;
+  privateKey: string;
+  publicKey: string;
+}
+
+export async function writeKeyPair(dir: string, options: { force?: boolean } = {}): Promise<WrittenKeyPair> {
+  const pair = generateKeyPair();
+  const privateKey = join(dir, privateKeyFile);
+  const publicKey = join(dir, publicKeyFile);
+  const flag = options.force ? 'w' : 'wx';
+  try {
+    await mkdir(dir, { recursive: true });
+    await writeFile(privateKey, pair.privatePem, { mode: 0o600, flag });
+    await chmod(privateKey, 0o600); // an existing file keeps its old mode with flag 'w'
+    await writeFile(publicKey, pair.publicPem, { mode: 0o644, flag });
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'EEXIST') {
+      throw new KubeosError('E_OUTPUT', `a key already exists in ${dir}`, { hint: 'pass --force to replace it (old signatures stop verifying with the new key)', details: { dir } });
+    }
+    throw new KubeosError('E_OUTPUT', `cannot write keys to ${dir}: ${(error as Error).message}`, { cause: error, details: { dir } });
+  }
+  return { keyId: pair.keyId, privateKey, publicKey };
+}

@@ -1,0 +1,114 @@
+/** `kubeos bundle create|verify|info`: signed update bundles. */
+import type { Argv, CommandModule } from 'yargs';
+import { createBundle } from '../../bundle/create-bundle.js';
+import { parseSourceDateEpoch, readBuildInfo, resolveMetadata } from '../../bundle/resolve-metadata.js';
+import { loadPrivateKey, loadTrustedKeys } from '../../../runtime/core/crypto/keys.js';
+import { readBundleFileHeader, verifyBundleFile } from '../../../runtime/core/bundle/verify-bundle-file.js';
+import type { BundleManifest } from '../../../runtime/core/bundle/manifest.js';
+import { makeProgress, printResult, type GlobalArgs } from '../output.js';
+
+interface CreateArgs extends GlobalArgs {
+  rootfs: string;
+  version?: string;
+  key: string;
+  out: string;
+  compatible?: string;
+  'os-name'?: string;
+  arch?: string;
+  'kernel-version'?: string;
+}
+
+interface VerifyArgs extends GlobalArgs {
+  file: string;
+  pubkey: string[];
+  compatible?: string;
+}
+
+interface InfoArgs extends GlobalArgs {
+  file: string;
+}
+
+function describeManifest(m: BundleManifest): string {
+  const mib = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
+  return [
+    `${m.os} ${m.version} (${m.arch})`,
+    `  compatible      ${m.compatible}`,
+    `  kernel          ${m.kernelVersion}`,
+    `  created         ${m.created}`,
+    `  key             ${m.keyId}`,
+    `  payload         ${m.payload.compression}, ${mib(m.payload.size)} compressed, ${mib(m.payload.uncompressedSize)} image`,
+    `  payload sha256  ${m.payload.sha256}`,
+    `  image sha256    ${m.payload.uncompressedSha256}`,
+    `  chunks          ${m.payload.chunks.length} x ${mib(m.payload.chunkSize)}`,
+  ].join('\n');
+}
+
+const create: CommandModule<GlobalArgs, CreateArgs> = {
+  command: 'create',
+  describe: 'Compress and sign a rootfs image into one bundle file (reproducible with SOURCE_DATE_EPOCH)',
+  builder: (y) =>
+    y
+      .version(false)
+      .option('rootfs', { type: 'string', demandOption: true, describe: 'The rootfs image (build.json next to it supplies defaults)' })
+      .option('version', { type: 'string', describe: 'OS version of this update, e.g. 2.0.0' })
+      .option('key', { type: 'string', demandOption: true, describe: 'Private signing key (signing.pem from kubeos keygen)' })
+      .option('out', { type: 'string', demandOption: true, describe: 'Bundle file to write' })
+      .option('compatible', { type: 'string', describe: 'String a host must match to install it' })
+      .option('os-name', { type: 'string', describe: 'OS name' })
+      .option('arch', { type: 'string', describe: 'Architecture (default x86_64)' })
+      .option('kernel-version', { type: 'string', describe: 'Kernel version inside the image' }),
+  handler: async (args) => {
+    const build = await readBuildInfo(args.rootfs);
+    const metadata = resolveMetadata(
+      { os: args['os-name'], version: args.version, arch: args.arch, compatible: args.compatible, kernelVersion: args['kernel-version'] },
+      build?.info,
+    );
+    const created = await createBundle({
+      rootfs: args.rootfs,
+      out: args.out,
+      privateKey: await loadPrivateKey(args.key),
+      metadata,
+      sourceDateEpoch: parseSourceDateEpoch(process.env['SOURCE_DATE_EPOCH']),
+      onProgress: makeProgress(args),
+    });
+    printResult(args, { path: created.path, size: created.size, sha256: created.sha256, manifest: created.manifest }, () =>
+      `wrote ${created.path} (${created.size} bytes, sha256 ${created.sha256})\n${describeManifest(created.manifest)}`,
+    );
+  },
+};
+
+const verify: CommandModule<GlobalArgs, VerifyArgs> = {
+  command: 'verify <file>',
+  describe: 'Check signature, manifest and every payload hash; the error code names the failed check',
+  builder: (y) =>
+    y
+      .positional('file', { type: 'string', demandOption: true, describe: 'Bundle file' })
+      .option('pubkey', { type: 'string', array: true, demandOption: true, describe: 'Trusted public key (repeatable)' })
+      .option('compatible', { type: 'string', describe: 'Also require this compatible string' }) as Argv<VerifyArgs>,
+  handler: async (args) => {
+    const verified = await verifyBundleFile(args.file, { trustedKeys: await loadTrustedKeys(args.pubkey), compatible: args.compatible });
+    const checks = ['signature', 'manifest', 'payload sha256', `${verified.manifest.payload.chunks.length} chunk hashes`, 'image sha256', 'sizes'];
+    printResult(args, { ok: true, keyId: verified.keyId, size: verified.size, sha256: verified.sha256, checks, manifest: verified.manifest }, () =>
+      `ok: ${args.file} verifies (${checks.join(', ')})\n${describeManifest(verified.manifest)}`,
+    );
+  },
+};
+
+const info: CommandModule<GlobalArgs, InfoArgs> = {
+  command: 'info <file>',
+  describe: 'Print the manifest of a bundle (NOT verified; use bundle verify)',
+  builder: (y) => y.positional('file', { type: 'string', demandOption: true, describe: 'Bundle file' }) as Argv<InfoArgs>,
+  handler: async (args) => {
+    const header = await readBundleFileHeader(args.file);
+    printResult(args, { manifest: header.manifest, signature: { keyid: header.signature.keyid }, verified: false }, () =>
+      `${describeManifest(header.manifest)}\n  signed by       ${header.signature.keyid} (not verified)`,
+    );
+  },
+};
+
+export const bundleCommand: CommandModule<GlobalArgs, GlobalArgs> = {
+  command: 'bundle <command>',
+  describe: 'Create, verify and inspect signed update bundles',
+  builder: (y) => y.command(create).command(verify).command(info).demandCommand(1, 'name a bundle command: create, verify or info'),
+  handler: () => {},
+};

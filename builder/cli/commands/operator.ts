@@ -1,0 +1,95 @@
+/** `kubeos operator run`: the fleet rollout operator (deploy/operator-deployment.yaml runs it). */
+import { hostname } from 'node:os';
+import type { Argv, CommandModule } from 'yargs';
+import { KubeosError } from '../../../runtime/core/errors.js';
+import { reconcileAll, type ReconcileReport } from '../../../runtime/operator/reconcile-rollout.js';
+import { runOperator, type OperatorEvent } from '../../../runtime/operator/run-operator.js';
+import { printResult, type GlobalArgs } from '../output.js';
+
+interface RunArgs extends GlobalArgs {
+  kubeconfig?: string;
+  context?: string;
+  namespace: string;
+  'lease-name': string;
+  identity: string;
+  interval: number;
+  'lease-duration': number;
+  'dry-run'?: boolean;
+}
+
+function describeReport(r: ReconcileReport): string[] {
+  if (r.invalid) return [`${r.rollout}: invalid: ${r.invalid.message}`];
+  const lines: string[] = [];
+  const s = r.plan?.status;
+  if (s && (r.applied > 0 || r.errors.length > 0)) {
+    lines.push(`${r.rollout}: ${s.phase} ${s.counts.done}/${s.counts.total} on ${s.targetVersion}, ${s.counts.draining} draining, ${s.counts.upgrading} upgrading, ${s.counts.verifying} verifying, ${s.counts.failed} failed; ${r.applied} action(s)`);
+  }
+  for (const a of r.plan?.actions ?? []) if (a.type !== 'evict') lines.push(`  ${a.type} ${'node' in a ? a.node : r.rollout}`);
+  for (const b of r.blocked) lines.push(`  eviction of ${b.pod} on ${b.node} blocked: ${b.message}`);
+  for (const e of r.errors) lines.push(`  error ${e.code}: ${e.message}`);
+  return lines;
+}
+
+function log(args: GlobalArgs, event: OperatorEvent): void {
+  if (args.json) {
+    const value = event.type === 'error' ? { type: 'error', error: event.error.toJSON() } : event;
+    process.stdout.write(`${JSON.stringify({ time: new Date().toISOString(), ...value })}\n`);
+    return;
+  }
+  const at = new Date().toISOString();
+  const lines = event.type === 'leading' ? ['leading: reconciling OSUpgrades']
+    : event.type === 'following' ? ['not leading: another replica holds the lease']
+    : event.type === 'error' ? [`error ${event.error.code}: ${event.error.message}`]
+    : event.reports.flatMap(describeReport);
+  for (const line of lines) process.stderr.write(`${at} ${line}\n`);
+}
+
+const run: CommandModule<GlobalArgs, RunArgs> = {
+  command: 'run',
+  describe: 'Run the OSUpgrade operator until SIGTERM (one replica leads through a Lease)',
+  builder: (y: Argv<GlobalArgs>) =>
+    y
+      .option('kubeconfig', { type: 'string', description: 'kubeconfig file (default: in-cluster, then $KUBECONFIG or ~/.kube/config)' })
+      .option('context', { type: 'string', description: 'kubeconfig context' })
+      .option('namespace', { type: 'string', default: process.env['POD_NAMESPACE'] ?? 'kubeos-system', description: 'namespace of the leader-election Lease' })
+      .option('lease-name', { type: 'string', default: 'kubeos-operator', description: 'name of the leader-election Lease' })
+      .option('identity', { type: 'string', default: process.env['POD_NAME'] ?? hostname(), description: 'this replica in the Lease (the pod name)' })
+      .option('interval', { type: 'number', default: 10, description: 'resync period in seconds (changes are seen at once through watches)' })
+      .option('lease-duration', { type: 'number', default: 15, description: 'seconds another replica waits before taking over a silent leader' })
+      .option('dry-run', { type: 'boolean', description: 'plan once against the cluster, print the actions (--json for all of it), change nothing' }) as Argv<RunArgs>,
+  handler: async (args) => {
+    if (!(args.interval > 0) || !(args['lease-duration'] >= 1)) {
+      throw new KubeosError('E_USAGE', `--interval must be > 0 and --lease-duration >= 1, got ${args.interval} and ${args['lease-duration']}`);
+    }
+    // loaded on use: the Kubernetes client takes most of a second to import
+    const { KubeApi } = await import('../../../runtime/operator/kube-api.js');
+    const api = KubeApi.connect({ kubeconfig: args.kubeconfig, context: args.context }, args.identity);
+    if (args['dry-run']) {
+      const reports = await reconcileAll({ api, now: Date.now, dryRun: true });
+      const value = reports.map((r) => ({ rollout: r.rollout, invalid: r.invalid?.toJSON(), actions: r.plan?.actions ?? [], status: r.plan?.status }));
+      printResult(args, value, () => reports.map((r) => [...describeReport({ ...r, applied: r.plan?.actions.length ?? 0 })].join('\n') || `${r.rollout}: nothing to do`).join('\n') || 'no OSUpgrades');
+      return;
+    }
+    const abort = new AbortController();
+    const stop = () => abort.abort();
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+    await runOperator({
+      api,
+      namespace: args.namespace,
+      leaseName: args['lease-name'],
+      identity: args.identity,
+      intervalMs: args.interval * 1000,
+      leaseDurationSeconds: Math.round(args['lease-duration']),
+      signal: abort.signal,
+      onEvent: (event) => log(args, event),
+    });
+  },
+};
+
+export const operatorCommand: CommandModule<GlobalArgs, GlobalArgs> = {
+  command: 'operator <command>',
+  describe: 'The Kubernetes operator that rolls OSUpgrades out across the fleet',
+  builder: (y) => y.command(run).demandCommand(1, 'name a subcommand: kubeos operator run'),
+  handler: () => {},
+};

@@ -1,0 +1,115 @@
+/** `kubeos rollout status NAME`: where an OSUpgrade stands, once or following it with --watch. */
+import type { Argv, CommandModule } from 'yargs';
+import { KubeosError } from '../../../runtime/core/errors.js';
+import type { OSUpgradeObject, OSUpgradeStatus } from '../../../runtime/operator/osupgrade.js';
+import { makeProgress, printResult, type GlobalArgs } from '../output.js';
+
+interface StatusArgs extends GlobalArgs {
+  name: string;
+  kubeconfig?: string;
+  context?: string;
+  watch?: boolean;
+}
+
+/** "[#####.....] 412/1000 on 1.4.0 · 3 upgrading · 1 failed · Progressing" */
+export function renderProgressLine(object: OSUpgradeObject): string {
+  const s = object.status;
+  const version = (object.spec as { version?: string } | undefined)?.version ?? '?';
+  if (s?.counts === undefined) return `${object.metadata?.name}: ${s?.phase ?? 'not reconciled yet'} (target ${version})`;
+  const c = s.counts;
+  const width = 30;
+  const filled = c.total === 0 ? width : Math.round(((c.done + c.failed) / c.total) * width);
+  const parts = [`[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${c.done}/${c.total} on ${s.targetVersion ?? version}`];
+  for (const key of ['draining', 'upgrading', 'verifying', 'failed'] as const) if (c[key] > 0) parts.push(`${c[key]} ${key}`);
+  parts.push(s.phase ?? '');
+  return parts.join(' · ');
+}
+
+/** The node table: failed and in-flight nodes first (as status lists them). */
+export function renderTable(object: OSUpgradeObject): string {
+  const s = object.status;
+  const rows = [['NODE', 'PHASE', 'AGENT', 'VERSION', 'SINCE', 'REASON']];
+  for (const n of s?.nodes ?? []) {
+    rows.push([n.name, n.phase, n.agentState ?? '', n.currentVersion ?? '', n.since ?? '', [n.reason, n.message].filter(Boolean).join(': ')]);
+  }
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
+  const lines = rows.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]!))).join('  ').trimEnd());
+  if ((s?.nodesOmitted ?? 0) > 0) lines.push(`(${s?.nodesOmitted} more nodes not listed)`);
+  const conditions = (s?.conditions ?? []).filter((c) => c.status === 'True').map((c) => `${c.type}: ${c.reason}${c.message ? ` (${c.message})` : ''}`);
+  return [...lines, '', ...conditions, renderProgressLine(object)].join('\n');
+}
+
+function outcome(object: OSUpgradeObject): 'done' | 'failed' | 'running' {
+  const s = object.status as Partial<OSUpgradeStatus> | undefined;
+  if (s === undefined || s.observedGeneration !== object.metadata?.generation) return 'running';
+  if (s.phase === 'Complete') return 'done';
+  if (s.phase === 'Invalid' || s.conditions?.some((c) => c.type === 'FailureBudgetExceeded' && c.status === 'True')) return 'failed';
+  return 'running';
+}
+
+function failure(object: OSUpgradeObject): KubeosError {
+  const name = object.metadata?.name ?? '';
+  if (object.status?.phase === 'Invalid') {
+    return new KubeosError('E_OSUPGRADE_INVALID', `${name}: ${object.status.conditions?.[0]?.message ?? 'invalid spec'}`, { hint: `kubectl get osupgrade ${name} -o yaml` });
+  }
+  return new KubeosError('E_ROLLOUT_FAILED', `${name}: paused after ${object.status?.counts?.failed ?? '?'} failed node(s)`, {
+    hint: `see the failed nodes above; resume with: kubectl patch osupgrade ${name} --type merge -p '{"spec":{"paused":false}}'`,
+    details: { status: object.status },
+  });
+}
+
+const status: CommandModule<GlobalArgs, StatusArgs> = {
+  command: 'status <name>',
+  describe: 'Show an OSUpgrade: per-node table and a progress line; --watch follows it to the end',
+  builder: (y: Argv<GlobalArgs>) =>
+    y
+      .positional('name', { type: 'string', demandOption: true, description: 'the OSUpgrade' })
+      .option('kubeconfig', { type: 'string', description: 'kubeconfig file (default: $KUBECONFIG or ~/.kube/config)' })
+      .option('context', { type: 'string', description: 'kubeconfig context' })
+      .option('watch', { alias: 'w', type: 'boolean', description: 'follow the rollout; exit 0 when complete, 1 when the failure budget pauses it' }) as Argv<StatusArgs>,
+  handler: async (args) => {
+    // loaded on use: the Kubernetes client takes most of a second to import
+    const { KubeApi } = await import('../../../runtime/operator/kube-api.js');
+    const api = KubeApi.connect({ kubeconfig: args.kubeconfig, context: args.context }, 'kubeos-cli');
+    let object = await api.readOSUpgrade(args.name);
+    if (args.watch) {
+      const progress = makeProgress(args);
+      const abort = new AbortController();
+      process.once('SIGINT', () => abort.abort());
+      let changed: () => void = () => {};
+      const restart = () => {
+        if (abort.signal.aborted) return;
+        api.watch({ kind: 'osupgrades', name: args.name }, (event) => {
+          if (event.type === 'ADDED' || event.type === 'MODIFIED') {
+            object = event.object as OSUpgradeObject;
+            changed();
+          }
+        }, () => setTimeout(restart, 1000).unref(), abort.signal).catch(() => setTimeout(restart, 1000).unref());
+      };
+      restart();
+      while (!abort.signal.aborted && outcome(object) === 'running') {
+        progress(renderProgressLine(object));
+        // a watch event, or a poll in case the watch is down
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, 5000);
+          changed = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
+        if (!abort.signal.aborted) object = await api.readOSUpgrade(args.name).catch(() => object);
+      }
+      abort.abort();
+      progress('done');
+    }
+    printResult(args, { name: args.name, spec: object.spec, status: object.status ?? null }, () => renderTable(object));
+    if (args.watch && outcome(object) === 'failed') throw failure(object);
+  },
+};
+
+export const rolloutCommand: CommandModule<GlobalArgs, GlobalArgs> = {
+  command: 'rollout <command>',
+  describe: 'Follow fleet rollouts (OSUpgrade objects)',
+  builder: (y) => y.command(status).demandCommand(1, 'name a subcommand: kubeos rollout status NAME'),
+  handler: () => {},
+};

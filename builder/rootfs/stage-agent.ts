@@ -1,0 +1,69 @@
+/**
+ * An image built without trusted keys carries an agent that refuses every bundle (E_UNKNOWN_KEY);
+ * `kubeos build --trusted-key` or agent.trustedKeys in image.json give it keys.
+ *
+ * Puts the agent into a root tree: Node.js and zstd (with their libraries), the bundled agent,
+ * `kubeos` on PATH, the trusted public keys, and /usr/lib/kubeos/agent.json. Read-only locations
+ * only: /etc is an overlay that persists, so a file there could outlive the image it came with.
+ */
+import { chmod, copyFile, mkdir, writeFile } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+import { KubeosError } from '../../runtime/core/errors.js';
+import { findTool } from '../../runtime/core/exec.js';
+import { parsePublicKey } from '../../runtime/core/crypto/keys.js';
+import { readFile } from 'node:fs/promises';
+import { bundleAgent } from './bundle-agent.js';
+import { copyBinary } from './copy-binary.js';
+
+export const agentConfigPath = '/usr/lib/kubeos/agent.json';
+
+export interface AgentStageInput {
+  tree: string;
+  compatible: string;
+  bootTries: number;
+  channel: string | undefined;
+  pollSeconds: number;
+  trustedKeys: string[];
+  slotPartitions: { A: string; B: string };
+  signal?: AbortSignal;
+}
+
+export async function stageAgent(input: AgentStageInput): Promise<void> {
+  const { tree } = input;
+  await copyBinary(tree, process.execPath, '/usr/bin/node', input.signal);
+  const zstd = await findTool('zstd');
+  if (zstd === undefined) throw new KubeosError('E_TOOL_MISSING', 'missing host tool: zstd (Debian package zstd)', { hint: 'apt-get install zstd', details: { missing: ['zstd'], packages: ['zstd'] } });
+  await copyBinary(tree, zstd, '/usr/bin/zstd', input.signal);
+
+  await mkdir(join(tree, 'usr/lib/kubeos/keys'), { recursive: true });
+  await bundleAgent(join(tree, 'usr/lib/kubeos/agent.mjs'));
+  await writeFile(join(tree, 'usr/bin/kubeos'), '#!/bin/sh\nexec /usr/bin/node /usr/lib/kubeos/agent.mjs "$@"\n');
+  await chmod(join(tree, 'usr/bin/kubeos'), 0o755);
+
+  const keyPaths: string[] = [];
+  for (const [index, key] of input.trustedKeys.entries()) {
+    let pem: string;
+    try {
+      pem = await readFile(key, 'utf8');
+      parsePublicKey(pem, key);
+    } catch (error) {
+      throw new KubeosError('E_KEY_INVALID', `trusted key ${key} is not a readable public key`, { cause: error });
+    }
+    const name = `${String(index).padStart(2, '0')}-${basename(key).replace(/[^A-Za-z0-9._-]/g, '_')}`;
+    await copyFile(key, join(tree, 'usr/lib/kubeos/keys', name));
+    keyPaths.push(`/usr/lib/kubeos/keys/${name}`);
+  }
+  await writeFile(join(tree, agentConfigPath), `${JSON.stringify({
+    compatible: input.compatible,
+    bootTries: input.bootTries,
+    channel: input.channel ?? '',
+    trustedKeys: keyPaths,
+    bootEnv: '/boot/efi/EFI/BOOT/grubenv',
+    stateDir: '/persist/.kubeos/agent',
+    runDir: '/run/kubeos',
+    osRelease: '/usr/lib/os-release',
+    slots: { A: { partition: input.slotPartitions.A }, B: { partition: input.slotPartitions.B } },
+    pollSeconds: input.pollSeconds,
+    jitterSeconds: Math.min(60, input.pollSeconds),
+  }, null, 2)}\n`);
+}

@@ -1,0 +1,71 @@
+/**
+ * The agent's configuration, /usr/lib/kubeos/agent.json in an image (the builder writes it), or any
+ * file given with --config (tests point the slots at file-backed disk images).
+ */
+import { readFile } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
+import type { Slot } from '../core/boot-env.js';
+import { KubeosError } from '../core/errors.js';
+
+/** Where the builder puts it: in the read-only root, so it always matches the booted image. */
+export const defaultConfigPath = '/usr/lib/kubeos/agent.json';
+
+/** A slot is a GPT partition found by name, or a byte range of a file or device. */
+export type SlotLocation = { partition: string } | { path: string; offset?: number; size?: number };
+
+export interface AgentConfig {
+  compatible: string;
+  bootTries: number;
+  channel: string | undefined;
+  /** PEM public keys trusted for bundles and channel indexes. */
+  trustedKeys: string[];
+  bootEnv: string;
+  stateDir: string;
+  slots: Record<Slot, SlotLocation>;
+  /** Where the initramfs recorded the booted slot and how it booted (good, trying, fallback). */
+  runDir: string;
+  osRelease: string;
+  /** Seconds between channel polls in `daemon`, and the random spread added to each. */
+  pollSeconds: number;
+  jitterSeconds: number;
+  reboot: string[];
+}
+
+function fail(file: string, message: string): never {
+  throw new KubeosError('E_USAGE', `agent config ${file}: ${message}`, { hint: `see ${defaultConfigPath} in an image for an example` });
+}
+
+export async function loadAgentConfig(file = defaultConfigPath): Promise<AgentConfig> {
+  let raw: Record<string, unknown>;
+  try {
+    raw = JSON.parse(await readFile(file, 'utf8')) as Record<string, unknown>;
+  } catch (error) {
+    throw new KubeosError('E_USAGE', `cannot read agent config ${file}: ${(error as Error).message}`, { cause: error });
+  }
+  const base = dirname(resolve(file));
+  const path = (value: unknown, key: string, fallback?: string): string => {
+    const v = value ?? fallback;
+    if (typeof v !== 'string' || v === '') fail(file, `${key} must be a path`);
+    return resolve(base, v);
+  };
+  const slots = raw['slots'] as Record<string, SlotLocation> | undefined;
+  if (!slots || typeof slots !== 'object' || !slots['A'] || !slots['B']) fail(file, 'slots must name A and B');
+  const fix = (slot: SlotLocation): SlotLocation => ('partition' in slot ? slot : { ...slot, path: resolve(base, slot.path) });
+  const keys = raw['trustedKeys'];
+  if (!Array.isArray(keys)) fail(file, 'trustedKeys must list public key files (an empty list trusts no bundle)');
+  if (typeof raw['compatible'] !== 'string') fail(file, 'compatible must be a string');
+  return {
+    compatible: raw['compatible'],
+    bootTries: typeof raw['bootTries'] === 'number' ? raw['bootTries'] : 3,
+    channel: typeof raw['channel'] === 'string' && raw['channel'] !== '' ? raw['channel'] : undefined,
+    trustedKeys: keys.map((k, i) => path(k, `trustedKeys[${i}]`)),
+    bootEnv: path(raw['bootEnv'], 'bootEnv', '/boot/efi/EFI/BOOT/grubenv'),
+    stateDir: path(raw['stateDir'], 'stateDir', '/persist/.kubeos/agent'),
+    slots: { A: fix(slots['A']), B: fix(slots['B']) },
+    runDir: path(raw['runDir'], 'runDir', '/run/kubeos'),
+    osRelease: path(raw['osRelease'], 'osRelease', '/etc/os-release'),
+    pollSeconds: typeof raw['pollSeconds'] === 'number' ? raw['pollSeconds'] : 300,
+    jitterSeconds: typeof raw['jitterSeconds'] === 'number' ? raw['jitterSeconds'] : 60,
+    reboot: Array.isArray(raw['reboot']) ? (raw['reboot'] as string[]) : ['reboot'],
+  };
+}

@@ -1,0 +1,124 @@
+/** `kubeos agent ...`: the host-side commands. Thin: parse, call runtime/agent, print. */
+import type { Argv, CommandModule } from 'yargs';
+import { makeProgress, printResult, type GlobalArgs } from '../../cli/output.js';
+import { defaultConfigPath, loadAgentConfig } from '../agent-config.js';
+import { commit, rollback, status } from '../commit-rollback-status.js';
+import { runDaemon, settleBoot } from '../run-daemon.js';
+import { upgrade } from '../upgrade.js';
+
+interface AgentArgs extends GlobalArgs {
+  config: string;
+}
+
+const withConfig = <T>(y: Argv<T>) => y.option('config', { type: 'string', default: defaultConfigPath, describe: 'Agent configuration (slots, boot environment, keys, channel)' });
+
+const statusCommand: CommandModule<AgentArgs, AgentArgs> = {
+  command: 'status',
+  describe: 'Booted slot, what each slot holds and its state, the last upgrade, whether the last boot fell back',
+  handler: async (args) => {
+    const s = await status(await loadAgentConfig(args.config));
+    printResult(args, s, () => [
+      `booted slot ${s.booted} (${s.bootKind}), version ${s.version}, compatible ${s.compatible}${s.fellBack ? ' — FELL BACK: the last upgrade did not come up' : ''}`,
+      ...(['A', 'B'] as const).map((slot) => {
+        const x = s.slots[slot];
+        return `  slot ${slot}: ${x.state}${x.triesLeft !== undefined ? ` (${x.triesLeft} tries left)` : ''}${x.version ? `, version ${x.version}` : ''}`;
+      }),
+      s.lastUpgrade ? `last upgrade: ${s.lastUpgrade.version} into slot ${s.lastUpgrade.slot}: ${s.lastUpgrade.result}${s.lastUpgrade.error ? ` (${s.lastUpgrade.error})` : ''} at ${s.lastUpgrade.at}` : 'last upgrade: none',
+    ].join('\n'));
+  },
+};
+
+interface UpgradeArgs extends AgentArgs {
+  channel?: string;
+  bundle?: string;
+  reboot: boolean;
+  allowDowngrade: boolean;
+}
+
+const upgradeCommand: CommandModule<AgentArgs, UpgradeArgs> = {
+  command: 'upgrade',
+  describe: 'Verify a bundle, write it to the standby slot, and boot it next (with boot counting)',
+  builder: (y) => y
+    .option('channel', { type: 'string', describe: 'URL of a signed channel index (…/channels/stable.json)' })
+    .option('bundle', { type: 'string', describe: 'URL or path of a bundle' })
+    .option('reboot', { type: 'boolean', default: true, describe: 'Reboot into the new slot when done (--no-reboot to stay)' })
+    .option('allow-downgrade', { type: 'boolean', default: false, describe: 'Install a version older than (or equal to) the running one' })
+    .conflicts('channel', 'bundle')
+    .example('$0 agent upgrade --channel http://images.example/kubeos/channels/stable.json', 'Follow a channel')
+    .example('$0 agent upgrade --bundle ./os-2.0.0.kubeos --no-reboot', 'Install a local bundle, reboot later') as any,
+  handler: async (args) => {
+    const config = await loadAgentConfig(args.config);
+    const result = await upgrade(config, {
+      channel: args.channel ?? (args.bundle === undefined ? config.channel : undefined),
+      bundle: args.bundle,
+      reboot: args.reboot,
+      allowDowngrade: args.allowDowngrade,
+      onProgress: makeProgress(args),
+    });
+    printResult(args, result, () => result.kind === 'up-to-date'
+      ? `up to date: ${result.version}`
+      : `installed ${result.version} into slot ${result.slot} (sha256 ${result.sha256}); ${result.rebooting ? 'rebooting' : 'it boots next (run reboot)'}`);
+  },
+};
+
+const commitCommand: CommandModule<AgentArgs, AgentArgs> = {
+  command: 'commit',
+  describe: 'Make the slot on trial the good slot (run after health checks pass)',
+  handler: async (args) => {
+    const result = await commit(await loadAgentConfig(args.config));
+    printResult(args, result, () => result.kind === 'committed' ? `committed slot ${result.slot} (${result.version})` : `slot ${result.slot} (${result.version}) was already committed`);
+  },
+};
+
+const rollbackCommand: CommandModule<AgentArgs, AgentArgs & { reboot: boolean }> = {
+  command: 'rollback',
+  describe: 'Boot the other slot, if it holds a committed image',
+  builder: (y) => y.option('reboot', { type: 'boolean', default: true, describe: 'Reboot now (--no-reboot: at the next boot)' }) as any,
+  handler: async (args) => {
+    const result = await rollback(await loadAgentConfig(args.config), { reboot: args.reboot });
+    printResult(args, result, () => `slot ${result.slot} (${result.version ?? 'unknown version'}) boots next${result.rebooting ? '; rebooting' : ''}`);
+  },
+};
+
+interface DaemonArgs extends AgentArgs {
+  channel?: string;
+  kubernetes: boolean;
+  nodeName?: string;
+  kubeconfig?: string;
+}
+
+const daemonCommand: CommandModule<AgentArgs, DaemonArgs> = {
+  command: 'daemon',
+  describe: 'Commit a healthy trial boot, then follow a channel (or the Node\'s desired version with --kubernetes)',
+  builder: (y) => y
+    .option('channel', { type: 'string', describe: 'Channel URL (default: the config\'s)' })
+    .option('kubernetes', { type: 'boolean', default: false, describe: 'Take the desired version from this Node\'s kubeos.io/desired-version annotation' })
+    .option('node-name', { type: 'string', describe: 'This Node\'s name (with --kubernetes; default $NODE_NAME)' })
+    .option('kubeconfig', { type: 'string', describe: 'Kubeconfig (default: in-cluster)' }) as any,
+  handler: async (args) => {
+    const config = await loadAgentConfig(args.config);
+    const controller = new AbortController();
+    for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => controller.abort());
+    const log = (line: string) => process.stdout.write(`${new Date().toISOString()} kubeos-agent: ${line}\n`);
+    if (!args.kubernetes) {
+      await runDaemon(config, { channel: args.channel, signal: controller.signal, log });
+      return;
+    }
+    const { runKubernetesAgent } = await import('../run-kubernetes-agent.js');
+    await settleBoot(config, log);
+    await runKubernetesAgent(config, { nodeName: args.nodeName ?? process.env['NODE_NAME'], kubeconfig: args.kubeconfig, signal: controller.signal, log });
+  },
+};
+
+export const agentCommand: CommandModule<GlobalArgs, AgentArgs> = {
+  command: 'agent <command>',
+  describe: 'On a host: status, upgrade, commit, rollback, daemon',
+  builder: (y) => withConfig(y)
+    .command(statusCommand)
+    .command(upgradeCommand)
+    .command(commitCommand)
+    .command(rollbackCommand)
+    .command(daemonCommand)
+    .demandCommand(1, 'name an agent command: status, upgrade, commit, rollback or daemon') as any,
+  handler: () => {},
+};

@@ -1,0 +1,23 @@
+#!/usr/bin/env node
+/** The agent's own bin, bundled into images as /usr/bin/kubeos (only `kubeos agent ...`). */
+import yargs from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { KubeosError } from '../../core/errors.js';
+import { printError } from '../../cli/output.js';
+import { agentCommand } from './agent-command.js';
+
+const argv = hideBin(process.argv);
+try {
+  await yargs(argv)
+    .scriptName('kubeos')
+    .option('json', { type: 'boolean', description: 'Print results (and errors) as JSON', global: true })
+    .command(agentCommand)
+    .demandCommand(1, 'name a command: kubeos agent --help')
+    .strict()
+    .fail((message, error) => {
+      throw error ?? new KubeosError('E_USAGE', message, { hint: 'kubeos agent --help lists the commands' });
+    })
+    .parseAsync();
+} catch (error) {
+  process.exitCode = printError(error, argv.includes('--json'));
+}

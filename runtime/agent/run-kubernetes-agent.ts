@@ -1,0 +1,40 @@
+/** `kubeos agent daemon --kubernetes`: the node side of the operator's handshake, driving this host's upgrade. */
+import { KubeosError, isKubeosError } from '../core/errors.js';
+import { KubeApi } from '../operator/kube-api.js';
+import { runNodeAgent, type LocalStatus } from '../operator/run-node-agent.js';
+import type { AgentConfig } from './agent-config.js';
+import { status } from './commit-rollback-status.js';
+import { upgrade } from './upgrade.js';
+
+export async function runKubernetesAgent(config: AgentConfig, options: { nodeName: string | undefined; kubeconfig?: string; signal: AbortSignal; log: (line: string) => void }): Promise<void> {
+  if (!options.nodeName) throw new KubeosError('E_USAGE', '--kubernetes needs --node-name or $NODE_NAME');
+  const api = KubeApi.connect({ kubeconfig: options.kubeconfig }, `kubeos-agent/${options.nodeName}`);
+  await runNodeAgent({
+    api,
+    nodeName: options.nodeName,
+    signal: options.signal,
+    status: async (): Promise<LocalStatus> => {
+      const s = await status(config);
+      const last = s.lastUpgrade;
+      if (s.fellBack && last) return { currentVersion: s.version, state: 'fell-back', stateVersion: last.version, lastError: `slot ${last.slot} did not come up` };
+      if (last?.result === 'committed') return { currentVersion: s.version, state: 'committed', stateVersion: last.version };
+      if (last?.result === 'failed') return { currentVersion: s.version, state: 'failed', stateVersion: last.version, lastError: last.error };
+      return { currentVersion: s.version };
+    },
+    upgrade: async (version, channel, progress, signal) => {
+      await progress('downloading');
+      try {
+        const result = await upgrade(config, { channel, signal, reboot: false });
+        if (result.kind === 'up-to-date') return { state: 'committed', currentVersion: result.version };
+        if (result.version !== version) return { state: 'failed', error: `channel offers ${result.version}, the operator wants ${version}` };
+        await progress('rebooting');
+        const { run } = await import('../core/exec.js');
+        await run('reboot', config.reboot.slice(1), { timeoutMs: 60_000 });
+        return { state: 'rebooting' };
+      } catch (error) {
+        return { state: 'failed', error: isKubeosError(error) ? `${error.code}: ${error.message}` : String(error) };
+      }
+    },
+    onEvent: (event) => options.log(event.type === 'error' ? `error ${event.error.code}: ${event.error.message}` : `${event.type} ${JSON.stringify('report' in event ? event.report : 'outcome' in event ? event.outcome : event)}`),
+  });
+}

@@ -1,0 +1,113 @@
+/**
+ * The bundle manifest: what an update is, who signed it and how to check its payload while it
+ * streams. A bundle is a tar of three members, in this order: `manifest.json` (canonical JSON),
+ * `manifest.sig` (a `{ keyid, sig }` JSON over the exact manifest bytes), `payload.img.zst`.
+ */
+import { KubeosError } from '../errors.js';
+
+export const bundleFormat = 1;
+export const manifestMember = 'manifest.json';
+export const signatureMember = 'manifest.sig';
+export const payloadMember = 'payload.img.zst';
+/** Manifests stay small even for huge images (4 MiB chunks: ~70 bytes a chunk). */
+export const maxManifestBytes = 8 * 1024 * 1024;
+export const maxSignatureBytes = 64 * 1024;
+export const defaultChunkSize = 4 * 1024 * 1024;
+
+export interface PayloadInfo {
+  compression: 'zstd';
+  /** Compressed size in bytes and sha256 (hex) of the compressed bytes. */
+  size: number;
+  sha256: string;
+  uncompressedSize: number;
+  uncompressedSha256: string;
+  /** Every chunk but the last is exactly chunkSize uncompressed bytes. */
+  chunkSize: number;
+  /** sha256 (hex) of each uncompressed chunk, so a writer verifies what it writes as it goes. */
+  chunks: string[];
+}
+
+export interface BundleManifest {
+  format: typeof bundleFormat;
+  os: string;
+  version: string;
+  arch: string;
+  /** A host installs a bundle only when this equals its own compatible string. */
+  compatible: string;
+  kernelVersion: string;
+  /** ISO 8601 UTC, from SOURCE_DATE_EPOCH. */
+  created: string;
+  keyId: string;
+  payload: PayloadInfo;
+}
+
+const hex64 = /^[0-9a-f]{64}$/;
+
+interface Problem {
+  path: string;
+  message: string;
+}
+
+/** Validates an untrusted manifest, reporting every problem at once. */
+export function validateManifest(value: unknown): BundleManifest {
+  const problems: Problem[] = [];
+  const add = (path: string, message: string) => problems.push({ path, message });
+  const obj = (v: unknown, path: string): Record<string, unknown> => {
+    if (v === null || typeof v !== 'object' || Array.isArray(v)) {
+      add(path, 'must be an object');
+      return {};
+    }
+    return v as Record<string, unknown>;
+  };
+  const str = (o: Record<string, unknown>, key: string, path: string, pattern?: RegExp) => {
+    const v = o[key];
+    if (typeof v !== 'string' || v.length === 0) add(`${path}.${key}`, 'must be a non-empty string');
+    else if (pattern !== undefined && !pattern.test(v)) add(`${path}.${key}`, `must match ${pattern}`);
+  };
+  const int = (o: Record<string, unknown>, key: string, path: string, min: number) => {
+    const v = o[key];
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) add(`${path}.${key}`, `must be an integer >= ${min}`);
+  };
+
+  const m = obj(value, '$');
+  if (m['format'] !== bundleFormat) add('$.format', `must be ${bundleFormat}`);
+  for (const key of ['os', 'version', 'arch', 'compatible', 'kernelVersion']) str(m, key, '$');
+  str(m, 'created', '$', /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$/);
+  str(m, 'keyId', '$', hex64);
+  const p = obj(m['payload'], '$.payload');
+  if (p['compression'] !== 'zstd') add('$.payload.compression', 'must be "zstd"');
+  int(p, 'size', '$.payload', 0);
+  int(p, 'uncompressedSize', '$.payload', 0);
+  int(p, 'chunkSize', '$.payload', 4096);
+  str(p, 'sha256', '$.payload', hex64);
+  str(p, 'uncompressedSha256', '$.payload', hex64);
+  const chunks = p['chunks'];
+  if (!Array.isArray(chunks)) add('$.payload.chunks', 'must be an array of sha256 hex strings');
+  else {
+    chunks.forEach((c, i) => {
+      if (typeof c !== 'string' || !hex64.test(c)) add(`$.payload.chunks[${i}]`, 'must be a sha256 hex string');
+    });
+    const size = p['uncompressedSize'];
+    const chunkSize = p['chunkSize'];
+    if (typeof size === 'number' && typeof chunkSize === 'number' && chunkSize > 0) {
+      const expected = Math.ceil(size / chunkSize);
+      if (chunks.length !== expected) add('$.payload.chunks', `must have ${expected} entries for ${size} bytes in ${chunkSize}-byte chunks, has ${chunks.length}`);
+    }
+  }
+
+  if (problems.length > 0) {
+    throw new KubeosError('E_BUNDLE_INVALID', `bundle manifest is invalid: ${problems.map((p) => `${p.path} ${p.message}`).join('; ')}`, {
+      details: { problems },
+    });
+  }
+  return value as BundleManifest;
+}
+
+/** Refuses a bundle built for other hosts. */
+export function checkCompatible(manifest: BundleManifest, compatible: string): void {
+  if (manifest.compatible !== compatible) {
+    throw new KubeosError('E_INCOMPATIBLE', `bundle is for "${manifest.compatible}", this host is "${compatible}"`, {
+      details: { expected: compatible, actual: manifest.compatible },
+    });
+  }
+}

@@ -1,0 +1,260 @@
+/**
+ * Reads a bundle from any byte stream (a file, an HTTP response) in one pass: the manifest and its
+ * signature first, then the payload, decompressed by `zstd -d` and released chunk by chunk only
+ * after each chunk matched the signed manifest. The agent writes that stream straight to a slot.
+ */
+import { Readable, Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import * as tar from 'tar-stream';
+import { isKubeosError, KubeosError } from '../errors.js';
+import { startZstd } from './run-zstd.js';
+import { parseSignature, verifySignature, type Signature } from '../crypto/signature.js';
+import type { TrustedKeys } from '../crypto/keys.js';
+import { HashTap } from './hash-tap.js';
+import {
+  checkCompatible,
+  manifestMember,
+  maxManifestBytes,
+  maxSignatureBytes,
+  payloadMember,
+  signatureMember,
+  validateManifest,
+  type BundleManifest,
+} from './manifest.js';
+import { ChunkVerifier } from './verify-chunks.js';
+
+export interface ReadBundleOptions {
+  trustedKeys: TrustedKeys;
+  /** When given, a bundle for other hosts fails with E_INCOMPATIBLE before any payload is read. */
+  compatible?: string;
+  signal?: AbortSignal;
+}
+
+export interface OpenedBundle {
+  manifest: BundleManifest;
+  /** Id of the trusted key whose signature matched. */
+  keyId: string;
+  /**
+   * The uncompressed image. It yields only verified bytes, fails with a KubeosError
+   * (E_HASH_MISMATCH, E_BUNDLE_TRUNCATED, E_BUNDLE_INVALID, E_FETCH) on any problem and ends only
+   * after every check (compressed sha256, chunk hashes, sizes, end of archive) passed. Consume or
+   * destroy it: destroying stops zstd and the source.
+   */
+  payload: Readable;
+}
+
+export interface UnverifiedHeader {
+  manifest: BundleManifest;
+  manifestBytes: Buffer;
+  signature: Signature;
+}
+
+type Entry = tar.Extract extends AsyncIterable<infer E> ? E : never;
+
+/** Generous: a slow download of a big image must not be cut off; the caller's signal stops it. */
+const zstdTimeoutMs = 24 * 60 * 60 * 1000;
+
+class BundleEntries {
+  private sourceEnded = false;
+  private sourceError: unknown;
+  private tarFailed = false;
+  private readonly iterator: AsyncIterator<Entry>;
+  readonly done: Promise<unknown>;
+
+  constructor(readonly source: Readable) {
+    const extract = tar.extract();
+    source.once('error', (error) => {
+      this.sourceError ??= error;
+    });
+    extract.on('error', () => {
+      this.tarFailed = true;
+    });
+    const watchEnd = new Transform({
+      transform: (chunk, _encoding, callback) => callback(null, chunk),
+      flush: (callback) => {
+        this.sourceEnded = true;
+        callback();
+      },
+    });
+    // Settled here so a failure surfaces through the entry iterator, never as an unhandled rejection.
+    this.done = pipeline(source, watchEnd, extract).catch((error: unknown) => error);
+    this.iterator = extract[Symbol.asyncIterator]();
+  }
+
+  /** True when the stream ended cleanly but the archive (or an entry) did not. */
+  get truncated(): boolean {
+    return this.sourceEnded && this.tarFailed;
+  }
+
+  classify(error: unknown): KubeosError {
+    if (isKubeosError(error)) return error;
+    if (this.sourceError !== undefined) {
+      const cause = this.sourceError;
+      if (isKubeosError(cause)) return cause;
+      return new KubeosError('E_FETCH', `reading the bundle failed: ${(cause as Error).message ?? String(cause)}`, { cause });
+    }
+    if (this.sourceEnded) return new KubeosError('E_BUNDLE_TRUNCATED', 'bundle is truncated: the data ends inside the archive', { cause: error });
+    return new KubeosError('E_BUNDLE_INVALID', `not a kubeos bundle: ${(error as Error).message ?? String(error)}`, { cause: error });
+  }
+
+  async next(expected: string): Promise<Entry> {
+    let result: IteratorResult<Entry>;
+    try {
+      result = await this.iterator.next();
+    } catch (error) {
+      throw this.classify(error);
+    }
+    if (result.done) {
+      throw new KubeosError('E_BUNDLE_TRUNCATED', `bundle is truncated: it ends before the ${expected} member`, { details: { expected } });
+    }
+    const name = result.value.header.name;
+    if (name !== expected || (result.value.header.type ?? 'file') !== 'file') {
+      result.value.resume();
+      throw new KubeosError('E_BUNDLE_INVALID', `bundle member is "${name}", expected "${expected}"`, { details: { expected, actual: name } });
+    }
+    return result.value;
+  }
+
+  async readSmall(entry: Entry, limit: number): Promise<Buffer> {
+    const size = entry.header.size ?? 0;
+    if (size > limit) {
+      entry.resume();
+      throw new KubeosError('E_BUNDLE_INVALID', `bundle member ${entry.header.name} is ${size} bytes, at most ${limit} allowed`);
+    }
+    const parts: Buffer[] = [];
+    try {
+      for await (const part of entry) parts.push(part as Buffer);
+    } catch (error) {
+      throw this.classify(error);
+    }
+    return Buffer.concat(parts);
+  }
+
+  /** After the payload: the archive must end here. */
+  async expectEnd(): Promise<void> {
+    let result: IteratorResult<Entry>;
+    try {
+      result = await this.iterator.next();
+    } catch (error) {
+      throw this.classify(error);
+    }
+    if (!result.done) {
+      result.value.resume();
+      throw new KubeosError('E_BUNDLE_INVALID', `unexpected bundle member "${result.value.header.name}" after the payload`);
+    }
+  }
+
+  close(): void {
+    this.source.destroy();
+    void this.iterator.return?.();
+  }
+}
+
+async function readHeader(entries: BundleEntries): Promise<UnverifiedHeader & { parsed: unknown }> {
+  const manifestBytes = await entries.readSmall(await entries.next(manifestMember), maxManifestBytes);
+  const signatureBytes = await entries.readSmall(await entries.next(signatureMember), maxSignatureBytes);
+  let signatureJson: unknown;
+  try {
+    signatureJson = JSON.parse(signatureBytes.toString('utf8'));
+  } catch (cause) {
+    throw new KubeosError('E_SIGNATURE', `${signatureMember} is not JSON`, { cause });
+  }
+  const signature = parseSignature(signatureJson, signatureMember, 'E_SIGNATURE');
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(manifestBytes.toString('utf8'));
+  } catch {
+    parsed = undefined;
+  }
+  return { manifestBytes, signature, parsed, manifest: undefined as unknown as BundleManifest };
+}
+
+function parseManifest(parsed: unknown): BundleManifest {
+  if (parsed === undefined) throw new KubeosError('E_BUNDLE_INVALID', `${manifestMember} is not JSON`);
+  return validateManifest(parsed);
+}
+
+/** The manifest and signature, NOT verified: for `bundle info` and diagnostics only. */
+export async function readBundleHeader(source: Readable): Promise<UnverifiedHeader> {
+  const entries = new BundleEntries(source);
+  try {
+    const header = await readHeader(entries);
+    return { manifestBytes: header.manifestBytes, signature: header.signature, manifest: parseManifest(header.parsed) };
+  } finally {
+    entries.close();
+  }
+}
+
+/**
+ * Verifies the manifest signature (E_UNKNOWN_KEY, E_SIGNATURE) before trusting one byte of it, then
+ * hands back the manifest and the verifying payload stream.
+ */
+export async function readBundle(source: Readable, options: ReadBundleOptions): Promise<OpenedBundle> {
+  const entries = new BundleEntries(source);
+  let manifest: BundleManifest;
+  let keyId: string;
+  let payloadEntry: Entry;
+  try {
+    const header = await readHeader(entries);
+    keyId = verifySignature(header.manifestBytes, header.signature, options.trustedKeys, 'bundle manifest');
+    manifest = parseManifest(header.parsed);
+    if (manifest.keyId !== keyId) {
+      throw new KubeosError('E_BUNDLE_INVALID', `manifest names key ${manifest.keyId} but is signed by ${keyId}`);
+    }
+    if (options.compatible !== undefined) checkCompatible(manifest, options.compatible);
+    payloadEntry = await entries.next(payloadMember);
+    if (payloadEntry.header.size !== manifest.payload.size) {
+      payloadEntry.resume();
+      throw new KubeosError('E_BUNDLE_INVALID', `payload member is ${payloadEntry.header.size} bytes, the manifest says ${manifest.payload.size}`, {
+        details: { check: 'size', expected: manifest.payload.size, actual: payloadEntry.header.size },
+      });
+    }
+  } catch (error) {
+    entries.close();
+    throw error;
+  }
+  const payload = Readable.from(streamPayload(entries, payloadEntry, manifest, options.signal), { objectMode: false });
+  return { manifest, keyId, payload };
+}
+
+async function* streamPayload(entries: BundleEntries, entry: Entry, manifest: BundleManifest, signal: AbortSignal | undefined): AsyncGenerator<Buffer> {
+  const verifier = new ChunkVerifier(manifest.payload);
+  const compressed = new HashTap();
+  const child = await startZstd(['-d', '-c', '-q', '--no-progress'], { signal, timeoutMs: zstdTimeoutMs });
+  // Settled values, so an early exit (EPIPE, a kill) is judged below instead of escaping.
+  const fed = pipeline(entry, compressed, child.stdin).then(() => undefined, (error: unknown) => error ?? new Error('feed failed'));
+  const exited = child.exited;
+  let finished = false;
+  try {
+    for await (const data of child.stdout) yield* verifier.update(data as Buffer);
+    const feedError = await fed;
+    const result = await exited;
+    signal?.throwIfAborted();
+    if (entries.truncated) throw new KubeosError('E_BUNDLE_TRUNCATED', `bundle is truncated: the payload ends after ${compressed.bytes} of ${manifest.payload.size} bytes`);
+    if (result.exitCode !== 0) {
+      const why = result.stderr.split('\n').slice(-2).join(' ') || `exit ${result.exitCode ?? 'by signal'}`;
+      throw new KubeosError('E_HASH_MISMATCH', `compressed payload is corrupt: zstd: ${why}`, {
+        details: { check: 'decompress', stderr: result.stderr },
+      });
+    }
+    if (feedError !== undefined) throw entries.classify(feedError);
+    const actual = compressed.digest();
+    if (compressed.bytes !== manifest.payload.size || actual !== manifest.payload.sha256) {
+      throw new KubeosError('E_HASH_MISMATCH', 'sha256 of the compressed payload does not match the manifest', {
+        details: { check: 'sha256', expected: manifest.payload.sha256, actual, size: compressed.bytes },
+      });
+    }
+    await entries.expectEnd();
+    const last = verifier.finish();
+    finished = true;
+    yield* last;
+  } catch (error) {
+    throw signal?.aborted ? signal.reason : entries.classify(error);
+  } finally {
+    if (!finished) {
+      child.kill();
+      entries.close();
+    }
+    await Promise.allSettled([fed, exited]);
+  }
+}

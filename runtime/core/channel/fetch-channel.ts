@@ -1,0 +1,78 @@
+/**
+ * What a host does: GET a channel index, verify it, then GET the bundle it names and stream it
+ * through the verifying reader. Plain HTTP(S), so any static server or public bucket can serve.
+ */
+import { Readable } from 'node:stream';
+import { KubeosError } from '../errors.js';
+import { readBundle, type OpenedBundle, type ReadBundleOptions } from '../bundle/read-bundle.js';
+import { verifyChannel, type ChannelSigned, type VerifyChannelOptions } from './channel-index.js';
+import { resolveBundleUrl } from './layout.js';
+
+const maxIndexBytes = 1024 * 1024;
+const indexTimeoutMs = 30_000;
+
+export interface FetchedChannel {
+  signed: ChannelSigned;
+  /** Absolute URL of the bundle the index names. */
+  bundleUrl: string;
+}
+
+async function get(url: string, signal: AbortSignal | undefined): Promise<Response> {
+  let response: Response;
+  try {
+    response = await fetch(url, { signal, redirect: 'follow' });
+  } catch (cause) {
+    if (signal?.aborted && signal.reason instanceof KubeosError) throw signal.reason;
+    throw new KubeosError('E_FETCH', `GET ${url} failed: ${(cause as Error).message}`, { cause, details: { url } });
+  }
+  if (response.status !== 200) {
+    await response.body?.cancel();
+    throw new KubeosError('E_FETCH', `GET ${url} answered HTTP ${response.status}`, { details: { url, status: response.status } });
+  }
+  return response;
+}
+
+export async function fetchChannel(url: string, options: VerifyChannelOptions & { signal?: AbortSignal }): Promise<FetchedChannel> {
+  const signal = options.signal === undefined ? AbortSignal.timeout(indexTimeoutMs) : AbortSignal.any([options.signal, AbortSignal.timeout(indexTimeoutMs)]);
+  const response = await get(url, signal);
+  const length = Number(response.headers.get('content-length') ?? 0);
+  if (length > maxIndexBytes) throw new KubeosError('E_CHANNEL_INVALID', `channel index is ${length} bytes, at most ${maxIndexBytes} allowed`);
+  const body = Buffer.from(await response.arrayBuffer());
+  if (body.length > maxIndexBytes) throw new KubeosError('E_CHANNEL_INVALID', `channel index is over ${maxIndexBytes} bytes`);
+  const signed = verifyChannel(body, options);
+  return { signed, bundleUrl: resolveBundleUrl(url, signed.bundle.path) };
+}
+
+/** Refuses a bundle that is not the one the channel index describes. */
+export function checkBundleMatchesChannel(bundle: Pick<OpenedBundle, 'manifest'>, signed: ChannelSigned): void {
+  const m = bundle.manifest;
+  const mismatched = (['version', 'compatible', 'os', 'arch'] as const).filter((key) => m[key] !== signed[key]);
+  if (mismatched.length > 0) {
+    throw new KubeosError('E_BUNDLE_INVALID', `bundle does not match its channel index: ${mismatched.map((k) => `${k} ${m[k]} vs ${signed[k]}`).join(', ')}`, {
+      details: { mismatched },
+    });
+  }
+}
+
+/**
+ * Streams the bundle a verified channel index names. The returned payload is the verified,
+ * decompressed image (see readBundle); the manifest is checked against the index first.
+ */
+export async function fetchBundle(channel: FetchedChannel, options: ReadBundleOptions): Promise<OpenedBundle> {
+  const response = await get(channel.bundleUrl, options.signal);
+  const length = response.headers.get('content-length');
+  if (length !== null && Number(length) !== channel.signed.bundle.size) {
+    await response.body?.cancel();
+    throw new KubeosError('E_BUNDLE_INVALID', `bundle at ${channel.bundleUrl} is ${length} bytes, the channel says ${channel.signed.bundle.size}`);
+  }
+  if (response.body === null) throw new KubeosError('E_FETCH', `GET ${channel.bundleUrl} returned no body`);
+  const source = Readable.fromWeb(response.body as import('node:stream/web').ReadableStream<Uint8Array>);
+  const bundle = await readBundle(source, options);
+  try {
+    checkBundleMatchesChannel(bundle, channel.signed);
+  } catch (error) {
+    bundle.payload.destroy();
+    throw error;
+  }
+  return bundle;
+}

@@ -1,0 +1,340 @@
+/**
+ * The one file that talks to the Kubernetes API (@kubernetes/client-node). Everything else in
+ * runtime/operator deals in plain objects and patches; API failures become E_KUBERNETES here,
+ * with the HTTP status and the Status reason in `details`.
+ */
+import {
+  CoordinationV1Api,
+  CoreV1Api,
+  CustomObjectsApi,
+  KubeConfig,
+  PatchStrategy,
+  V1MicroTime,
+  Watch,
+  setHeaderOptions,
+  type V1Lease,
+} from '@kubernetes/client-node';
+import { KubeosError } from '../core/errors.js';
+import type { NodeLike, NodePatch, PodLike } from './node-protocol.js';
+import { osUpgradeApi, type OSUpgradeObject, type OSUpgradeStatus } from './osupgrade.js';
+
+export interface KubeConfigSource {
+  /** A kubeconfig file; without it, in-cluster config or $KUBECONFIG / ~/.kube/config. */
+  kubeconfig?: string;
+  context?: string;
+  /** Talk to this server URL without credentials (tests use a fake API server on 127.0.0.1). */
+  server?: string;
+}
+
+export interface LeaseRecord {
+  holder: string | undefined;
+  /** ms since the epoch */
+  renewTime: number | undefined;
+  acquireTime: number | undefined;
+  durationSeconds: number;
+  transitions: number;
+  resourceVersion: string | undefined;
+}
+
+export type EvictionResult =
+  | { outcome: 'evicted' }
+  | { outcome: 'gone' }
+  | { outcome: 'blocked'; status: number; message: string; retryAfterSeconds: number | undefined };
+
+export interface EventInput {
+  kind: 'Node' | 'OSUpgrade';
+  name: string;
+  type: 'Normal' | 'Warning';
+  reason: string;
+  message: string;
+}
+
+export type WatchEvent = { type: 'ADDED' | 'MODIFIED' | 'DELETED' | 'BOOKMARK' | 'ERROR'; object: unknown };
+
+const eventNamespace = 'default';
+const mergePatch = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
+
+function statusOf(error: unknown): number | undefined {
+  const e = error as { code?: unknown; statusCode?: unknown };
+  if (typeof e.code === 'number') return e.code;
+  if (typeof e.statusCode === 'number') return e.statusCode;
+  return undefined;
+}
+
+function bodyMessage(error: unknown): string {
+  const body = (error as { body?: unknown }).body;
+  if (typeof body === 'string') {
+    try {
+      const parsed = JSON.parse(body) as { message?: unknown };
+      if (typeof parsed.message === 'string') return parsed.message;
+    } catch {
+      return body.slice(0, 300);
+    }
+  }
+  if (typeof body === 'object' && body !== null && typeof (body as { message?: unknown }).message === 'string') return (body as { message: string }).message;
+  return error instanceof Error ? error.message.split('\n')[0] ?? '' : String(error);
+}
+
+function kubeError(what: string, error: unknown): KubeosError {
+  const status = statusOf(error);
+  const message = bodyMessage(error);
+  return new KubeosError('E_KUBERNETES', `${what} failed${status === undefined ? '' : ` (HTTP ${status})`}: ${message}`, {
+    cause: error,
+    hint: status === 403 ? 'the service account lacks a permission: compare with deploy/operator-rbac.yaml' : status === undefined ? 'is the API server reachable? check --kubeconfig' : undefined,
+    details: { status, message },
+  });
+}
+
+function toMs(value: unknown): number | undefined {
+  if (value instanceof Date) return value.getTime();
+  if (typeof value === 'string') {
+    const ms = Date.parse(value);
+    return Number.isNaN(ms) ? undefined : ms;
+  }
+  return undefined;
+}
+
+export function loadKubeConfig(source: KubeConfigSource): KubeConfig {
+  const kc = new KubeConfig();
+  try {
+    if (source.server !== undefined) {
+      kc.loadFromOptions({
+        // client-node refuses plain http unless TLS verification is off; there is no TLS to verify then
+        clusters: [{ name: 'target', server: source.server, skipTLSVerify: source.server.startsWith('http:') }],
+        users: [{ name: 'anonymous' }],
+        contexts: [{ name: 'target', cluster: 'target', user: 'anonymous' }],
+        currentContext: 'target',
+      });
+    } else if (source.kubeconfig !== undefined) {
+      kc.loadFromFile(source.kubeconfig);
+    } else {
+      kc.loadFromDefault();
+    }
+    if (source.context !== undefined) kc.setCurrentContext(source.context);
+  } catch (error) {
+    throw new KubeosError('E_KUBERNETES', `cannot load the kubeconfig${source.kubeconfig ? ` ${source.kubeconfig}` : ''}: ${error instanceof Error ? error.message : String(error)}`, {
+      cause: error,
+      hint: 'pass --kubeconfig FILE, set KUBECONFIG, or run in a pod with a service account',
+    });
+  }
+  if (kc.getCurrentCluster() === null) {
+    throw new KubeosError('E_KUBERNETES', 'the kubeconfig names no current cluster', { hint: 'pass --kubeconfig FILE or --context NAME' });
+  }
+  return kc;
+}
+
+export class KubeApi {
+  private readonly core: CoreV1Api;
+  private readonly coordination: CoordinationV1Api;
+  private readonly custom: CustomObjectsApi;
+  private readonly watcher: Watch;
+
+  constructor(
+    kubeConfig: KubeConfig,
+    /** Sent as fieldManager on every write, so the API server (and its audit log) knows who wrote. */
+    private readonly fieldManager: string,
+  ) {
+    this.core = kubeConfig.makeApiClient(CoreV1Api);
+    this.coordination = kubeConfig.makeApiClient(CoordinationV1Api);
+    this.custom = kubeConfig.makeApiClient(CustomObjectsApi);
+    this.watcher = new Watch(kubeConfig);
+  }
+
+  static connect(source: KubeConfigSource, fieldManager: string): KubeApi {
+    return new KubeApi(loadKubeConfig(source), fieldManager);
+  }
+
+  async listNodes(): Promise<NodeLike[]> {
+    try {
+      return (await this.core.listNode()).items;
+    } catch (error) {
+      throw kubeError('listing nodes', error);
+    }
+  }
+
+  async readNode(name: string): Promise<NodeLike> {
+    try {
+      return await this.core.readNode({ name });
+    } catch (error) {
+      throw kubeError(`reading node ${name}`, error);
+    }
+  }
+
+  async patchNode(name: string, patch: NodePatch): Promise<NodeLike> {
+    try {
+      return await this.core.patchNode({ name, body: patch, fieldManager: this.fieldManager }, mergePatch);
+    } catch (error) {
+      throw kubeError(`patching node ${name}`, error);
+    }
+  }
+
+  async listPodsOnNode(node: string): Promise<PodLike[]> {
+    try {
+      return (await this.core.listPodForAllNamespaces({ fieldSelector: `spec.nodeName=${node}` })).items;
+    } catch (error) {
+      throw kubeError(`listing pods on node ${node}`, error);
+    }
+  }
+
+  /** One eviction attempt. 429 (a PodDisruptionBudget says no) is an outcome, not an error. */
+  async evictPod(namespace: string, name: string): Promise<EvictionResult> {
+    try {
+      await this.core.createNamespacedPodEviction({
+        name,
+        namespace,
+        fieldManager: this.fieldManager,
+        body: { apiVersion: 'policy/v1', kind: 'Eviction', metadata: { name, namespace } },
+      });
+      return { outcome: 'evicted' };
+    } catch (error) {
+      const status = statusOf(error);
+      if (status === 404) return { outcome: 'gone' };
+      if (status === 429 || status === 500) {
+        // 500 is what the API server answers when several PDBs match the pod: also "not now".
+        const headers = (error as { headers?: Record<string, string> }).headers ?? {};
+        const retry = Number.parseInt(headers['retry-after'] ?? '', 10);
+        return { outcome: 'blocked', status, message: bodyMessage(error), retryAfterSeconds: Number.isNaN(retry) ? undefined : retry };
+      }
+      throw kubeError(`evicting pod ${namespace}/${name}`, error);
+    }
+  }
+
+  async recordEvent(event: EventInput, component: string, now: number): Promise<void> {
+    const at = new Date(now);
+    const involved = event.kind === 'Node'
+      ? { apiVersion: 'v1', kind: 'Node', name: event.name, uid: event.name }
+      : { apiVersion: `${osUpgradeApi.group}/${osUpgradeApi.version}`, kind: osUpgradeApi.kind, name: event.name };
+    try {
+      await this.core.createNamespacedEvent({
+        namespace: eventNamespace,
+        fieldManager: this.fieldManager,
+        body: {
+          metadata: { generateName: `${event.name}.`, namespace: eventNamespace },
+          involvedObject: involved,
+          type: event.type,
+          reason: event.reason,
+          message: event.message,
+          source: { component },
+          reportingComponent: component,
+          reportingInstance: this.fieldManager,
+          firstTimestamp: at,
+          lastTimestamp: at,
+          count: 1,
+        },
+      });
+    } catch (error) {
+      throw kubeError(`recording event ${event.reason} on ${event.kind} ${event.name}`, error);
+    }
+  }
+
+  async readLease(namespace: string, name: string): Promise<LeaseRecord | undefined> {
+    try {
+      return leaseRecord(await this.coordination.readNamespacedLease({ namespace, name }));
+    } catch (error) {
+      if (statusOf(error) === 404) return undefined;
+      throw kubeError(`reading lease ${namespace}/${name}`, error);
+    }
+  }
+
+  /**
+   * Creates the lease, or replaces it if `expected` still is its resourceVersion.
+   * Returns false when someone else wrote it first (409), which is how two replicas never both win.
+   */
+  async writeLease(namespace: string, name: string, lease: Omit<LeaseRecord, 'resourceVersion'>, expected: string | undefined): Promise<boolean> {
+    const body: V1Lease = {
+      apiVersion: 'coordination.k8s.io/v1',
+      kind: 'Lease',
+      metadata: { name, namespace, ...(expected === undefined ? {} : { resourceVersion: expected }) },
+      spec: {
+        holderIdentity: lease.holder,
+        leaseDurationSeconds: lease.durationSeconds,
+        leaseTransitions: lease.transitions,
+        ...(lease.acquireTime === undefined ? {} : { acquireTime: new V1MicroTime(lease.acquireTime) }),
+        ...(lease.renewTime === undefined ? {} : { renewTime: new V1MicroTime(lease.renewTime) }),
+      },
+    };
+    try {
+      if (expected === undefined) await this.coordination.createNamespacedLease({ namespace, body, fieldManager: this.fieldManager });
+      else await this.coordination.replaceNamespacedLease({ namespace, name, body, fieldManager: this.fieldManager });
+      return true;
+    } catch (error) {
+      const status = statusOf(error);
+      if (status === 409 || (expected === undefined && status === 422)) return false;
+      throw kubeError(`writing lease ${namespace}/${name}`, error);
+    }
+  }
+
+  async listOSUpgrades(): Promise<OSUpgradeObject[]> {
+    try {
+      const list = (await this.custom.listClusterCustomObject({ ...customObject(), })) as { items?: OSUpgradeObject[] };
+      return list.items ?? [];
+    } catch (error) {
+      throw kubeError('listing OSUpgrades', error);
+    }
+  }
+
+  async readOSUpgrade(name: string): Promise<OSUpgradeObject> {
+    try {
+      return (await this.custom.getClusterCustomObject({ ...customObject(), name })) as OSUpgradeObject;
+    } catch (error) {
+      if (statusOf(error) === 404) {
+        throw new KubeosError('E_OSUPGRADE_NOT_FOUND', `OSUpgrade ${name} not found`, { cause: error, hint: 'kubectl get osupgrades lists them' });
+      }
+      throw kubeError(`reading OSUpgrade ${name}`, error);
+    }
+  }
+
+  /** Merge-patches the OSUpgrade itself (spec.paused and the operator's annotations). */
+  async patchOSUpgrade(name: string, patch: Record<string, unknown>): Promise<void> {
+    try {
+      await this.custom.patchClusterCustomObject({ ...customObject(), name, body: patch, fieldManager: this.fieldManager }, mergePatch);
+    } catch (error) {
+      throw kubeError(`patching OSUpgrade ${name}`, error);
+    }
+  }
+
+  async patchOSUpgradeStatus(name: string, status: OSUpgradeStatus): Promise<void> {
+    try {
+      await this.custom.patchClusterCustomObjectStatus({ ...customObject(), name, body: { status }, fieldManager: this.fieldManager }, mergePatch);
+    } catch (error) {
+      throw kubeError(`updating the status of OSUpgrade ${name}`, error);
+    }
+  }
+
+  /**
+   * Streams changes to nodes (one node with `name`) or OSUpgrades until the signal aborts or the
+   * server ends the watch; `onEnd` then says why (undefined: closed normally).
+   */
+  async watch(what: { kind: 'nodes'; name?: string } | { kind: 'osupgrades'; name?: string }, onEvent: (event: WatchEvent) => void, onEnd: (error: unknown) => void, signal: AbortSignal): Promise<void> {
+    const path = what.kind === 'nodes' ? '/api/v1/nodes' : `/apis/${osUpgradeApi.group}/${osUpgradeApi.version}/${osUpgradeApi.plural}`;
+    const query: Record<string, string> = {};
+    if (what.name !== undefined) query['fieldSelector'] = `metadata.name=${what.name}`;
+    let ended = false;
+    let controller: AbortController | undefined;
+    const abort = () => controller?.abort();
+    const end = (error: unknown) => {
+      if (ended) return;
+      ended = true;
+      signal.removeEventListener('abort', abort);
+      onEnd(error === null ? undefined : error);
+    };
+    controller = await this.watcher.watch(path, query, (type, object) => onEvent({ type: type as WatchEvent['type'], object }), end);
+    if (signal.aborted) controller.abort();
+    else if (!ended) signal.addEventListener('abort', abort, { once: true });
+  }
+}
+
+function customObject() {
+  return { group: osUpgradeApi.group, version: osUpgradeApi.version, plural: osUpgradeApi.plural };
+}
+
+function leaseRecord(lease: V1Lease): LeaseRecord {
+  return {
+    holder: lease.spec?.holderIdentity,
+    renewTime: toMs(lease.spec?.renewTime),
+    acquireTime: toMs(lease.spec?.acquireTime),
+    durationSeconds: lease.spec?.leaseDurationSeconds ?? 15,
+    transitions: lease.spec?.leaseTransitions ?? 0,
+    resourceVersion: lease.metadata?.resourceVersion,
+  };
+}

@@ -1,0 +1,189 @@
+/**
+ * The handshake between the operator and the agent on each node, carried by Node annotations.
+ * Ownership is split so that no annotation has two writers:
+ * - the operator writes `desired-version`, `desired-channel` and its bookkeeping `rollout`;
+ * - the agent writes `current-version`, `state`, `state-version` and `last-error`.
+ * `state-version` ties a reported state to the desired version it is about, so a `fell-back` left
+ * over from an earlier attempt is never read as the outcome of a new one.
+ * Everything here is pure: it reads plain Node-shaped objects and returns patches as data.
+ */
+
+export const annotations = {
+  desiredVersion: 'kubeos.io/desired-version',
+  desiredChannel: 'kubeos.io/desired-channel',
+  currentVersion: 'kubeos.io/current-version',
+  state: 'kubeos.io/state',
+  stateVersion: 'kubeos.io/state-version',
+  lastError: 'kubeos.io/last-error',
+  /** The operator's per-node record (JSON, see NodeRecord); lives on the Node so a restarted operator resumes from it. */
+  rollout: 'kubeos.io/rollout',
+} as const;
+
+export const agentStates = ['idle', 'downloading', 'installing', 'rebooting', 'trying', 'committed', 'failed', 'fell-back'] as const;
+export type AgentState = (typeof agentStates)[number];
+
+/** Agent states that end an attempt without the new version. */
+export const failedAgentStates: readonly AgentState[] = ['failed', 'fell-back'];
+
+export const nodePhases = ['pending', 'draining', 'upgrading', 'verifying', 'done', 'failed'] as const;
+export type NodePhase = (typeof nodePhases)[number];
+
+/** Phases in which the operator holds a node: they count against maxUnavailable. */
+export const inFlightPhases: readonly NodePhase[] = ['draining', 'upgrading', 'verifying'];
+
+/** What the operator remembers about one node, stored on the node itself. */
+export interface NodeRecord {
+  /** Name of the OSUpgrade that owns this record. */
+  rollout: string;
+  /** The target version this record is about; a record for another version is history. */
+  version: string;
+  phase: Exclude<NodePhase, 'pending'>;
+  /** When the node entered this phase (ms since the epoch). */
+  since: number;
+  reason?: string;
+  message?: string;
+}
+
+/** A pod as the drain logic needs to see it. */
+export interface PodView {
+  namespace: string;
+  name: string;
+  /** Kind of the controlling owner (`DaemonSet`, `ReplicaSet`, ...); undefined for a bare pod. */
+  ownerKind: string | undefined;
+  /** A static pod mirrored by the kubelet; the API cannot evict it. */
+  mirror: boolean;
+  /** Uses an emptyDir volume, whose data an eviction deletes. */
+  emptyDir: boolean;
+  /** Succeeded or Failed: holds nothing up. */
+  finished: boolean;
+  /** Has a deletionTimestamp: already on its way out. */
+  terminating: boolean;
+}
+
+/** A node as the planner sees it: parsed, no strings to interpret. */
+export interface NodeView {
+  name: string;
+  labels: Readonly<Record<string, string>>;
+  unschedulable: boolean;
+  ready: boolean;
+  /** lastTransitionTime of the Ready condition (ms), when known. */
+  readySince: number | undefined;
+  desiredVersion: string | undefined;
+  currentVersion: string | undefined;
+  agentState: AgentState | undefined;
+  stateVersion: string | undefined;
+  lastError: string | undefined;
+  record: NodeRecord | undefined;
+  /** Pods on the node; only filled in for nodes the operator is draining. */
+  pods?: readonly PodView[];
+}
+
+/** The subset of a v1 Node this module reads; matches both client-node's V1Node and plain JSON. */
+export interface NodeLike {
+  metadata?: { name?: string; labels?: Record<string, string>; annotations?: Record<string, string> };
+  spec?: { unschedulable?: boolean };
+  status?: { conditions?: Array<{ type?: string; status?: string; lastTransitionTime?: Date | string }> };
+}
+
+export interface PodLike {
+  metadata?: {
+    name?: string;
+    namespace?: string;
+    annotations?: Record<string, string>;
+    ownerReferences?: Array<{ kind?: string; controller?: boolean }>;
+    deletionTimestamp?: Date | string;
+  };
+  spec?: { volumes?: Array<{ emptyDir?: unknown }> };
+  status?: { phase?: string };
+}
+
+function toMs(value: Date | string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const ms = value instanceof Date ? value.getTime() : Date.parse(value);
+  return Number.isNaN(ms) ? undefined : ms;
+}
+
+function parseAgentState(value: string | undefined): AgentState | undefined {
+  return (agentStates as readonly string[]).includes(value ?? '') ? (value as AgentState) : undefined;
+}
+
+/** Decodes the operator's record; anything unreadable counts as no record (the node is pending). */
+export function decodeRecord(value: string | undefined): NodeRecord | undefined {
+  if (value === undefined) return undefined;
+  try {
+    const raw = JSON.parse(value) as Record<string, unknown>;
+    const phase = raw['phase'];
+    const since = typeof raw['since'] === 'string' ? Date.parse(raw['since']) : Number.NaN;
+    if (typeof raw['rollout'] !== 'string' || typeof raw['version'] !== 'string') return undefined;
+    if (typeof phase !== 'string' || phase === 'pending' || !(nodePhases as readonly string[]).includes(phase)) return undefined;
+    if (Number.isNaN(since)) return undefined;
+    const record: NodeRecord = { rollout: raw['rollout'], version: raw['version'], phase: phase as NodeRecord['phase'], since };
+    if (typeof raw['reason'] === 'string') record.reason = raw['reason'];
+    if (typeof raw['message'] === 'string') record.message = raw['message'];
+    return record;
+  } catch {
+    return undefined;
+  }
+}
+
+export function encodeRecord(record: NodeRecord): string {
+  return JSON.stringify({ ...record, since: new Date(record.since).toISOString() });
+}
+
+export function readNodeView(node: NodeLike): NodeView {
+  const a = node.metadata?.annotations ?? {};
+  const ready = node.status?.conditions?.find((c) => c.type === 'Ready');
+  return {
+    name: node.metadata?.name ?? '',
+    labels: node.metadata?.labels ?? {},
+    unschedulable: node.spec?.unschedulable === true,
+    ready: ready?.status === 'True',
+    readySince: ready?.status === 'True' ? toMs(ready.lastTransitionTime) : undefined,
+    desiredVersion: a[annotations.desiredVersion],
+    currentVersion: a[annotations.currentVersion],
+    agentState: parseAgentState(a[annotations.state]),
+    stateVersion: a[annotations.stateVersion],
+    lastError: a[annotations.lastError],
+    record: decodeRecord(a[annotations.rollout]),
+  };
+}
+
+export function readPodView(pod: PodLike): PodView {
+  const owner = pod.metadata?.ownerReferences?.find((o) => o.controller === true);
+  const phase = pod.status?.phase;
+  return {
+    namespace: pod.metadata?.namespace ?? '',
+    name: pod.metadata?.name ?? '',
+    ownerKind: owner?.kind,
+    mirror: pod.metadata?.annotations?.['kubernetes.io/config.mirror'] !== undefined,
+    emptyDir: (pod.spec?.volumes ?? []).some((v) => v.emptyDir !== undefined && v.emptyDir !== null),
+    finished: phase === 'Succeeded' || phase === 'Failed',
+    terminating: pod.metadata?.deletionTimestamp !== undefined && pod.metadata.deletionTimestamp !== null,
+  };
+}
+
+/** A JSON merge patch for a Node; `null` deletes an annotation. */
+export interface NodePatch {
+  metadata?: { annotations?: Record<string, string | null> };
+  spec?: { unschedulable?: boolean | null };
+}
+
+/** What the agent reports about itself, as a merge patch of its own Node. */
+export interface AgentReport {
+  state: AgentState;
+  /** The desired version this state is about. */
+  stateVersion?: string;
+  currentVersion?: string;
+  /** Cleared when undefined. */
+  lastError?: string;
+}
+
+export function agentReportPatch(report: AgentReport): NodePatch {
+  const patch: Record<string, string | null> = {
+    [annotations.state]: report.state,
+    [annotations.lastError]: report.lastError ?? null,
+  };
+  if (report.stateVersion !== undefined) patch[annotations.stateVersion] = report.stateVersion;
+  if (report.currentVersion !== undefined) patch[annotations.currentVersion] = report.currentVersion;
+  return { metadata: { annotations: patch } };
+}

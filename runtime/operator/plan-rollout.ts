@@ -1,0 +1,351 @@
+/**
+ * The rollout planner: (rollout, cluster state, now) → (actions, status). Pure and total: it reads
+ * only its arguments, never the clock or the API, so a restarted operator that reads the same
+ * cluster makes the same plan. Each node action is one Node patch (see nodePatchFor), which both
+ * changes the node and records the new phase on it, so progress survives a crash between actions.
+ *
+ * A node goes pending → draining (cordoned, pods evicted) → upgrading (desired version set) →
+ * verifying (agent committed, node Ready, uncordoned) → done once Ready for the health gate; any
+ * step may end in failed. Only starting a node is gated (window, pause, failure budget, capacity);
+ * nodes already in flight always run to done or failed, so nothing is left cordoned.
+ */
+import { isWithinAnyWindow, nextWindowOpening } from './maintenance-window.js';
+import {
+  annotations,
+  encodeRecord,
+  failedAgentStates,
+  inFlightPhases,
+  type NodePatch,
+  type NodePhase,
+  type NodeRecord,
+  type NodeView,
+  type PodView,
+} from './node-protocol.js';
+import {
+  matchesSelector,
+  resolveMaxUnavailable,
+  type DrainSpec,
+  type NodeResult,
+  type OSUpgradeStatus,
+  type PhaseCounts,
+  type Rollout,
+  type RolloutCondition,
+  type RolloutPhase,
+} from './osupgrade.js';
+
+export interface ClusterState {
+  nodes: readonly NodeView[];
+}
+
+export interface PodRef {
+  namespace: string;
+  name: string;
+}
+
+export type NodeAction =
+  | { type: 'cordon'; node: string; record: NodeRecord }
+  | { type: 'evict'; node: string; pods: PodRef[] }
+  | { type: 'set-desired-version'; node: string; version: string; channel: string; record: NodeRecord }
+  | { type: 'uncordon'; node: string; record: NodeRecord }
+  | { type: 'mark-done'; node: string; record: NodeRecord }
+  | { type: 'mark-failed'; node: string; record: NodeRecord; uncordon: boolean };
+
+export type RolloutAction =
+  | NodeAction
+  | { type: 'pause-rollout'; reason: 'failure-budget'; failed: number }
+  | { type: 'acknowledge-failures'; version: string; count: number };
+
+export interface RolloutPlan {
+  actions: RolloutAction[];
+  status: OSUpgradeStatus;
+  /** The earliest time (ms) the plan can change without any change in the cluster (a timeout, a window). */
+  wakeAt: number | undefined;
+}
+
+/** At most this many per-node results go into status; the rest are counted in nodesOmitted. */
+export const maxNodeResults = 500;
+
+/** Pods a drain must move: everything but DaemonSet, mirror and finished pods. */
+export function podsToMove(pods: readonly PodView[]): PodView[] {
+  return pods.filter((p) => !p.finished && !p.mirror && p.ownerKind !== 'DaemonSet');
+}
+
+/** Why a pod may not be evicted under these drain settings (kubectl drain's rules), or undefined. */
+export function evictionBlocker(pod: PodView, drain: DrainSpec): string | undefined {
+  if (pod.ownerKind === undefined && !drain.force) return 'not managed by a controller (set drain.force)';
+  if (pod.emptyDir && !drain.deleteEmptyDirData) return 'uses emptyDir (set drain.deleteEmptyDirData)';
+  return undefined;
+}
+
+export function nodePatchFor(action: NodeAction): NodePatch | undefined {
+  const record = (r: NodeRecord) => ({ [annotations.rollout]: encodeRecord(r) });
+  switch (action.type) {
+    case 'cordon':
+      return { spec: { unschedulable: true }, metadata: { annotations: record(action.record) } };
+    case 'evict':
+      return undefined;
+    case 'set-desired-version':
+      return {
+        metadata: {
+          annotations: {
+            ...record(action.record),
+            [annotations.desiredVersion]: action.version,
+            [annotations.desiredChannel]: action.channel,
+          },
+        },
+      };
+    case 'uncordon':
+      return { spec: { unschedulable: null }, metadata: { annotations: record(action.record) } };
+    case 'mark-done':
+      return { metadata: { annotations: record(action.record) } };
+    case 'mark-failed': {
+      // Withdrawing the desired version is what stops the agent from retrying forever.
+      const patch: NodePatch = {
+        metadata: { annotations: { ...record(action.record), [annotations.desiredVersion]: null, [annotations.desiredChannel]: null } },
+      };
+      if (action.uncordon) patch.spec = { unschedulable: null };
+      return patch;
+    }
+  }
+}
+
+interface NodeOutcome {
+  phase: NodePhase;
+  action: NodeAction | undefined;
+  /** The record after the action (or the current one). */
+  record: NodeRecord | undefined;
+  /** Unschedulable after the action. */
+  unschedulable: boolean;
+  wakeAt: number | undefined;
+}
+
+function failed(node: NodeView, rec: NodeRecord, now: number, reason: string, message: string, uncordon: boolean): NodeOutcome {
+  const record: NodeRecord = { rollout: rec.rollout, version: rec.version, phase: 'failed', since: now, reason, message };
+  return {
+    phase: 'failed',
+    action: { type: 'mark-failed', node: node.name, record, uncordon },
+    record,
+    unschedulable: uncordon ? false : node.unschedulable,
+    wakeAt: undefined,
+  };
+}
+
+function stay(node: NodeView, rec: NodeRecord, wakeAt: number | undefined, action?: NodeAction): NodeOutcome {
+  return { phase: rec.phase, action, record: rec, unschedulable: node.unschedulable, wakeAt };
+}
+
+/** Moves one node the operator holds by at most one step. */
+function advanceInFlight(rollout: Rollout, node: NodeView, rec: NodeRecord, now: number): NodeOutcome {
+  const { spec } = rollout;
+  const reported = node.stateVersion === rec.version ? node.agentState : undefined;
+
+  if (rec.phase === 'draining') {
+    const deadline = rec.since + spec.drain.timeoutSeconds * 1000;
+    if (node.pods === undefined) return stay(node, rec, deadline);
+    const remaining = podsToMove(node.pods);
+    if (remaining.length === 0) {
+      // A draining record for an older target moves on to the current one.
+      const record: NodeRecord = { rollout: rec.rollout, version: spec.version, phase: 'upgrading', since: now };
+      return {
+        phase: 'upgrading',
+        action: { type: 'set-desired-version', node: node.name, version: spec.version, channel: spec.channel, record },
+        record,
+        unschedulable: node.unschedulable,
+        wakeAt: now + spec.nodeTimeoutSeconds * 1000,
+      };
+    }
+    if (now >= deadline) {
+      const blocked = remaining.flatMap((p) => {
+        const why = evictionBlocker(p, spec.drain);
+        return why === undefined ? [] : [`${p.namespace}/${p.name} ${why}`];
+      });
+      const message = blocked.length > 0
+        ? `drain blocked: ${blocked.slice(0, 5).join('; ')}`
+        : `${remaining.length} pod(s) still on the node after ${spec.drain.timeoutSeconds}s (PodDisruptionBudget?)`;
+      return failed(node, rec, now, blocked.length > 0 ? 'DrainBlocked' : 'DrainTimeout', message, true);
+    }
+    const evict = remaining.filter((p) => !p.terminating && evictionBlocker(p, spec.drain) === undefined);
+    const action: NodeAction | undefined = evict.length > 0
+      ? { type: 'evict', node: node.name, pods: evict.map((p) => ({ namespace: p.namespace, name: p.name })) }
+      : undefined;
+    return stay(node, rec, deadline, action);
+  }
+
+  if (reported !== undefined && failedAgentStates.includes(reported)) {
+    const reason = reported === 'fell-back' ? 'FellBack' : 'UpgradeFailed';
+    return failed(node, rec, now, reason, node.lastError ?? `agent reported ${reported}`, node.ready);
+  }
+  const timeout = rec.since + spec.nodeTimeoutSeconds * 1000;
+  const onTarget = node.ready && node.currentVersion === rec.version;
+
+  if (rec.phase === 'upgrading') {
+    if (reported === 'committed' && onTarget) {
+      const record: NodeRecord = { rollout: rec.rollout, version: rec.version, phase: 'verifying', since: now };
+      const readyFrom = Math.max(now, node.readySince ?? now);
+      return {
+        phase: 'verifying',
+        action: { type: 'uncordon', node: node.name, record },
+        record,
+        unschedulable: false,
+        wakeAt: Math.min(readyFrom + spec.healthGate.readySeconds * 1000, now + spec.nodeTimeoutSeconds * 1000),
+      };
+    }
+    if (now >= timeout) {
+      const message = node.ready
+        ? `agent state ${node.agentState ?? 'unknown'}, version ${node.currentVersion ?? 'unknown'} after ${spec.nodeTimeoutSeconds}s`
+        : `node not Ready ${spec.nodeTimeoutSeconds}s after the upgrade started`;
+      return failed(node, rec, now, 'NodeTimeout', message, node.ready);
+    }
+    return stay(node, rec, timeout);
+  }
+
+  // verifying: Ready on the target for the whole health gate
+  if (onTarget) {
+    const readyFrom = Math.max(rec.since, node.readySince ?? rec.since);
+    const gateEnds = readyFrom + spec.healthGate.readySeconds * 1000;
+    if (now >= gateEnds) {
+      const record: NodeRecord = { rollout: rec.rollout, version: rec.version, phase: 'done', since: now };
+      return { phase: 'done', action: { type: 'mark-done', node: node.name, record }, record, unschedulable: node.unschedulable, wakeAt: undefined };
+    }
+    if (now < timeout) return stay(node, rec, Math.min(gateEnds, timeout));
+  }
+  if (now >= timeout) {
+    return failed(node, rec, now, 'HealthGateTimeout', `not Ready on ${rec.version} for ${spec.healthGate.readySeconds}s within ${spec.nodeTimeoutSeconds}s`, false);
+  }
+  return stay(node, rec, timeout);
+}
+
+function condition(
+  previous: readonly RolloutCondition[] | undefined,
+  now: number,
+  type: RolloutCondition['type'],
+  status: RolloutCondition['status'],
+  reason: string,
+  message: string,
+): RolloutCondition {
+  const before = previous?.find((c) => c.type === type);
+  const lastTransitionTime = before !== undefined && before.status === status ? before.lastTransitionTime : new Date(now).toISOString();
+  return { type, status, reason, message, lastTransitionTime };
+}
+
+const resultOrder: Record<NodePhase, number> = { failed: 0, draining: 1, upgrading: 1, verifying: 1, done: 2, pending: 3 };
+
+export function planRollout(rollout: Rollout, cluster: ClusterState, now: number): RolloutPlan {
+  const { spec, name } = rollout;
+  const actions: RolloutAction[] = [];
+  const counts: PhaseCounts = { total: 0, pending: 0, draining: 0, upgrading: 0, verifying: 0, done: 0, failed: 0 };
+  const results: NodeResult[] = [];
+  const candidates: NodeView[] = [];
+  let wakeAt: number | undefined;
+  let unavailable = 0;
+  let selectedCount = 0;
+  const wake = (t: number | undefined) => {
+    if (t !== undefined && (wakeAt === undefined || t < wakeAt)) wakeAt = t;
+  };
+
+  for (const node of cluster.nodes) {
+    const selected = matchesSelector(node.labels, spec.nodeSelector);
+    if (selected) selectedCount++;
+    const rec = node.record;
+    const ours = rec !== undefined && rec.rollout === name;
+    const inFlight = ours && inFlightPhases.includes(rec.phase);
+    if (!selected && !inFlight) continue;
+
+    let outcome: NodeOutcome;
+    if (inFlight) {
+      outcome = advanceInFlight(rollout, node, rec, now);
+    } else if (ours && rec.version === spec.version) {
+      outcome = { phase: rec.phase, action: undefined, record: rec, unschedulable: node.unschedulable, wakeAt: undefined };
+    } else if (node.currentVersion === spec.version) {
+      outcome = { phase: 'done', action: undefined, record: undefined, unschedulable: node.unschedulable, wakeAt: undefined };
+    } else {
+      outcome = { phase: 'pending', action: undefined, record: undefined, unschedulable: node.unschedulable, wakeAt: undefined };
+      const busyElsewhere = rec !== undefined && !ours && inFlightPhases.includes(rec.phase);
+      if (node.ready && !node.unschedulable && !busyElsewhere) candidates.push(node);
+    }
+
+    if (outcome.action !== undefined) actions.push(outcome.action);
+    wake(outcome.wakeAt);
+    counts[outcome.phase]++;
+    counts.total++;
+    if (inFlightPhases.includes(outcome.phase) || !node.ready || outcome.unschedulable) unavailable++;
+    if (outcome.phase !== 'pending') {
+      const r: NodeResult = { name: node.name, phase: outcome.phase };
+      if (node.agentState !== undefined) r.agentState = node.agentState;
+      if (node.currentVersion !== undefined) r.currentVersion = node.currentVersion;
+      if (outcome.record?.reason !== undefined) r.reason = outcome.record.reason;
+      if (outcome.record?.message !== undefined) r.message = outcome.record.message;
+      if (outcome.record !== undefined) r.since = new Date(outcome.record.since).toISOString();
+      results.push(r);
+    }
+  }
+
+  const maxUnavailable = resolveMaxUnavailable(spec.maxUnavailable, selectedCount);
+  const inFlightCount = counts.draining + counts.upgrading + counts.verifying;
+
+  // failure budget: failures since the last resume
+  let acknowledged = rollout.failuresAcknowledged;
+  let paused = spec.paused;
+  let pausedByBudget = false;
+  if (rollout.pausedBy === 'failure-budget' && !spec.paused) {
+    acknowledged = counts.failed;
+    actions.push({ type: 'acknowledge-failures', version: spec.version, count: counts.failed });
+  } else if (rollout.pausedBy === 'failure-budget') {
+    pausedByBudget = true;
+  }
+  const budgetSpent = counts.failed - acknowledged >= spec.failureBudget;
+  if (budgetSpent && !paused) {
+    actions.push({ type: 'pause-rollout', reason: 'failure-budget', failed: counts.failed });
+    paused = true;
+    pausedByBudget = true;
+  }
+
+  const inWindow = isWithinAnyWindow(spec.maintenanceWindows, now);
+  if (!paused && inWindow && candidates.length > 0) {
+    candidates.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    const room = Math.max(0, maxUnavailable - unavailable);
+    for (const node of candidates.slice(0, room)) {
+      const record: NodeRecord = { rollout: name, version: spec.version, phase: 'draining', since: now };
+      actions.push({ type: 'cordon', node: node.name, record });
+      counts.pending--;
+      counts.draining++;
+      results.push({ name: node.name, phase: 'draining', since: new Date(now).toISOString() });
+      wake(now + spec.drain.timeoutSeconds * 1000);
+    }
+  } else if (!paused && !inWindow && candidates.length > 0) {
+    wake(nextWindowOpening(spec.maintenanceWindows, now));
+  }
+
+  const complete = counts.pending === 0 && inFlightCount === 0 && counts.draining === 0;
+  const phase: RolloutPhase = complete ? 'Complete' : paused ? 'Paused' : !inWindow && inFlightCount === 0 ? 'Waiting' : 'Progressing';
+  const prev = rollout.previousStatus?.conditions;
+  const conditions: RolloutCondition[] = [
+    condition(prev, now, 'Progressing', phase === 'Progressing' ? 'True' : 'False',
+      phase === 'Progressing' ? 'NodesUpgrading' : phase === 'Waiting' ? 'OutsideMaintenanceWindow' : phase,
+      `${counts.done}/${counts.total} nodes on ${spec.version}, ${counts.draining + counts.upgrading + counts.verifying} in flight, max ${maxUnavailable} unavailable`),
+    condition(prev, now, 'Paused', paused ? 'True' : 'False', pausedByBudget ? 'FailureBudgetExceeded' : paused ? 'PausedBySpec' : 'NotPaused',
+      pausedByBudget ? `${counts.failed} node(s) failed (budget ${spec.failureBudget}); set spec.paused=false to resume` : paused ? 'spec.paused is true' : ''),
+    condition(prev, now, 'FailureBudgetExceeded', budgetSpent || pausedByBudget ? 'True' : 'False', budgetSpent || pausedByBudget ? 'TooManyFailures' : 'WithinBudget',
+      `${counts.failed - acknowledged} failure(s) since the last resume, budget ${spec.failureBudget}`),
+    condition(prev, now, 'Complete', complete ? 'True' : 'False', complete ? (counts.failed > 0 ? 'CompleteWithFailures' : 'AllNodesUpgraded') : 'InProgress',
+      `${counts.done} done, ${counts.failed} failed of ${counts.total}`),
+  ];
+
+  results.sort((a, b) => resultOrder[a.phase] - resultOrder[b.phase] || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const nodes = results.slice(0, maxNodeResults);
+
+  return {
+    actions,
+    status: {
+      observedGeneration: rollout.generation,
+      phase,
+      targetVersion: spec.version,
+      maxUnavailable,
+      counts,
+      nodes,
+      nodesOmitted: results.length - nodes.length,
+      conditions,
+    },
+    wakeAt,
+  };
+}

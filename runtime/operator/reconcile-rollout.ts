@@ -1,0 +1,189 @@
+/**
+ * One reconcile: observe the cluster, plan with the pure planner, apply the plan, write status.
+ * All state comes from the cluster each time (node records, the OSUpgrade's marks), so an operator
+ * restarted mid-rollout carries on where the cluster says it is.
+ */
+import { isKubeosError, KubeosError } from '../core/errors.js';
+import type { EventInput, KubeApi } from './kube-api.js';
+import { readNodeView, readPodView, type NodeView } from './node-protocol.js';
+import { readRollout, rolloutAnnotations, type OSUpgradeObject, type OSUpgradeStatus } from './osupgrade.js';
+import { nodePatchFor, planRollout, type RolloutAction, type RolloutPlan } from './plan-rollout.js';
+
+export interface ReconcileOptions {
+  api: KubeApi;
+  now: () => number;
+  /** Throws E_LEADERSHIP_LOST when this replica may no longer write; checked before every write. */
+  assertLeader?: () => void;
+  /** Plan only: no writes. */
+  dryRun?: boolean;
+  component?: string;
+  /** Events already recorded by this process (so a PDB that blocks for an hour is one Event, not hundreds). */
+  recorded?: Set<string>;
+}
+
+export interface BlockedEviction {
+  node: string;
+  pod: string;
+  message: string;
+}
+
+export interface ReconcileReport {
+  rollout: string;
+  plan: RolloutPlan | undefined;
+  invalid: KubeosError | undefined;
+  applied: number;
+  blocked: BlockedEviction[];
+  /** Writes that failed; the next reconcile retries them from the cluster's state. */
+  errors: KubeosError[];
+}
+
+async function observeNodes(api: KubeApi, rollout: string): Promise<NodeView[]> {
+  const views = (await api.listNodes()).map(readNodeView);
+  for (const view of views) {
+    if (view.record?.rollout === rollout && view.record.phase === 'draining') {
+      view.pods = (await api.listPodsOnNode(view.name)).map(readPodView);
+    }
+  }
+  return views;
+}
+
+function eventFor(rollout: string, action: RolloutAction): EventInput | undefined {
+  switch (action.type) {
+    case 'cordon':
+      return { kind: 'Node', name: action.node, type: 'Normal', reason: 'KubeosDraining', message: `cordoned and draining for OSUpgrade ${rollout} (version ${action.record.version})` };
+    case 'set-desired-version':
+      return { kind: 'Node', name: action.node, type: 'Normal', reason: 'KubeosUpgradeRequested', message: `drained; asked the agent to upgrade to ${action.version} from channel ${action.channel}` };
+    case 'uncordon':
+      return { kind: 'Node', name: action.node, type: 'Normal', reason: 'KubeosUpgraded', message: `running ${action.record.version}; uncordoned, health gate started` };
+    case 'mark-done':
+      return { kind: 'Node', name: action.node, type: 'Normal', reason: 'KubeosUpgradeDone', message: `Ready on ${action.record.version} through the health gate` };
+    case 'mark-failed':
+      return { kind: 'Node', name: action.node, type: 'Warning', reason: `KubeosUpgrade${action.record.reason ?? 'Failed'}`, message: action.record.message ?? 'upgrade failed' };
+    case 'pause-rollout':
+      return { kind: 'OSUpgrade', name: rollout, type: 'Warning', reason: 'FailureBudgetExceeded', message: `${action.failed} node(s) failed; rollout paused (set spec.paused=false to resume)` };
+    case 'acknowledge-failures':
+      return { kind: 'OSUpgrade', name: rollout, type: 'Normal', reason: 'Resumed', message: `resumed; ${action.count} earlier failure(s) no longer count against the budget` };
+    case 'evict':
+      return undefined;
+  }
+}
+
+function canonical(value: unknown): string {
+  return JSON.stringify(value, (_key, v: unknown) =>
+    typeof v === 'object' && v !== null && !Array.isArray(v)
+      ? Object.fromEntries(Object.entries(v as Record<string, unknown>).filter(([, x]) => x !== undefined).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
+      : v);
+}
+
+function asKubeosError(error: unknown): KubeosError {
+  return isKubeosError(error) ? error : new KubeosError('E_KUBERNETES', String(error), { cause: error });
+}
+
+/** Reconciles one OSUpgrade. Throws only E_LEADERSHIP_LOST; everything else is in the report. */
+export async function reconcileRollout(object: OSUpgradeObject, options: ReconcileOptions): Promise<ReconcileReport> {
+  const { api } = options;
+  const name = object.metadata?.name ?? '';
+  const report: ReconcileReport = { rollout: name, plan: undefined, invalid: undefined, applied: 0, blocked: [], errors: [] };
+  const guard = options.assertLeader ?? (() => {});
+  const component = options.component ?? 'kubeos-operator';
+  const recorded = options.recorded ?? new Set<string>();
+
+  const record = async (event: EventInput) => {
+    if (options.dryRun) return;
+    try {
+      guard();
+      await api.recordEvent(event, component, options.now());
+    } catch (error) {
+      if (isKubeosError(error, 'E_LEADERSHIP_LOST')) throw error;
+      report.errors.push(asKubeosError(error)); // events are best effort
+    }
+  };
+
+  let rollout;
+  try {
+    rollout = readRollout(object);
+  } catch (error) {
+    if (!isKubeosError(error, 'E_OSUPGRADE_INVALID')) throw error;
+    report.invalid = error;
+    const now = options.now();
+    const status: Partial<OSUpgradeStatus> = {
+      observedGeneration: object.metadata?.generation ?? 0,
+      phase: 'Invalid',
+      conditions: [{ type: 'Invalid', status: 'True', reason: 'SpecInvalid', message: error.message, lastTransitionTime: new Date(now).toISOString() }],
+    };
+    if (!options.dryRun && object.status?.phase !== 'Invalid') {
+      guard();
+      await api.patchOSUpgradeStatus(name, status as OSUpgradeStatus).catch((e: unknown) => report.errors.push(asKubeosError(e)));
+      await record({ kind: 'OSUpgrade', name, type: 'Warning', reason: 'InvalidSpec', message: error.message });
+    }
+    return report;
+  }
+
+  const nodes = await observeNodes(api, name);
+  const now = options.now();
+  const plan = planRollout(rollout, { nodes }, now);
+  report.plan = plan;
+  if (options.dryRun) return report;
+
+  let startsAllowed = true;
+  for (const action of plan.actions) {
+    // Capacity for new nodes was computed assuming every earlier action took effect.
+    if (action.type === 'cordon' && !startsAllowed) continue;
+    try {
+      guard();
+      if (action.type === 'evict') {
+        for (const pod of action.pods) {
+          guard();
+          const result = await api.evictPod(pod.namespace, pod.name);
+          if (result.outcome !== 'blocked') continue;
+          report.blocked.push({ node: action.node, pod: `${pod.namespace}/${pod.name}`, message: result.message });
+          const key = `blocked/${action.node}/${pod.namespace}/${pod.name}`;
+          if (!recorded.has(key)) {
+            recorded.add(key);
+            await record({ kind: 'Node', name: action.node, type: 'Warning', reason: 'KubeosEvictionBlocked', message: `evicting ${pod.namespace}/${pod.name}: ${result.message}; retrying` });
+          }
+        }
+        continue;
+      }
+      if (action.type === 'pause-rollout') {
+        // spec.paused and the mark that the budget did it go in one write
+        await api.patchOSUpgrade(name, { metadata: { annotations: { [rolloutAnnotations.pausedBy]: 'failure-budget' } }, spec: { paused: true } });
+      } else if (action.type === 'acknowledge-failures') {
+        await api.patchOSUpgrade(name, {
+          metadata: { annotations: { [rolloutAnnotations.pausedBy]: null, [rolloutAnnotations.failuresAcknowledged]: JSON.stringify({ version: action.version, count: action.count }) } },
+        });
+      } else {
+        const patch = nodePatchFor(action);
+        if (patch !== undefined) await api.patchNode(action.node, patch);
+      }
+      report.applied++;
+      await record(eventFor(name, action)!);
+    } catch (error) {
+      if (isKubeosError(error, 'E_LEADERSHIP_LOST')) throw error;
+      report.errors.push(asKubeosError(error));
+      if (action.type !== 'cordon') startsAllowed = false;
+    }
+  }
+
+  // Compare canonically: the API server returns keys in its own order, and a needless status write
+  // would come back as a watch event and another reconcile, forever.
+  if (canonical(object.status ?? {}) !== canonical(plan.status)) {
+    try {
+      guard();
+      await api.patchOSUpgradeStatus(name, plan.status);
+    } catch (error) {
+      if (isKubeosError(error, 'E_LEADERSHIP_LOST')) throw error;
+      report.errors.push(asKubeosError(error));
+    }
+  }
+  return report;
+}
+
+/** Reconciles every OSUpgrade, in name order, each against a fresh view of the nodes. */
+export async function reconcileAll(options: ReconcileOptions): Promise<ReconcileReport[]> {
+  const objects = await options.api.listOSUpgrades();
+  objects.sort((a, b) => ((a.metadata?.name ?? '') < (b.metadata?.name ?? '') ? -1 : 1));
+  const reports: ReconcileReport[] = [];
+  for (const object of objects) reports.push(await reconcileRollout(object, options));
+  return reports;
+}

@@ -1,0 +1,169 @@
+/**
+ * The node side of the handshake, for `kubeos agent daemon --kubernetes`: watch this node's Node
+ * for kubeos.io/desired-version, run the injected upgrade, and report state and version back in the
+ * annotations the agent owns (see node-protocol.ts). The disk work itself is the caller's.
+ */
+import { isKubeosError, KubeosError } from '../core/errors.js';
+import type { KubeApi } from './kube-api.js';
+import { agentReportPatch, annotations, failedAgentStates, type AgentReport, type AgentState, type NodeLike } from './node-protocol.js';
+
+/** What the agent knows about this node from its own state (boot environment, slots). */
+export interface LocalStatus {
+  currentVersion: string;
+  /** How the last attempt went, if there was one (e.g. `fell-back` after a failed trial boot). */
+  state?: AgentState;
+  /** The version that attempt was for. */
+  stateVersion?: string;
+  lastError?: string;
+}
+
+export type UpgradeProgress = (state: 'downloading' | 'installing' | 'rebooting') => Promise<void>;
+
+/**
+ * `rebooting`: the node is going down into the new slot; the agent on the next boot reports the
+ * rest from its LocalStatus (`committed` or `fell-back`).
+ */
+export type UpgradeOutcome =
+  | { state: 'committed'; currentVersion: string }
+  | { state: 'failed'; error: string }
+  | { state: 'fell-back'; currentVersion: string; error: string }
+  | { state: 'rebooting' };
+
+export interface NodeAgentOptions {
+  api: KubeApi;
+  nodeName: string;
+  /** Reads this node's LocalStatus; called once at start. */
+  status: () => Promise<LocalStatus>;
+  upgrade: (version: string, channel: string, progress: UpgradeProgress, signal: AbortSignal) => Promise<UpgradeOutcome>;
+  signal: AbortSignal;
+  /** Re-read the Node this often in case a watch event was missed. */
+  resyncMs?: number;
+  onEvent?: (event: NodeAgentEvent) => void;
+}
+
+export type NodeAgentEvent =
+  | { type: 'reported'; report: AgentReport }
+  | { type: 'upgrade-started'; version: string; channel: string }
+  | { type: 'upgrade-ended'; outcome: UpgradeOutcome }
+  | { type: 'error'; error: KubeosError };
+
+export type AgentDecision = { type: 'none'; why: string } | { type: 'upgrade'; version: string; channel: string };
+
+/** Pure: what to do given the Node's annotations and the local status. */
+export function decideAgentAction(node: NodeLike, local: LocalStatus, busy: boolean): AgentDecision {
+  const a = node.metadata?.annotations ?? {};
+  const desired = a[annotations.desiredVersion];
+  if (desired === undefined || desired === '') return { type: 'none', why: 'no desired version' };
+  if (desired === local.currentVersion) return { type: 'none', why: 'already running the desired version' };
+  if (busy) return { type: 'none', why: 'an upgrade is running' };
+  if (local.state === 'rebooting' && local.stateVersion === desired) return { type: 'none', why: 'waiting for the reboot into the new slot' };
+  // An attempt at this version already failed: the operator decides what happens next, not us.
+  if (local.stateVersion === desired && local.state !== undefined && failedAgentStates.includes(local.state)) {
+    return { type: 'none', why: `the last attempt at ${desired} ended ${local.state}` };
+  }
+  return { type: 'upgrade', version: desired, channel: a[annotations.desiredChannel] ?? 'stable' };
+}
+
+function asKubeosError(error: unknown): KubeosError {
+  return isKubeosError(error) ? error : new KubeosError('E_KUBERNETES', error instanceof Error ? error.message : String(error), { cause: error });
+}
+
+export async function runNodeAgent(options: NodeAgentOptions): Promise<void> {
+  const { api, nodeName, signal } = options;
+  const emit = options.onEvent ?? (() => {});
+  const resyncMs = options.resyncMs ?? 30_000;
+  const local: LocalStatus = { ...(await options.status()) };
+  let upgrade: { version: string; abort: AbortController; done: Promise<void> } | undefined;
+
+  const report = async (r: AgentReport) => {
+    await api.patchNode(nodeName, agentReportPatch(r));
+    emit({ type: 'reported', report: r });
+  };
+
+  const runUpgrade = async (version: string, channel: string, abort: AbortController) => {
+    emit({ type: 'upgrade-started', version, channel });
+    const progress: UpgradeProgress = (state) => report({ state, stateVersion: version, currentVersion: local.currentVersion });
+    let outcome: UpgradeOutcome;
+    try {
+      await progress('downloading');
+      outcome = await options.upgrade(version, channel, progress, abort.signal);
+    } catch (error) {
+      outcome = { state: 'failed', error: error instanceof Error ? error.message : String(error) };
+    }
+    emit({ type: 'upgrade-ended', outcome });
+    if (outcome.state === 'rebooting') {
+      Object.assign(local, { state: 'rebooting', stateVersion: version });
+      await report({ state: 'rebooting', stateVersion: version, currentVersion: local.currentVersion });
+      return;
+    }
+    if (outcome.state === 'committed') Object.assign(local, { currentVersion: outcome.currentVersion, state: 'committed', stateVersion: version, lastError: undefined });
+    else if (outcome.state === 'fell-back') Object.assign(local, { currentVersion: outcome.currentVersion, state: 'fell-back', stateVersion: version, lastError: outcome.error });
+    else Object.assign(local, { state: 'failed', stateVersion: version, lastError: outcome.error });
+    await report({ state: local.state!, stateVersion: version, currentVersion: local.currentVersion, ...(local.lastError === undefined ? {} : { lastError: local.lastError }) });
+  };
+
+  const consider = (node: NodeLike) => {
+    const desired = node.metadata?.annotations?.[annotations.desiredVersion];
+    // The operator withdrew or changed the target before we rebooted: stop.
+    if (upgrade !== undefined && desired !== upgrade.version) upgrade.abort.abort();
+    const decision = decideAgentAction(node, local, upgrade !== undefined);
+    if (decision.type !== 'upgrade') return;
+    const abort = new AbortController();
+    const own = { version: decision.version, abort, done: Promise.resolve() };
+    upgrade = own;
+    own.done = runUpgrade(decision.version, decision.channel, abort)
+      .catch((error: unknown) => emit({ type: 'error', error: asKubeosError(error) }))
+      .finally(() => {
+        if (upgrade === own) upgrade = undefined;
+      });
+  };
+
+  // What this boot knows goes up first, so the operator never reads a stale state.
+  const initial: AgentReport = { state: local.state ?? 'idle', currentVersion: local.currentVersion };
+  if (local.stateVersion !== undefined) initial.stateVersion = local.stateVersion;
+  if (local.lastError !== undefined) initial.lastError = local.lastError;
+  // The API server may be unreachable for a while after a reboot: keep trying, the operator waits.
+  for (let delay = 200; !signal.aborted; delay = Math.min(delay * 2, resyncMs)) {
+    try {
+      await report(initial);
+      break;
+    } catch (error) {
+      emit({ type: 'error', error: asKubeosError(error) });
+      await new Promise((resolve) => setTimeout(resolve, delay));
+    }
+  }
+
+  let watching = false;
+  const watch = () => {
+    if (signal.aborted || watching) return;
+    watching = true;
+    api.watch({ kind: 'nodes', name: nodeName }, (event) => {
+      if (event.type === 'ADDED' || event.type === 'MODIFIED') consider(event.object as NodeLike);
+    }, () => {
+      watching = false;
+    }, signal).catch((error: unknown) => {
+      watching = false;
+      emit({ type: 'error', error: asKubeosError(error) });
+    });
+  };
+
+  while (!signal.aborted) {
+    watch();
+    try {
+      consider(await api.readNode(nodeName));
+    } catch (error) {
+      emit({ type: 'error', error: asKubeosError(error) });
+    }
+    await new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        signal.removeEventListener('abort', done);
+        resolve();
+      };
+      const timer = setTimeout(done, resyncMs);
+      signal.addEventListener('abort', done, { once: true });
+    });
+  }
+  upgrade?.abort.abort();
+  await upgrade?.done;
+}

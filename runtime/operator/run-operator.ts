@@ -1,0 +1,130 @@
+/**
+ * `kubeos operator run`: leader election, then reconcile every OSUpgrade on a timer and whenever a
+ * Node or an OSUpgrade changes (watches), until the signal aborts. Reports go to a callback; the
+ * CLI decides what to print.
+ */
+import { isKubeosError, KubeosError } from '../core/errors.js';
+import { LeaderElector } from './elect-leader.js';
+import type { KubeApi } from './kube-api.js';
+import { reconcileAll, type ReconcileReport } from './reconcile-rollout.js';
+
+export interface OperatorOptions {
+  api: KubeApi;
+  /** Namespace of the Lease. */
+  namespace: string;
+  leaseName: string;
+  identity: string;
+  /** Resync period. */
+  intervalMs: number;
+  leaseDurationSeconds?: number;
+  /** Wait this long after a watch event before reconciling, so a burst of changes is one reconcile. */
+  debounceMs?: number;
+  now?: () => number;
+  signal: AbortSignal;
+  /** Give the lease up when stopping (default true); false behaves like a crash. */
+  releaseOnExit?: boolean;
+  onEvent?: (event: OperatorEvent) => void;
+}
+
+export type OperatorEvent =
+  | { type: 'leading' }
+  | { type: 'following'; holder?: string }
+  | { type: 'reconciled'; reports: ReconcileReport[] }
+  | { type: 'error'; error: KubeosError };
+
+function asKubeosError(error: unknown): KubeosError {
+  return isKubeosError(error) ? error : new KubeosError('E_KUBERNETES', error instanceof Error ? error.message : String(error), { cause: error });
+}
+
+export async function runOperator(options: OperatorOptions): Promise<void> {
+  const { api, signal } = options;
+  const now = options.now ?? Date.now;
+  const durationSeconds = options.leaseDurationSeconds ?? 15;
+  const debounceMs = options.debounceMs ?? 500;
+  const emit = options.onEvent ?? (() => {});
+  const elector = new LeaderElector({ api, namespace: options.namespace, name: options.leaseName, identity: options.identity, durationSeconds, now });
+  const recorded = new Set<string>();
+  // Renew well within the lease duration even when the resync interval is long.
+  const tick = Math.min(options.intervalMs, (durationSeconds * 1000) / 3);
+
+  let wake: (() => void) | undefined;
+  let dirty = true;
+  const poke = () => {
+    dirty = true;
+    wake?.();
+  };
+  let watches: AbortController | undefined;
+  const startWatches = () => {
+    watches = new AbortController();
+    const own = watches;
+    for (const kind of ['nodes', 'osupgrades'] as const) {
+      const start = (): void => {
+        if (own.signal.aborted) return;
+        api.watch({ kind }, () => poke(), () => {
+          // the server closed the watch (they do, every few minutes): reopen after a pause
+          if (!own.signal.aborted) setTimeout(start, Math.min(1000, options.intervalMs)).unref();
+        }, own.signal).catch(() => {
+          if (!own.signal.aborted) setTimeout(start, Math.min(1000, options.intervalMs)).unref();
+        });
+      };
+      start();
+    }
+  };
+  const stopWatches = () => {
+    watches?.abort();
+    watches = undefined;
+  };
+
+  let leading = false;
+  let lastResync = 0;
+  try {
+    while (!signal.aborted) {
+      try {
+        const leader = await elector.tryAcquireOrRenew();
+        if (leader !== leading) {
+          leading = leader;
+          if (leader) {
+            emit({ type: 'leading' });
+            startWatches();
+            dirty = true;
+          } else {
+            emit({ type: 'following' });
+            stopWatches();
+          }
+        }
+        if (leader && (dirty || now() - lastResync >= options.intervalMs)) {
+          dirty = false;
+          lastResync = now();
+          const reports = await reconcileAll({ api, now, assertLeader: () => elector.assertLeader(), recorded });
+          emit({ type: 'reconciled', reports });
+          // something moved: look again soon rather than at the next resync
+          // (blocked evictions are retried at the resync interval, not in a tight loop)
+          if (reports.some((r) => r.applied > 0)) dirty = true;
+        }
+      } catch (error) {
+        emit({ type: 'error', error: asKubeosError(error) });
+      }
+      if (signal.aborted) break;
+      const wait = dirty && leading ? debounceMs : tick;
+      await new Promise<void>((resolve) => {
+        const done = () => {
+          clearTimeout(timer);
+          signal.removeEventListener('abort', done);
+          resolve();
+        };
+        const timer = setTimeout(done, wait);
+        wake = () => {
+          clearTimeout(timer);
+          wake = undefined;
+          // debounce: let the burst of watch events settle
+          setTimeout(done, debounceMs);
+        };
+        signal.addEventListener('abort', done, { once: true });
+      });
+      wake = undefined;
+    }
+  } finally {
+    stopWatches();
+    if (options.releaseOnExit !== false) await elector.release().catch(() => {});
+  }
+}

@@ -1,0 +1,172 @@
+/** The agent on a file-backed host: upgrade, every refused input, resume, lock, commit, rollback. */
+import test from 'ava';
+import { readFile, writeFile, mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { createBundle } from '../../builder/bundle/create-bundle.js';
+import { bootEnvFromGrub } from '../../runtime/core/boot-env.js';
+import { decodeGrubEnv } from '../../runtime/core/grubenv.js';
+import { isKubeosError, type ErrorCode } from '../../runtime/core/errors.js';
+import { upgrade } from '../../runtime/agent/upgrade.js';
+import { commit, rollback, status } from '../../runtime/agent/commit-rollback-status.js';
+import { flipByte, makeKeys, makeRootfs, member, metadata } from '../helpers/bundle-fixtures.js';
+import { publishToDir, startUpdateServer } from '../helpers/update-server.js';
+import { bootInto, makeHost, makeV2, MiB, readSlot, setBootEnv, sha256, snapshot } from './host-fixture.js';
+
+async function env(path: string) {
+  return bootEnvFromGrub(decodeGrubEnv(await readFile(path)));
+}
+
+test('a full upgrade writes the standby slot only, verifies it, and then tries it with boot counting', async (t) => {
+  const host = await makeHost(t);
+  const v2 = await makeV2(host);
+  const site = join(host.dir, 'site');
+  await publishToDir(site, v2, host.keys.privateKey, { serial: 1 });
+  const server = await startUpdateServer(t, site);
+  const before = await snapshot(host);
+
+  const result = await upgrade(host.config, { channel: `${server.url}/channels/stable.json`, reboot: false });
+
+  t.like(result, { kind: 'installed', version: '2.0.0', slot: 'B', from: '1.0.0' });
+  t.is(sha256(await readSlot(host, 'B', v2.manifest.payload.uncompressedSize)), v2.manifest.payload.uncompressedSha256);
+  t.is(sha256(await readSlot(host, 'A')), before.slotA);
+  t.deepEqual(await env(host.bootEnv), { good: 'A', trying: 'B', triesLeft: 3, failed: undefined });
+  const s = await status(host.config);
+  t.like(s.slots, { A: { state: 'good', version: '1.0.0' }, B: { state: 'trying', version: '2.0.0', triesLeft: 3 } });
+});
+
+const refusals: [string, ErrorCode, (host: Awaited<ReturnType<typeof makeHost>>, dir: string) => Promise<Buffer>][] = [
+  ['a flipped byte in the payload', 'E_HASH_MISMATCH', async (host) => {
+    const tar = await readFile((await makeV2(host)).path);
+    const p = member(tar, 'payload.img.zst');
+    return flipByte(tar, p.dataOffset + Math.floor(p.size / 2));
+  }],
+  ['a flipped byte in the manifest', 'E_SIGNATURE', async (host) => {
+    const tar = await readFile((await makeV2(host)).path);
+    return flipByte(tar, member(tar, 'manifest.json').dataOffset + 40);
+  }],
+  ['a flipped byte in the signature', 'E_SIGNATURE', async (host) => {
+    const tar = await readFile((await makeV2(host)).path);
+    const sig = member(tar, 'manifest.sig');
+    const text = tar.subarray(sig.dataOffset, sig.dataOffset + sig.size).toString();
+    return flipByte(tar, sig.dataOffset + text.indexOf('"sig"') + 10);
+  }],
+  ['a bundle signed by an unknown key', 'E_UNKNOWN_KEY', async (host, dir) => {
+    const stranger = await makeKeys(dir, 'stranger');
+    const rootfs = await makeRootfs(join(dir, 'stranger.img'), 4 * MiB);
+    return readFile((await createBundle({ rootfs, out: join(dir, 'stranger.kubeos'), privateKey: stranger.privateKey, metadata, sourceDateEpoch: 1 })).path);
+  }],
+  ['a bundle for other hosts (compatible)', 'E_INCOMPATIBLE', async (host, dir) => {
+    const rootfs = await makeRootfs(join(dir, 'other.img'), 4 * MiB);
+    return readFile((await createBundle({ rootfs, out: join(dir, 'other.kubeos'), privateKey: host.keys.privateKey, metadata: { ...metadata, compatible: 'kubeos-arm-board' }, sourceDateEpoch: 1 })).path);
+  }],
+  ['an older version', 'E_DOWNGRADE', async (host) => readFile((await makeV2(host, { version: '0.9.0', name: 'old' })).path)],
+  ['a truncated download', 'E_BUNDLE_TRUNCATED', async (host) => {
+    const tar = await readFile((await makeV2(host)).path);
+    return tar.subarray(0, Math.floor(tar.length * 0.6));
+  }],
+];
+
+for (const [title, code, make] of refusals) {
+  test(`refused with ${code}, boot environment and active slot untouched: ${title}`, async (t) => {
+    const host = await makeHost(t);
+    const site = join(host.dir, 'site');
+    await mkdir(site, { recursive: true });
+    await writeFile(join(site, 'bad.kubeos'), await make(host, host.dir));
+    const server = await startUpdateServer(t, site);
+    const before = await snapshot(host);
+    const error = await t.throwsAsync(upgrade(host.config, { bundle: `${server.url}/bad.kubeos`, reboot: false }));
+    t.true(isKubeosError(error, code), `${(error as { code?: string }).code}: ${error?.message}`);
+    t.deepEqual(await snapshot(host), before);
+  });
+}
+
+test('an expired channel index is refused and changes nothing', async (t) => {
+  const host = await makeHost(t);
+  const site = join(host.dir, 'site');
+  await publishToDir(site, await makeV2(host), host.keys.privateKey, { serial: 1, expires: new Date(Date.now() - 1000), published: new Date(Date.now() - 5000) });
+  const server = await startUpdateServer(t, site);
+  const before = await snapshot(host);
+  const error = await t.throwsAsync(upgrade(host.config, { channel: `${server.url}/channels/stable.json`, reboot: false }));
+  t.true(isKubeosError(error, 'E_CHANNEL_EXPIRED'));
+  t.deepEqual(await snapshot(host), before);
+});
+
+test('a replayed channel index (its serial went backwards) is refused and changes nothing', async (t) => {
+  const host = await makeHost(t);
+  const site = join(host.dir, 'site');
+  const url = `${(await startUpdateServer(t, site)).url}/channels/stable.json`;
+  await publishToDir(site, await makeV2(host, { version: '1.0.0', name: 'same' }), host.keys.privateKey, { serial: 7 });
+  t.like(await upgrade(host.config, { channel: url, reboot: false }), { kind: 'up-to-date' });
+  await publishToDir(site, await makeV2(host), host.keys.privateKey, { serial: 6 });
+  const before = await snapshot(host);
+  const error = await t.throwsAsync(upgrade(host.config, { channel: url, reboot: false }));
+  t.true(isKubeosError(error, 'E_CHANNEL_ROLLBACK'));
+  t.deepEqual(await snapshot(host), before);
+});
+
+test('a dropped connection resumes with a Range request and the upgrade completes', async (t) => {
+  const host = await makeHost(t);
+  const v2 = await makeV2(host);
+  const site = join(host.dir, 'site');
+  await publishToDir(site, v2, host.keys.privateKey, { serial: 1 });
+  const server = await startUpdateServer(t, site);
+  server.dropOnce(`bundles/${v2.sha256}.kubeos`, Math.floor(v2.size / 3));
+  const result = await upgrade(host.config, { channel: `${server.url}/channels/stable.json`, reboot: false });
+  t.like(result, { kind: 'installed', slot: 'B' });
+  const ranges = server.requests.filter((r) => r.path.startsWith('bundles/')).map((r) => r.range);
+  t.is(ranges.length, 2);
+  t.is(ranges[0], undefined);
+  // it resumes from what arrived: at most the bytes sent before the cut, never from zero
+  const resumedAt = Number(/^bytes=(\d+)-$/.exec(ranges[1] ?? '')?.[1]);
+  t.true(resumedAt > 0 && resumedAt <= Math.floor(v2.size / 3), `resumed at ${resumedAt}`);
+  t.is(sha256(await readSlot(host, 'B', v2.manifest.payload.uncompressedSize)), v2.manifest.payload.uncompressedSha256);
+});
+
+test('a second upgrade while one runs fails at once with the lock error naming the holder', async (t) => {
+  const host = await makeHost(t);
+  const v2 = await makeV2(host);
+  let second: unknown;
+  const result = await upgrade(host.config, {
+    bundle: v2.path,
+    reboot: false,
+    onStep: (step) => {
+      if (step === 'verified-header') second = upgrade(host.config, { bundle: v2.path, reboot: false }).then(() => undefined, (error: unknown) => error);
+    },
+  });
+  t.like(result, { kind: 'installed' });
+  const error = await (second as Promise<unknown>);
+  t.true(isKubeosError(error, 'E_LOCKED'));
+  t.regex((error as Error).message, new RegExp(`pid ${process.pid}`));
+});
+
+test('commit after a healthy trial boot makes the new slot good; rollback returns to the old one', async (t) => {
+  const host = await makeHost(t);
+  await upgrade(host.config, { bundle: (await makeV2(host)).path, reboot: false });
+  await bootInto(host, 'B', 'trying', '2.0.0');
+  t.like(await commit(host.config), { kind: 'committed', slot: 'B' });
+  t.deepEqual(await env(host.bootEnv), { good: 'B', trying: undefined, triesLeft: 0, failed: undefined });
+  t.like(await commit(host.config), { kind: 'already-committed' });
+  t.like(await status(host.config), { booted: 'B', slots: { A: { state: 'standby', version: '1.0.0' }, B: { state: 'good', version: '2.0.0' } }, lastUpgrade: { result: 'committed' } });
+  t.like(await rollback(host.config, { reboot: false }), { slot: 'A', version: '1.0.0' });
+  t.deepEqual(await env(host.bootEnv), { good: 'A', trying: undefined, triesLeft: 0, failed: undefined });
+});
+
+test('rollback refuses a slot without a committed image', async (t) => {
+  const host = await makeHost(t);
+  const before = await snapshot(host);
+  const error = await t.throwsAsync(rollback(host.config, { reboot: false }));
+  t.true(isKubeosError(error, 'E_SLOT'));
+  t.deepEqual(await snapshot(host), before);
+});
+
+test('status says the last boot fell back when GRUB gave up on the new slot', async (t) => {
+  const host = await makeHost(t);
+  await upgrade(host.config, { bundle: (await makeV2(host)).path, reboot: false });
+  await setBootEnv(host, { good: 'A', trying: undefined, triesLeft: 0, failed: 'B' });
+  await bootInto(host, 'A', 'fallback', '1.0.0');
+  const s = await status(host.config);
+  t.true(s.fellBack);
+  t.like(s.slots, { A: { state: 'good' }, B: { state: 'failed', version: '2.0.0' } });
+  // commit on the good slot changes nothing
+  t.like(await commit(host.config), { kind: 'already-committed', slot: 'A' });
+});

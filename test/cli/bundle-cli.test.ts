@@ -1,0 +1,80 @@
+import test, { type ExecutionContext } from 'ava';
+import { readFile, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { flipByte, makeRootfs, makeTempDir, member } from '../helpers/bundle-fixtures.js';
+import { runCli } from '../helpers/run-cli.js';
+
+async function setup(t: ExecutionContext) {
+  const dir = await makeTempDir(t);
+  const keygen = await runCli(['keygen', '--out', join(dir, 'keys'), '--json']);
+  t.is(keygen.exitCode, 0, keygen.stderr);
+  const rootfs = await makeRootfs(join(dir, 'rootfs.img'), 6 * 1024 * 1024);
+  await writeFile(join(dir, 'build.json'), JSON.stringify({ image: { name: 'kubeos', version: '1.0.0', compatible: 'kubeos-test-x86_64', arch: 'x86_64', kernelVersion: '6.1.0' } }));
+  const bundle = join(dir, 'update.kubeos');
+  const env = { SOURCE_DATE_EPOCH: '1700000000' };
+  const create = await runCli(['bundle', 'create', '--rootfs', rootfs, '--version', '2.0.0', '--key', join(dir, 'keys/signing.pem'), '--out', bundle, '--json'], { env });
+  t.is(create.exitCode, 0, create.stderr);
+  return { dir, rootfs, bundle, keyId: keygen.json.keyId as string, pub: join(dir, 'keys/signing.pub.pem'), priv: join(dir, 'keys/signing.pem'), create };
+}
+
+test('keygen writes a private key only its owner can read and prints the key id', async (t) => {
+  const { priv, pub, keyId } = await setup(t);
+  t.is((await stat(priv)).mode & 0o777, 0o600);
+  t.regex(await readFile(pub, 'utf8'), /BEGIN PUBLIC KEY/);
+  t.regex(keyId, /^[0-9a-f]{64}$/);
+});
+
+test('keygen refuses to replace existing keys with E_OUTPUT', async (t) => {
+  const { dir } = await setup(t);
+  const again = await runCli(['keygen', '--out', join(dir, 'keys'), '--json']);
+  t.is(again.exitCode, 1);
+  t.is(again.json.error.code, 'E_OUTPUT');
+});
+
+test('bundle create takes defaults from build.json and bundle verify accepts the result', async (t) => {
+  const { bundle, pub, keyId, create } = await setup(t);
+  t.like(create.json.manifest, { os: 'kubeos', version: '2.0.0', compatible: 'kubeos-test-x86_64', kernelVersion: '6.1.0', keyId, created: '2023-11-14T22:13:20Z' });
+  const verify = await runCli(['bundle', 'verify', bundle, '--pubkey', pub, '--compatible', 'kubeos-test-x86_64', '--json']);
+  t.is(verify.exitCode, 0, verify.stderr);
+  t.like(verify.json, { ok: true, keyId, sha256: create.json.sha256 });
+  const text = await runCli(['bundle', 'verify', bundle, '--pubkey', pub]);
+  t.regex(text.stdout, /^ok: /);
+});
+
+test('bundle info prints the manifest as text and JSON', async (t) => {
+  const { bundle, keyId } = await setup(t);
+  const json = await runCli(['bundle', 'info', bundle, '--json']);
+  t.is(json.exitCode, 0, json.stderr);
+  t.like(json.json, { manifest: { version: '2.0.0', payload: { compression: 'zstd', uncompressedSize: 6 * 1024 * 1024 } }, signature: { keyid: keyId }, verified: false });
+  const text = await runCli(['bundle', 'info', bundle]);
+  t.regex(text.stdout, /kubeos 2\.0\.0 \(x86_64\)/);
+});
+
+test('bundle verify of a tampered payload exits 1 with E_HASH_MISMATCH', async (t) => {
+  const { dir, bundle, pub } = await setup(t);
+  const bytes = await readFile(bundle);
+  const p = member(bytes, 'payload.img.zst');
+  const bad = join(dir, 'bad.kubeos');
+  await writeFile(bad, flipByte(bytes, p.dataOffset + 1000));
+  const result = await runCli(['bundle', 'verify', bad, '--pubkey', pub, '--json']);
+  t.is(result.exitCode, 1);
+  t.is(result.json.error.code, 'E_HASH_MISMATCH');
+  t.regex(result.stderr, /E_HASH_MISMATCH/);
+});
+
+test('bundle verify with a key that did not sign exits 1 with E_UNKNOWN_KEY', async (t) => {
+  const { dir, bundle } = await setup(t);
+  await runCli(['keygen', '--out', join(dir, 'other')]);
+  const result = await runCli(['bundle', 'verify', bundle, '--pubkey', join(dir, 'other/signing.pub.pem'), '--json']);
+  t.is(result.exitCode, 1);
+  t.is(result.json.error.code, 'E_UNKNOWN_KEY');
+});
+
+test('bundle create without metadata or build.json exits 2 with E_USAGE', async (t) => {
+  const { dir, priv } = await setup(t);
+  const lone = await makeRootfs(join(await makeTempDir(t), 'rootfs.img'), 1024 * 1024);
+  const result = await runCli(['bundle', 'create', '--rootfs', lone, '--key', priv, '--out', join(dir, 'x.kubeos'), '--json']);
+  t.is(result.exitCode, 2);
+  t.is(result.json.error.code, 'E_USAGE');
+  await t.throwsAsync(stat(join(dir, 'x.kubeos')));
+});

@@ -1,0 +1,43 @@
+import test from 'ava';
+import { join } from 'node:path';
+import { makeBundle, makeKeys, makeTempDir } from '../helpers/bundle-fixtures.js';
+import { runCli } from '../helpers/run-cli.js';
+import { s3Credentials, startS3 } from '../helpers/s3-server.js';
+
+test('kubeos publish uploads with credentials from the environment and channel show verifies the result', async (t) => {
+  const dir = await makeTempDir(t);
+  const keys = await makeKeys(dir);
+  const s3 = await startS3(t);
+  const created = await makeBundle(dir, keys);
+  // Only 127.0.0.1: static credentials from env, no profile files, no instance metadata.
+  const env = {
+    AWS_ACCESS_KEY_ID: s3Credentials.accessKeyId,
+    AWS_SECRET_ACCESS_KEY: s3Credentials.secretAccessKey,
+    AWS_REGION: 'us-east-1',
+    AWS_EC2_METADATA_DISABLED: 'true',
+    AWS_CONFIG_FILE: join(dir, 'none'),
+    AWS_SHARED_CREDENTIALS_FILE: join(dir, 'none'),
+  };
+  const publish = await runCli(['publish', created.path, '--endpoint', s3.endpoint, '--bucket', s3.bucket, '--prefix', 'os', '--channel', 'stable', '--key', keys.privatePath, '--json'], { env });
+  t.is(publish.exitCode, 0, publish.stderr);
+  t.like(publish.json, { channel: 'stable', serial: 1, uploaded: true, bundleKey: `os/bundles/${created.sha256}.kubeos` });
+  t.notRegex(publish.stderr, /Warning/);
+
+  const url = `${s3.baseUrl}os/channels/stable.json`;
+  const show = await runCli(['channel', 'show', url, '--pubkey', keys.publicPath, '--json']);
+  t.is(show.exitCode, 0, show.stderr);
+  t.like(show.json, { channel: 'stable', serial: 1, version: '2.0.0', bundleUrl: `${s3.baseUrl}os/bundles/${created.sha256}.kubeos` });
+  const text = await runCli(['channel', 'show', url, '--pubkey', keys.publicPath]);
+  t.regex(text.stdout, /channel stable: kubeos 2\.0\.0/);
+
+  const rollback = await runCli(['channel', 'show', url, '--pubkey', keys.publicPath, '--last-serial', '5', '--json']);
+  t.is(rollback.exitCode, 1);
+  t.is(rollback.json.error.code, 'E_CHANNEL_ROLLBACK');
+
+  const stranger = await makeKeys(dir, 'stranger');
+  const unknown = await runCli(['channel', 'show', url, '--pubkey', stranger.publicPath, '--json']);
+  t.is(unknown.json.error.code, 'E_UNKNOWN_KEY');
+
+  const missing = await runCli(['channel', 'show', `${s3.baseUrl}os/channels/beta.json`, '--pubkey', keys.publicPath, '--json']);
+  t.is(missing.json.error.code, 'E_FETCH');
+});

@@ -1,0 +1,110 @@
+/**
+ * A static update server for agent tests, on 127.0.0.1 only: serves a directory laid out like a
+ * published bucket (channels/, bundles/) with Range support, and can cut a response short once
+ * (a dropped connection) or report how many bytes it sent (so a test can act mid-download).
+ */
+import { createReadStream } from 'node:fs';
+import { copyFile, mkdir, stat, writeFile } from 'node:fs/promises';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { join, normalize } from 'node:path';
+import type { KeyObject } from 'node:crypto';
+import type { ExecutionContext } from 'ava';
+import { signChannel, type ChannelSigned } from '../../runtime/core/channel/channel-index.js';
+import { bundlePath, channelPath } from '../../runtime/core/channel/layout.js';
+import type { CreatedBundle } from '../../builder/bundle/create-bundle.js';
+
+export interface UpdateServer {
+  url: string;
+  root: string;
+  /** Requests seen, with their Range header. */
+  requests: { path: string; range: string | undefined }[];
+  /** The next GET of `path` sends only `bytes` of its body, then the connection is destroyed. */
+  dropOnce(path: string, bytes: number): void;
+  /** Called with the running total of body bytes sent for bundles. */
+  onBundleBytes?: (sent: number) => void;
+  /** Throttle bundle bodies to this many bytes per write, waiting for each to drain. */
+  slow: boolean;
+}
+
+export async function startUpdateServer(t: ExecutionContext, root: string): Promise<UpdateServer> {
+  const drops = new Map<string, number>();
+  const state: UpdateServer = {
+    url: '',
+    root,
+    requests: [],
+    dropOnce: (path, bytes) => drops.set(path, bytes),
+    slow: false,
+  };
+  const server: Server = createServer((req, res) => {
+    void (async () => {
+      const path = normalize(decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname)).replace(/^\/+/, '');
+      state.requests.push({ path, range: req.headers.range });
+      const file = join(root, path);
+      let size: number;
+      try {
+        size = (await stat(file)).size;
+      } catch {
+        res.writeHead(404).end();
+        return;
+      }
+      let start = 0;
+      const range = /^bytes=(\d+)-$/.exec(req.headers.range ?? '');
+      if (range) start = Number(range[1]);
+      res.writeHead(range ? 206 : 200, {
+        'content-length': String(size - start),
+        'etag': `"${size}"`,
+        'accept-ranges': 'bytes',
+        ...(range ? { 'content-range': `bytes ${start}-${size - 1}/${size}` } : {}),
+      });
+      const dropAt = drops.get(path);
+      if (dropAt !== undefined) drops.delete(path);
+      let sent = 0;
+      const stream = createReadStream(file, { start, highWaterMark: state.slow ? 64 * 1024 : 1 << 20 });
+      for await (const chunk of stream) {
+        let piece = chunk as Buffer;
+        if (dropAt !== undefined && sent + piece.length > dropAt) piece = piece.subarray(0, dropAt - sent);
+        if (!res.write(piece)) await new Promise((resolve) => res.once('drain', resolve));
+        sent += piece.length;
+        if (path.startsWith('bundles/')) state.onBundleBytes?.(start + sent);
+        if (dropAt !== undefined && sent >= dropAt) {
+          res.destroy();
+          stream.destroy();
+          return;
+        }
+      }
+      res.end();
+    })().catch(() => res.destroy());
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => new Promise<void>((resolve) => {
+    server.closeAllConnections();
+    server.close(() => resolve());
+  }));
+  state.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  return state;
+}
+
+/** Places a bundle under bundles/ and writes a signed channel index for it, as `kubeos publish` lays out a bucket. */
+export async function publishToDir(root: string, bundle: CreatedBundle, key: KeyObject, options: { channel?: string; serial: number; expires?: Date; published?: Date }): Promise<ChannelSigned> {
+  const channel = options.channel ?? 'stable';
+  await mkdir(join(root, 'bundles'), { recursive: true });
+  await mkdir(join(root, 'channels'), { recursive: true });
+  await copyFile(bundle.path, join(root, bundlePath(bundle.sha256)));
+  const m = bundle.manifest;
+  const signed: ChannelSigned = {
+    type: 'kubeos-channel',
+    format: 1,
+    channel,
+    serial: options.serial,
+    published: (options.published ?? new Date()).toISOString(),
+    expires: (options.expires ?? new Date(Date.now() + 86_400_000)).toISOString(),
+    os: m.os,
+    version: m.version,
+    arch: m.arch,
+    compatible: m.compatible,
+    bundle: { path: bundlePath(bundle.sha256), size: bundle.size, sha256: bundle.sha256 },
+  };
+  await writeFile(join(root, channelPath(channel)), signChannel(signed, key));
+  return signed;
+}

@@ -1,0 +1,105 @@
+/** Planner, spec and handshake rules, case by case. */
+import test from 'ava';
+import { isWithinWindow } from '../../runtime/operator/maintenance-window.js';
+import { annotations, type NodeView, type PodView } from '../../runtime/operator/node-protocol.js';
+import { parseOSUpgradeSpec, resolveMaxUnavailable, type Rollout } from '../../runtime/operator/osupgrade.js';
+import { planRollout } from '../../runtime/operator/plan-rollout.js';
+import { decideAgentAction } from '../../runtime/operator/run-node-agent.js';
+
+const t0 = Date.UTC(2025, 0, 6, 12, 0); // a Monday
+
+function node(name: string, extra: Partial<NodeView> = {}): NodeView {
+  return { name, labels: {}, unschedulable: false, ready: true, readySince: t0 - 3_600_000, desiredVersion: undefined, currentVersion: '1.0.0', agentState: 'idle', stateVersion: undefined, lastError: undefined, record: undefined, ...extra };
+}
+
+function rollout(spec: Record<string, unknown> = {}): Rollout {
+  return { name: 'fleet', generation: 3, spec: parseOSUpgradeSpec({ version: '2.0.0', ...spec }), pausedBy: undefined, failuresAcknowledged: 0, previousStatus: undefined };
+}
+
+const pod = (name: string, extra: Partial<PodView> = {}): PodView => ({ namespace: 'apps', name, ownerKind: 'ReplicaSet', mirror: false, emptyDir: false, finished: false, terminating: false, ...extra });
+
+test('a spec gets its defaults', (t) => {
+  t.like(parseOSUpgradeSpec({ version: '2.0.0' }), { channel: 'stable', maxUnavailable: 1, failureBudget: 1, paused: false, drain: { timeoutSeconds: 600, force: false, deleteEmptyDirData: false }, healthGate: { readySeconds: 120 } });
+});
+
+test('an invalid spec fails with E_OSUPGRADE_INVALID listing every problem', (t) => {
+  const error = t.throws(() => parseOSUpgradeSpec({ maxUnavailable: 0, failureBudget: 'x', drain: { force: 'yes' } }));
+  t.is((error as { code?: string }).code, 'E_OSUPGRADE_INVALID');
+  t.deepEqual(((error as { details?: { problems: Array<{ path: string }> } }).details?.problems ?? []).map((p) => p.path), ['spec.version', 'spec.maxUnavailable', 'spec.drain.force', 'spec.failureBudget']);
+});
+
+test('percentages of maxUnavailable round down but never below one', (t) => {
+  t.is(resolveMaxUnavailable('25%', 10), 2);
+  t.is(resolveMaxUnavailable('10%', 5), 1);
+  t.is(resolveMaxUnavailable('100%', 7), 7);
+  t.is(resolveMaxUnavailable(3, 1), 3);
+});
+
+test('a window that ends before it starts runs past midnight into the next day', (t) => {
+  const w = { days: ['Mon' as const], start: '22:00', end: '04:00' };
+  t.true(isWithinWindow(w, Date.UTC(2025, 0, 6, 23, 0)));   // Monday 23:00
+  t.true(isWithinWindow(w, Date.UTC(2025, 0, 7, 3, 59)));   // Tuesday 03:59
+  t.false(isWithinWindow(w, Date.UTC(2025, 0, 7, 4, 0)));   // Tuesday 04:00
+  t.false(isWithinWindow(w, Date.UTC(2025, 0, 6, 3, 0)));   // Monday 03:00 (Sunday had no window)
+  t.true(isWithinWindow({ days: ['Mon'], start: '00:00', end: '00:00' }, Date.UTC(2025, 0, 6, 17, 0)));
+});
+
+test('outside every window nothing starts and the rollout waits for the next one', (t) => {
+  const plan = planRollout(rollout({ maintenanceWindows: [{ days: ['Sat'], start: '01:00', end: '05:00' }] }), { nodes: [node('a')] }, t0);
+  t.deepEqual(plan.actions, []);
+  t.is(plan.status.phase, 'Waiting');
+  t.is(plan.wakeAt, Date.UTC(2025, 0, 11, 1, 0));
+});
+
+test('a drain leaves DaemonSet, mirror and finished pods alone and evicts the rest', (t) => {
+  const draining = node('a', {
+    unschedulable: true,
+    record: { rollout: 'fleet', version: '2.0.0', phase: 'draining', since: t0 },
+    pods: [pod('web'), pod('ds', { ownerKind: 'DaemonSet' }), pod('static', { ownerKind: 'Node', mirror: true }), pod('job', { finished: true }), pod('going', { terminating: true })],
+  });
+  const plan = planRollout(rollout(), { nodes: [draining] }, t0 + 1000);
+  t.deepEqual(plan.actions, [{ type: 'evict', node: 'a', pods: [{ namespace: 'apps', name: 'web' }] }]);
+});
+
+test('a bare pod without drain.force blocks the drain and the node fails with DrainBlocked', (t) => {
+  const draining = node('a', { unschedulable: true, record: { rollout: 'fleet', version: '2.0.0', phase: 'draining', since: t0 }, pods: [pod('bare', { ownerKind: undefined })] });
+  t.deepEqual(planRollout(rollout(), { nodes: [draining] }, t0 + 1000).actions, []);
+  const plan = planRollout(rollout({ drain: { timeoutSeconds: 60 } }), { nodes: [draining] }, t0 + 61_000);
+  t.like(plan.actions[0], { type: 'mark-failed', node: 'a', uncordon: true, record: { phase: 'failed', reason: 'DrainBlocked' } });
+});
+
+test('a node is done only after being Ready on the new version for the whole health gate', (t) => {
+  const verifying = node('a', { currentVersion: '2.0.0', agentState: 'committed', stateVersion: '2.0.0', readySince: t0 + 5000, record: { rollout: 'fleet', version: '2.0.0', phase: 'verifying', since: t0 } });
+  const r = rollout({ healthGate: { readySeconds: 60 } });
+  t.deepEqual(planRollout(r, { nodes: [verifying] }, t0 + 64_000).actions, []);
+  t.like(planRollout(r, { nodes: [verifying] }, t0 + 65_000).actions[0], { type: 'mark-done', node: 'a' });
+});
+
+test('a fell-back state left over from an earlier version is not read as the new attempt failing', (t) => {
+  const upgrading = node('a', { agentState: 'fell-back', stateVersion: '1.5.0', record: { rollout: 'fleet', version: '2.0.0', phase: 'upgrading', since: t0 } });
+  t.deepEqual(planRollout(rollout(), { nodes: [upgrading] }, t0 + 1000).actions, []);
+});
+
+test('nodes held by another rollout are left alone but count as unavailable', (t) => {
+  const busy = node('a', { unschedulable: true, record: { rollout: 'other', version: '3.0.0', phase: 'upgrading', since: t0 } });
+  const plan = planRollout(rollout(), { nodes: [busy, node('b')] }, t0);
+  t.deepEqual(plan.actions, []);
+});
+
+test('the status carries observedGeneration and keeps a condition\'s transition time while it holds', (t) => {
+  const r = rollout();
+  const first = planRollout(r, { nodes: [node('a', { currentVersion: '2.0.0' })] }, t0);
+  t.is(first.status.observedGeneration, 3);
+  t.is(first.status.phase, 'Complete');
+  const again = planRollout({ ...r, previousStatus: first.status }, { nodes: [node('a', { currentVersion: '2.0.0' })] }, t0 + 60_000);
+  t.deepEqual(again.status.conditions, first.status.conditions);
+});
+
+test('the agent upgrades to a new desired version once, and not again after it fell back', (t) => {
+  const desired = { metadata: { annotations: { [annotations.desiredVersion]: '2.0.0', [annotations.desiredChannel]: 'beta' } } };
+  t.deepEqual(decideAgentAction(desired, { currentVersion: '1.0.0' }, false), { type: 'upgrade', version: '2.0.0', channel: 'beta' });
+  t.is(decideAgentAction(desired, { currentVersion: '1.0.0' }, true).type, 'none');
+  t.is(decideAgentAction(desired, { currentVersion: '1.0.0', state: 'fell-back', stateVersion: '2.0.0' }, false).type, 'none');
+  t.is(decideAgentAction(desired, { currentVersion: '1.0.0', state: 'fell-back', stateVersion: '1.9.0' }, false).type, 'upgrade');
+  t.is(decideAgentAction(desired, { currentVersion: '2.0.0' }, false).type, 'none');
+});
