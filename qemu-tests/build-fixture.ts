@@ -6,9 +6,12 @@ import { buildImage, type BuildResult } from '../builder/build/build-image.js';
 
 export const bootTimeoutMs = 180_000;
 
-export async function buildTestImage(options: { version?: string; image?: string } = {}): Promise<BuildResult> {
+export async function buildTestImage(options: { version?: string; image?: string; trustedKeys?: string[] } = {}): Promise<BuildResult> {
   const dir = await mkdtemp(join(tmpdir(), 'kubeos-qemu-test-'));
-  return buildImage({ image: options.image ?? 'images/minimal', layout: 'small', out: join(dir, 'out'), version: options.version, sourceDateEpoch: 1_700_000_000 });
+  return buildImage({
+    image: options.image ?? 'images/minimal', layout: 'small', out: join(dir, 'out'), version: options.version,
+    trustedKeys: options.trustedKeys, sourceDateEpoch: 1_700_000_000,
+  });
 }
 
 /** A private copy of a built disk, so each test boots (and writes) its own. */

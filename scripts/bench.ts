@@ -8,6 +8,7 @@ import type { Bench, BenchRow } from './bench/measure.js';
 const benches: Record<string, () => Promise<{ bench: Bench }>> = {
   bundle: () => import('./bench/bundle.js'),
   build: () => import('./bench/build.js'),
+  agent: () => import('./bench/agent.js'),
   operator: () => import('./bench/operator.js'),
 };
 

@@ -11,7 +11,7 @@ import { bundlePath, channelPath, checkChannelName, objectKey } from '../../runt
 import { keyIdOf, makeTrustedKeys, type TrustedKeys } from '../../runtime/core/crypto/keys.js';
 import { verifyBundleFile } from '../../runtime/core/bundle/verify-bundle-file.js';
 import { isKubeosError, KubeosError } from '../../runtime/core/errors.js';
-import { compareVersions } from './compare-versions.js';
+import { compareVersions } from '../../runtime/core/compare-versions.js';
 import { defaultExpiresDays } from './publish-defaults.js';
 import { uploadFile } from './upload-file.js';
 

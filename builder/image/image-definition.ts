@@ -16,8 +16,8 @@ export interface ImageDefinition {
   };
   /** Include Node.js, the bundled agent and its configuration (undefined: no agent). */
   agent: { channel: string | undefined; trustedKeys: string[]; pollSeconds: number } | undefined;
-  /** Directory of files copied over the root (absolute after loading). */
-  files: string | undefined;
+  /** Directories of files copied over the root in order (absolute after loading). */
+  files: string[];
   /** Directory the definition came from (absolute). */
   dir: string;
   /** The definition's file, for messages. */

@@ -60,9 +60,10 @@ export function validateImage(data: unknown, file: string, dir: string): ImageDe
   if (arch !== 'x86_64') bad('arch', '"x86_64" (the only architecture built so far)', arch);
   const layout = obj['layout'] ?? 'kubeos';
   if (typeof layout !== 'string' || layout.length === 0) bad('layout', 'a layout name or path', layout);
-  const files = obj['files'];
-  if (files !== undefined && (typeof files !== 'string' || files.startsWith('/') || files.split('/').includes('..'))) {
-    bad('files', 'a directory relative to the definition, inside it', files);
+  const rawFiles = obj['files'];
+  const fileList = typeof rawFiles === 'string' ? [rawFiles] : rawFiles ?? [];
+  if (!Array.isArray(fileList) || !fileList.every((f) => typeof f === 'string' && f !== '' && !f.startsWith('/'))) {
+    bad('files', 'a directory (or a list of them, applied in order) relative to the definition', rawFiles);
   }
 
   const kernel = obj['kernel'];
@@ -113,7 +114,7 @@ export function validateImage(data: unknown, file: string, dir: string): ImageDe
     layout: layout as string,
     kernel: { package: k['package'] as string, modules, cmdline: (k['cmdline'] as string | undefined) ?? '' },
     agent,
-    files: files === undefined ? undefined : join(dir, files as string),
+    files: Array.isArray(fileList) ? (fileList as string[]).map((f) => join(dir, f)) : [],
     dir,
     file,
   };

@@ -4,7 +4,7 @@
  * `kubeos qemu boot` and qemu-tests/. QEMU is always killed when the handle is stopped or this
  * process exits, however a test ends.
  */
-import { access, copyFile, mkdir } from 'node:fs/promises';
+import { access, copyFile, mkdir, writeFile } from 'node:fs/promises';
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { ResultPromise } from 'execa';
@@ -53,7 +53,20 @@ export async function preflightQemu(): Promise<void> {
   }
 }
 
-export function qemuArgs(options: QemuOptions, varsFile: string, console: 'pipe' | 'interactive'): string[] {
+/**
+ * QEMU's guestfwd to a `tcp:` target holds one host connection for the VM's whole life, so a
+ * guest's second connection (or one after a reboot) would hang. A `cmd:` target runs a program
+ * per connection instead: this relay joins its stdio to a fresh connection to 127.0.0.1:PORT.
+ */
+const relaySource = `import { connect } from 'node:net';
+const socket = connect(Number(process.argv[2]), '127.0.0.1');
+process.stdin.pipe(socket);
+socket.pipe(process.stdout);
+socket.on('close', () => process.exit(0));
+socket.on('error', () => process.exit(1));
+`;
+
+export function qemuArgs(options: QemuOptions, varsFile: string, console: 'pipe' | 'interactive', relay?: string): string[] {
   const args = [
     '-machine', 'q35', '-accel', 'tcg', '-m', String(options.memoryMiB ?? 512), '-smp', '1',
     '-nodefaults', '-no-user-config', '-display', 'none',
@@ -64,7 +77,7 @@ export function qemuArgs(options: QemuOptions, varsFile: string, console: 'pipe'
     '-device', 'virtio-rng-pci',
   ];
   if (options.forwards && options.forwards.length > 0) {
-    const fwd = options.forwards.map((f) => `guestfwd=tcp:${f.guestAddress}:${f.guestPort}-tcp:127.0.0.1:${f.hostPort}`).join(',');
+    const fwd = options.forwards.map((f) => `guestfwd=tcp:${f.guestAddress}:${f.guestPort}-cmd:${process.execPath} ${relay} ${f.hostPort}`).join(',');
     args.push('-netdev', `user,id=net0,restrict=on,${fwd}`, '-device', 'virtio-net-pci,netdev=net0');
   } else {
     args.push('-nic', 'none');
@@ -107,8 +120,10 @@ export class QemuVm {
   static async start(options: QemuOptions): Promise<QemuVm> {
     await preflightQemu();
     const vars = await prepareVars(options.log);
+    const relay = join(dirname(options.log), 'guestfwd-relay.mjs');
+    await writeFile(relay, relaySource);
     const logStream = createWriteStream(options.log);
-    const { child } = await spawnTool('qemu-system-x86_64', qemuArgs(options, vars, 'pipe'), { stdin: 'pipe', timeoutMs: 0, signal: options.signal });
+    const { child } = await spawnTool('qemu-system-x86_64', qemuArgs(options, vars, 'pipe', relay), { stdin: 'pipe', timeoutMs: 0, signal: options.signal });
     return new QemuVm(child, logStream, options.log);
   }
 

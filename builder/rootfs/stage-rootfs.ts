@@ -54,8 +54,8 @@ export async function stageRootfs(input: StageInput, signal?: AbortSignal): Prom
     });
   }
 
-  if (input.image.files !== undefined) {
-    await cp(input.image.files, tree, { recursive: true, verbatimSymlinks: true, force: true, preserveTimestamps: false });
+  for (const files of input.image.files) {
+    await cp(files, tree, { recursive: true, verbatimSymlinks: true, force: true, preserveTimestamps: false });
   }
   // os-release lives in the read-only /usr (the /etc overlay persists across upgrades)
   await mkdir(join(tree, 'usr/lib/kubeos'), { recursive: true });

@@ -91,21 +91,3 @@ export function describeStatus(env: BootEnv, booted: Slot, bootKind: BootKind, s
     lastUpgrade: state.lastUpgrade,
   };
 }
-
-/** Semantic versions compared numerically; a pre-release sorts before its release. */
-export function compareVersions(a: string, b: string): number {
-  const parse = (v: string) => {
-    const [core = '', pre] = v.split('+')[0]?.split(/-(.*)/s) ?? [];
-    return { nums: core.split('.').map((n) => Number(n)), pre };
-  };
-  const x = parse(a);
-  const y = parse(b);
-  for (let i = 0; i < 3; i++) {
-    const d = (x.nums[i] ?? 0) - (y.nums[i] ?? 0);
-    if (d !== 0) return Math.sign(d);
-  }
-  if (x.pre === y.pre) return 0;
-  if (x.pre === undefined) return 1;
-  if (y.pre === undefined) return -1;
-  return x.pre < y.pre ? -1 : 1;
-}

@@ -12,6 +12,7 @@ import { otherSlot, type Slot } from '../core/boot-env.js';
 import { readBundle } from '../core/bundle/read-bundle.js';
 import { fetchChannel, checkBundleMatchesChannel } from '../core/channel/fetch-channel.js';
 import { loadTrustedKeys } from '../core/crypto/keys.js';
+import { compareVersions } from '../core/compare-versions.js';
 import { isKubeosError, KubeosError } from '../core/errors.js';
 import { run } from '../core/exec.js';
 import type { AgentConfig } from './agent-config.js';
@@ -19,7 +20,7 @@ import { readState, writeState } from './agent-state.js';
 import { readBootEnv, writeBootEnv } from './boot-env-store.js';
 import { openSource } from './fetch-resumable.js';
 import { hashSlot, openSlotWriter, resolveSlot } from './open-slot.js';
-import { compareVersions, planForgetStandby, planTryStandby } from './plan-boot-env.js';
+import { planForgetStandby, planTryStandby } from './plan-boot-env.js';
 import { readBooted } from './read-booted.js';
 import { takeLock } from './take-lock.js';
 

@@ -30,12 +30,15 @@ export function makeProgress(args: GlobalArgs): Progress {
   if (args.json) return () => {};
   const tty = process.stderr.isTTY === true;
   let last = '';
+  let lastStep = '';
   return (step, fraction) => {
-    const pct = fraction === undefined ? '' : ` ${Math.round(fraction * 100)}%`;
+    const pct = fraction === undefined ? '' : ` ${Math.floor(fraction * 100)}%`;
     const line = `${step}${pct}`;
-    if (tty) process.stderr.write(`\r\x1b[K${line}`);
-    else if (step !== last) process.stderr.write(`${line}\n`);
-    last = step;
+    // print only what changed: a serial console pays for every byte
+    if (tty && line !== last) process.stderr.write(`\r\x1b[K${line}`);
+    else if (!tty && step !== lastStep) process.stderr.write(`${line}\n`);
+    last = line;
+    lastStep = step;
     if (tty && step === 'done') process.stderr.write('\n');
   };
 }

@@ -5,11 +5,11 @@
  * parent would report the parent's size.
  *   node bundle-child.js create ROOTFS OUT KEY | verify BUNDLE PUBKEY
  */
-import { readFile } from 'node:fs/promises';
 import { performance } from 'node:perf_hooks';
 import { createBundle } from '../../builder/bundle/create-bundle.js';
 import { loadPrivateKey, loadTrustedKeys } from '../../runtime/core/crypto/keys.js';
 import { verifyBundleFile } from '../../runtime/core/bundle/verify-bundle-file.js';
+import { peakRssMiB } from './measure.js';
 
 const [mode, a, b, c] = process.argv.slice(2);
 const start = performance.now();
@@ -28,6 +28,4 @@ if (mode === 'create' && a && b && c) {
   process.exit(2);
 }
 const seconds = (performance.now() - start) / 1000;
-const status = await readFile('/proc/self/status', 'utf8');
-const hwmKiB = Number(/^VmHWM:\s+(\d+) kB/m.exec(status)?.[1] ?? Number.NaN);
-process.stdout.write(`${JSON.stringify({ seconds, maxRssMiB: hwmKiB / 1024 })}\n`);
+process.stdout.write(`${JSON.stringify({ seconds, maxRssMiB: await peakRssMiB() })}\n`);

@@ -5,59 +5,16 @@
  *   - peak RSS of the node process doing each, on a 1 GiB image vs a 64 MiB one (flat = ratio ~1).
  * Images mix incompressible, binary and zero blocks, like a filesystem image with free space.
  */
-import { execFile } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
-import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
 import { zstdCompressArgs } from '../../builder/bundle/create-bundle.js';
 import { generateKeyPair } from '../../runtime/core/crypto/keys.js';
 import { run } from '../../runtime/core/exec.js';
-import { row, timeIt, type Bench, type BenchRow } from './measure.js';
+import { loadBinarySample, MiB, row, runChild, timeIt, writeImage, type Bench, type BenchRow } from './measure.js';
 
-const MiB = 1024 * 1024;
 const child = fileURLToPath(new URL('./bundle-child.js', import.meta.url));
-
-/** Up to 8 MiB of real executables to make the "binary" blocks compress like a rootfs would. */
-async function loadBinarySample(): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  let total = 0;
-  for (const name of (await readdir('/usr/bin')).sort()) {
-    if (total >= 8 * MiB) break;
-    try {
-      const data = await readFile(join('/usr/bin', name));
-      parts.push(data);
-      total += data.length;
-    } catch {
-      // not a readable file
-    }
-  }
-  return Buffer.concat(parts).subarray(0, 8 * MiB);
-}
-
-async function writeImage(path: string, size: number, sample: Buffer): Promise<void> {
-  async function* blocks() {
-    for (let i = 0; i < size / MiB; i++) {
-      const kind = i % 4;
-      if (kind === 0) yield randomBytes(MiB);
-      else if (kind === 3) yield Buffer.alloc(MiB);
-      else yield sample.subarray(((i * MiB) % (sample.length - MiB)) | 0, (((i * MiB) % (sample.length - MiB)) | 0) + MiB);
-    }
-  }
-  await pipeline(blocks, createWriteStream(path));
-}
-
-function runChild(args: string[]): Promise<{ seconds: number; maxRssMiB: number }> {
-  return new Promise((resolve, reject) => {
-    execFile(process.execPath, [child, ...args], { timeout: 5 * 60_000 }, (error, stdout, stderr) => {
-      if (error) reject(new Error(`bench child ${args[0]} failed: ${stderr || error.message}`));
-      else resolve(JSON.parse(stdout) as { seconds: number; maxRssMiB: number });
-    });
-  });
-}
 
 export const bench: Bench = async () => {
   const dir = await mkdtemp(join(tmpdir(), 'kubeos-bench-bundle-'));
@@ -77,12 +34,12 @@ export const bench: Bench = async () => {
       await writeImage(image, size, sample);
 
       const zstd = await timeIt(() => run('zstd', [...zstdCompressArgs(size).filter((a) => a !== '-c' && !a.startsWith('--stream-size')), '-f', image, '-o', join(dir, 'plain.zst')]));
-      const create = await runChild(['create', image, bundle, key]);
+      const create = await runChild(child, ['create', image, bundle, key]);
       const bundleSize = (await stat(bundle)).size;
       rows.push(row(`bundle create ${label}`, `zstd -${zstdCompressArgs(0)[0]?.slice(1)} -T0 of the same image`, create.seconds, zstd.seconds, 's', `bundle ${(bundleSize / MiB).toFixed(0)} MiB`));
 
       const sha = await timeIt(() => run('sha256sum', [bundle]));
-      const verify = await runChild(['verify', bundle, pub]);
+      const verify = await runChild(child, ['verify', bundle, pub]);
       rows.push(row(`bundle verify ${label}`, 'sha256sum of the same bundle', verify.seconds, sha.seconds, 's'));
       rss[label] = { create: create.maxRssMiB, verify: verify.maxRssMiB };
       await rm(image, { force: true });

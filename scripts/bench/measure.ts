@@ -1,5 +1,13 @@
 /** Shared pieces of `npm run bench`: timing, peak RSS of a child, and the row every bench returns. */
+import { randomBytes } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
+import { pipeline } from 'node:stream/promises';
+import { execa } from 'execa';
+
+export const MiB = 1024 * 1024;
 
 export interface BenchRow {
   /** What was measured, e.g. "build images/minimal". */
@@ -24,4 +32,52 @@ export async function timeIt<T>(fn: () => Promise<T>): Promise<{ seconds: number
 
 export function row(name: string, baseline: string, value: number, baselineValue: number, unit: BenchRow['unit'], note?: string): BenchRow {
   return { name, baseline, value, baselineValue, unit, ratio: baselineValue === 0 ? Number.NaN : value / baselineValue, note };
+}
+
+/** Up to 8 MiB of real executables to make the "binary" blocks compress like a rootfs would. */
+export async function loadBinarySample(): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  let total = 0;
+  for (const name of (await readdir('/usr/bin')).sort()) {
+    if (total >= 8 * MiB) break;
+    try {
+      const data = await readFile(join('/usr/bin', name));
+      parts.push(data);
+      total += data.length;
+    } catch {
+      // not a readable file
+    }
+  }
+  return Buffer.concat(parts).subarray(0, 8 * MiB);
+}
+
+/** An image like a filesystem with free space: incompressible, binary and zero blocks. */
+export async function writeImage(path: string, size: number, sample: Buffer): Promise<void> {
+  async function* blocks() {
+    for (let i = 0; i < size / MiB; i++) {
+      const kind = i % 4;
+      const at = (i * MiB) % (sample.length - MiB);
+      if (kind === 0) yield randomBytes(MiB);
+      else if (kind === 3) yield Buffer.alloc(MiB);
+      else yield sample.subarray(at, at + MiB);
+    }
+  }
+  await pipeline(blocks, createWriteStream(path));
+}
+
+/**
+ * Runs a bench child script (node) that prints `{ seconds, maxRssMiB }` as its last line. Peak RSS
+ * comes from the child's own VmHWM: getrusage's maxRSS inherits the parent's RSS at fork on Linux.
+ */
+export async function runChild(script: string, args: string[]): Promise<{ seconds: number; maxRssMiB: number }> {
+  const result = await execa(process.execPath, [script, ...args], { timeout: 10 * 60_000, reject: false });
+  if (result.exitCode !== 0) throw new Error(`bench child ${script} ${args[0] ?? ''} failed: ${String(result.stderr) || String(result.exitCode)}`);
+  const last = String(result.stdout).trim().split('\n').at(-1) ?? '';
+  return JSON.parse(last) as { seconds: number; maxRssMiB: number };
+}
+
+/** Peak RSS of this process so far (for bench children). */
+export async function peakRssMiB(): Promise<number> {
+  const status = await readFile('/proc/self/status', 'utf8');
+  return Number(/^VmHWM:\s+(\d+) kB/m.exec(status)?.[1] ?? Number.NaN) / 1024;
 }

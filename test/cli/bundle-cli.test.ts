@@ -2,7 +2,7 @@ import test, { type ExecutionContext } from 'ava';
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { flipByte, makeRootfs, makeTempDir, member } from '../helpers/bundle-fixtures.js';
-import { runCli } from '../helpers/run-cli.js';
+import { kubeos as runCli } from '../helpers/cli.js';
 
 async function setup(t: ExecutionContext) {
   const dir = await makeTempDir(t);

@@ -1,7 +1,7 @@
 import test from 'ava';
 import { join } from 'node:path';
 import { makeBundle, makeKeys, makeTempDir } from '../helpers/bundle-fixtures.js';
-import { runCli } from '../helpers/run-cli.js';
+import { kubeos as runCli } from '../helpers/cli.js';
 import { s3Credentials, startS3 } from '../helpers/s3-server.js';
 
 test('kubeos publish uploads with credentials from the environment and channel show verifies the result', async (t) => {

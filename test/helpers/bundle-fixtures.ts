@@ -10,8 +10,6 @@ import { generateKeyPair, makeTrustedKeys, parsePrivateKey, parsePublicKey, type
 import { findTool, run } from '../../runtime/core/exec.js';
 import type { KeyObject } from 'node:crypto';
 
-export const repoRoot = new URL('../../', import.meta.url).pathname;
-export const cliPath = join(repoRoot, 'dist/builder/cli/main.js');
 
 export async function makeTempDir(t: ExecutionContext, name = 'kubeos-test-'): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), name));

@@ -1,0 +1,17 @@
+/**
+ * Child process of the agent bench: one `upgrade` into a file-backed slot, then its wall time and
+ * peak RSS (VmHWM).   node agent-child.js CONFIG BUNDLE_URL
+ */
+import { performance } from 'node:perf_hooks';
+import { loadAgentConfig } from '../../runtime/agent/agent-config.js';
+import { upgrade } from '../../runtime/agent/upgrade.js';
+import { peakRssMiB } from './measure.js';
+
+const [config, bundle] = process.argv.slice(2);
+if (!config || !bundle) {
+  process.stderr.write('usage: agent-child.js CONFIG BUNDLE_URL\n');
+  process.exit(2);
+}
+const start = performance.now();
+await upgrade(await loadAgentConfig(config), { bundle, reboot: false, allowDowngrade: true });
+process.stdout.write(`${JSON.stringify({ seconds: (performance.now() - start) / 1000, maxRssMiB: await peakRssMiB() })}\n`);
