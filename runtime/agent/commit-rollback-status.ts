@@ -1,6 +1,6 @@
 /** `commit`, `rollback` and `status`: small applications of the pure plans in plan-boot-env.ts. */
 import { otherSlot, type Slot } from '../core/boot-env.js';
-import { run } from '../core/exec.js';
+import { runCommand } from '../core/exec.js';
 import type { AgentConfig } from './agent-config.js';
 import { readState, writeState, type StoredState } from './agent-state.js';
 import { readBootEnv, writeBootEnv } from './boot-env-store.js';
@@ -54,7 +54,7 @@ export async function rollback(config: AgentConfig, options: { reboot?: boolean 
     const next = planRollback(env, booted.slot, state);
     await writeBootEnv(config.bootEnv, next, vars);
     const rebooting = options.reboot !== false;
-    if (rebooting) await run('reboot', config.reboot.slice(1), { timeoutMs: 60_000 });
+    if (rebooting) await runCommand(config.reboot, { timeoutMs: 60_000 });
     return { slot: otherSlot(booted.slot), version: state.slots[otherSlot(booted.slot)]?.version, rebooting };
   } finally {
     await lock.release().catch(() => {});

@@ -1,5 +1,6 @@
 /** `kubeos agent daemon --kubernetes`: the node side of the operator's handshake, driving this host's upgrade. */
 import { KubeosError, isKubeosError } from '../core/errors.js';
+import { runCommand } from '../core/exec.js';
 import { KubeApi } from '../operator/kube-api.js';
 import { runNodeAgent, type LocalStatus } from '../operator/run-node-agent.js';
 import type { AgentConfig } from './agent-config.js';
@@ -28,8 +29,7 @@ export async function runKubernetesAgent(config: AgentConfig, options: { nodeNam
         if (result.kind === 'up-to-date') return { state: 'committed', currentVersion: result.version };
         if (result.version !== version) return { state: 'failed', error: `channel offers ${result.version}, the operator wants ${version}` };
         await progress('rebooting');
-        const { run } = await import('../core/exec.js');
-        await run('reboot', config.reboot.slice(1), { timeoutMs: 60_000 });
+        await runCommand(config.reboot, { timeoutMs: 60_000 });
         return { state: 'rebooting' };
       } catch (error) {
         return { state: 'failed', error: isKubeosError(error) ? `${error.code}: ${error.message}` : String(error) };

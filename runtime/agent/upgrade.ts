@@ -14,7 +14,7 @@ import { fetchChannel, checkBundleMatchesChannel } from '../core/channel/fetch-c
 import { loadTrustedKeys } from '../core/crypto/keys.js';
 import { compareVersions } from '../core/compare-versions.js';
 import { isKubeosError, KubeosError } from '../core/errors.js';
-import { run } from '../core/exec.js';
+import { runCommand } from '../core/exec.js';
 import type { AgentConfig } from './agent-config.js';
 import { readState, writeState } from './agent-state.js';
 import { readBootEnv, writeBootEnv } from './boot-env-store.js';
@@ -124,7 +124,7 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
       const rebooting = options.reboot !== false;
       if (rebooting) {
         progress('rebooting');
-        await run('reboot', config.reboot.slice(1), { timeoutMs: 60_000 });
+        await runCommand(config.reboot, { timeoutMs: 60_000 });
       }
       return { kind: 'installed', version, from: booted.version, slot: standby, sha256: actual, rebooting };
     } finally {

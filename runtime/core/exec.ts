@@ -31,13 +31,14 @@ export const toolPackages = {
   'apt-get': 'apt',
   'apt-cache': 'apt',
   'modinfo': 'kmod',
+  'depmod': 'kmod',
+  'mmdebstrap': 'mmdebstrap',
   'mksquashfs': 'squashfs-tools',
   'unsquashfs': 'squashfs-tools',
   'mkfs.erofs': 'erofs-utils',
   'curl': 'curl',
   'sha256sum': 'coreutils',
   'dd': 'coreutils',
-  'reboot': 'systemd-sysv',
   'ldd': 'libc-bin',
 } as const;
 
@@ -130,6 +131,24 @@ export async function run(tool: Tool, args: readonly string[], options: RunOptio
       cause: error,
       details: { tool, args, stderr },
     });
+  }
+}
+
+/**
+ * Runs a command given by configuration (the agent's reboot command, an image's health checks):
+ * argv[0] is a path or a name on PATH, not one of the known tools.
+ */
+export async function runCommand(argv: readonly string[], options: RunOptions = {}): Promise<RunResult> {
+  const [program, ...args] = argv;
+  if (program === undefined) throw new KubeosError('E_USAGE', 'an empty command was configured');
+  const path = program.includes('/') ? program : await findTool(program);
+  if (path === undefined) throw new KubeosError('E_TOOL_MISSING', `configured command ${program} is not installed`, { details: { missing: [program] } });
+  try {
+    const result = await execa(path, args, { ...execaOptions(options), encoding: 'utf8' });
+    return { stdout: String(result.stdout ?? ''), stderr: String(result.stderr ?? '') };
+  } catch (error) {
+    const e = error as { stderr?: unknown; shortMessage?: string };
+    throw new KubeosError('E_TOOL_FAILED', `${argv.join(' ')} failed: ${typeof e.stderr === 'string' && e.stderr.trim() ? e.stderr.trim() : e.shortMessage}`, { cause: error, details: { argv } });
   }
 }
 
