@@ -1,22 +1,22 @@
-/** Every `kubeos` command, in `--help` order. One line per command module. */
+/** Every `kubeos` command, in `--help` order: the image, the update, the host, the fleet. */
 import type { CommandModule } from 'yargs';
-import { keygenCommand } from './commands/keygen.js';
-import { bundleCommand } from './commands/bundle.js';
-import { publishCommand } from './commands/publish.js';
-import { channelCommand } from './commands/channel.js';
-import { buildCommand } from './commands/build.js';
-import { qemuCommand } from './commands/qemu.js';
 import { agentCommand } from '../../runtime/agent/cli/agent-command.js';
+import { buildCommand } from './commands/build.js';
+import { bundleCommand } from './commands/bundle.js';
+import { channelCommand } from './commands/channel.js';
+import { keygenCommand } from './commands/keygen.js';
 import { operatorCommand } from './commands/operator.js';
+import { publishCommand } from './commands/publish.js';
+import { qemuCommand } from './commands/qemu.js';
 import { rolloutCommand } from './commands/rollout.js';
 
 export const commands: CommandModule<any, any>[] = [
+  buildCommand,
+  qemuCommand,
   keygenCommand,
   bundleCommand,
   publishCommand,
   channelCommand,
-  buildCommand,
-  qemuCommand,
   agentCommand,
   operatorCommand,
   rolloutCommand,

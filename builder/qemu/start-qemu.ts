@@ -4,6 +4,7 @@
  * `kubeos qemu boot` and qemu-tests/. QEMU is always killed when the handle is stopped or this
  * process exits, however a test ends.
  */
+import { constants } from 'node:fs';
 import { access, copyFile, mkdir, writeFile } from 'node:fs/promises';
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -39,7 +40,15 @@ process.once('exit', () => {
   for (const child of running) child.kill('SIGKILL');
 });
 
-export async function preflightQemu(): Promise<void> {
+export async function preflightQemu(disk: string): Promise<void> {
+  try {
+    await access(disk, constants.R_OK | constants.W_OK);
+  } catch (error) {
+    throw new KubeosError('E_QEMU', `disk image ${disk} cannot be opened for reading and writing: ${(error as NodeJS.ErrnoException).code ?? String(error)}`, {
+      cause: error,
+      hint: 'build one with kubeos build, e.g. out/minimal/disk.img',
+    });
+  }
   await requireTools(['qemu-system-x86_64']);
   for (const file of [ovmfCode, ovmfVarsTemplate]) {
     try {
@@ -107,7 +116,8 @@ export class QemuVm {
     this.done = (async () => {
       const result = await child;
       running.delete(child);
-      this.exited = `QEMU exited (code ${String(result.exitCode)}${result.signal ? `, signal ${result.signal}` : ''})${result.stderr ? `: ${String(result.stderr).trim().slice(-500)}` : ''}`;
+      const stderr = result.stderr ? Buffer.from(result.stderr as Uint8Array).toString('utf8').trim().slice(-500) : '';
+      this.exited = `QEMU exited (code ${String(result.exitCode)}${result.signal ? `, signal ${result.signal}` : ''})${stderr ? `: ${stderr}` : ''}`;
       for (const waiter of this.waiters) {
         clearTimeout(waiter.timer);
         waiter.reject(this.failure('E_QEMU', `${this.exited} before the console showed ${waiter.description}`));
@@ -118,7 +128,7 @@ export class QemuVm {
   }
 
   static async start(options: QemuOptions): Promise<QemuVm> {
-    await preflightQemu();
+    await preflightQemu(options.disk);
     const vars = await prepareVars(options.log);
     const relay = join(dirname(options.log), 'guestfwd-relay.mjs');
     await writeFile(relay, relaySource);
@@ -198,7 +208,7 @@ export class QemuVm {
 
 /** Interactive boot: the serial console on this terminal (Ctrl-A X quits QEMU). */
 export async function runInteractive(options: Omit<QemuOptions, 'log'> & { stateDir: string }): Promise<number> {
-  await preflightQemu();
+  await preflightQemu(options.disk);
   const vars = await prepareVars(join(options.stateDir, 'console.log'));
   const { child } = await spawnTool('qemu-system-x86_64', qemuArgs({ ...options, log: '' }, vars, 'interactive'), { inherit: true, stdin: 'inherit', stdout: 'inherit', timeoutMs: 0, signal: options.signal });
   running.add(child);

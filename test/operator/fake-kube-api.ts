@@ -6,6 +6,7 @@
  * the status subresource). It speaks real HTTP so the real @kubernetes/client-node, its watches and
  * its error paths are exercised. It is not a real API server; no real one can run here.
  */
+import { EventEmitter } from 'node:events';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 
@@ -53,6 +54,8 @@ export class FakeKubeApi {
   /** Makes the next matching requests fail with this HTTP status (error-path tests). */
   readonly faults: Array<{ method: string; path: RegExp; status: number; times: number; fieldManager?: string }> = [];
   private readonly watchers = new Set<Watcher>();
+  /** 'change' after every stored change, 'request' after every request logged: tests wait on these, never on timers. */
+  readonly activity = new EventEmitter();
   private rv = 1000;
   private server: Server | undefined;
   url = '';
@@ -161,11 +164,22 @@ export class FakeKubeApi {
       if (w.kind !== kind || (w.name !== undefined && w.name !== object['metadata'].name)) continue;
       w.res.write(`${JSON.stringify({ type, object })}\n`);
     }
+    this.activity.emit('change');
+  }
+
+  /** Open watches on a kind. */
+  watching(kind: Kind): number {
+    return [...this.watchers].filter((w) => w.kind === kind).length;
+  }
+
+  private log(entry: RequestLogEntry): void {
+    this.requests.push(entry);
+    this.activity.emit('request', entry);
   }
 
   private send(res: ServerResponse, code: number, body: unknown, req: IncomingMessage): void {
     const url = new URL(req.url ?? '/', 'http://x');
-    this.requests.push({ method: req.method ?? '', path: url.pathname, fieldManager: url.searchParams.get('fieldManager') ?? undefined, status: code });
+    this.log({ method: req.method ?? '', path: url.pathname, fieldManager: url.searchParams.get('fieldManager') ?? undefined, status: code });
     res.writeHead(code, { 'content-type': 'application/json', ...(code === 429 ? { 'retry-after': '1' } : {}) });
     res.end(JSON.stringify(body));
   }
@@ -204,12 +218,12 @@ export class FakeKubeApi {
       if (!re.test(path) || method !== 'GET') continue;
       const items = [...this.store[kind].values()].filter((o) => fieldName === undefined || o['metadata'].name === fieldName);
       if (url.searchParams.get('watch') === 'true') {
-        this.requests.push({ method, path, fieldManager: undefined, status: 200 });
         res.writeHead(200, { 'content-type': 'application/json', 'transfer-encoding': 'chunked' });
         res.flushHeaders();
         const watcher: Watcher = { kind, name: fieldName, res };
         for (const o of items) res.write(`${JSON.stringify({ type: 'ADDED', object: o })}\n`);
         this.watchers.add(watcher);
+        this.log({ method, path, fieldManager: undefined, status: 200 });
         req.on('close', () => this.watchers.delete(watcher));
         return;
       }

@@ -22,12 +22,36 @@ interface Harness {
   startOperator: (identity: string, extra?: { releaseOnExit?: boolean }) => { abort: AbortController; done: Promise<void> };
 }
 
-async function waitFor(what: string, predicate: () => boolean, timeoutMs = 15_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!predicate()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(10);
-  }
+/**
+ * Resolves once `predicate` holds, checking it after every change and request the fake API sees
+ * (everything the operator and the agents do goes through it); the deadline only reports a hang.
+ */
+function waitFor(fake: FakeKubeApi, what: string, predicate: () => boolean, timeoutMs = 15_000): Promise<void> {
+  if (predicate()) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const check = () => {
+      if (!predicate()) return;
+      done();
+      resolve();
+    };
+    const timer = setTimeout(() => {
+      done();
+      reject(new Error(`timed out waiting for ${what}`));
+    }, timeoutMs);
+    const done = () => {
+      clearTimeout(timer);
+      fake.activity.off('change', check);
+      fake.activity.off('request', check);
+    };
+    fake.activity.on('change', check);
+    fake.activity.on('request', check);
+  });
+}
+
+/** Requests matching `path` after this call: a way to wait for N more rounds of an actor. */
+function countRequests(fake: FakeKubeApi, path: RegExp): () => number {
+  const start = fake.requests.length;
+  return () => fake.requests.slice(start).filter((r) => path.test(r.path)).length;
 }
 
 const baseSpec = {
@@ -111,7 +135,7 @@ test('a rollout drains, upgrades and uncordons every node through the node agent
   h.fake.addPod('kube-system', 'fluentd', 'node-a', { ownerKind: 'DaemonSet' });
   h.fake.addPod('kube-system', 'etcd-node-a', 'node-a', { mirror: true });
   h.startOperator('op-1');
-  await waitFor('the rollout to complete', () => status(h.fake).phase === 'Complete');
+  await waitFor(h.fake, 'the rollout to complete', () => status(h.fake).phase === 'Complete');
 
   t.deepEqual(h.upgrades.sort(), ['node-a:2.0.0:beta', 'node-b:2.0.0:beta', 'node-c:2.0.0:beta']);
   for (const node of ['node-a', 'node-b', 'node-c']) {
@@ -137,7 +161,7 @@ test('an eviction blocked by a PodDisruptionBudget is retried until the budget a
   h.fake.addPod('db', 'postgres-0', 'node-a', { ownerKind: 'StatefulSet' });
   h.fake.pdbBlocked.add('db/postgres-0');
   h.startOperator('op-1');
-  await waitFor('three refused evictions', () => h.fake.requests.filter((r) => r.path.endsWith('/eviction') && r.status === 429).length >= 3);
+  await waitFor(h.fake, 'three refused evictions', () => h.fake.requests.filter((r) => r.path.endsWith('/eviction') && r.status === 429).length >= 3);
 
   t.is(record(h.fake, 'node-a')?.phase, 'draining');
   t.true(h.fake.node('node-a')['spec'].unschedulable);
@@ -147,7 +171,7 @@ test('an eviction blocked by a PodDisruptionBudget is retried until the budget a
   t.is(blocked[0]?.['type'], 'Warning');
 
   h.fake.pdbBlocked.delete('db/postgres-0'); // the budget frees up
-  await waitFor('the rollout to complete', () => status(h.fake).phase === 'Complete');
+  await waitFor(h.fake, 'the rollout to complete', () => status(h.fake).phase === 'Complete');
   t.deepEqual(h.upgrades, ['node-a:2.0.0:beta']);
   t.false(h.fake.store.pods.has('db/postgres-0'));
 });
@@ -156,9 +180,9 @@ test('a node that never comes back is marked failed and the failure budget pause
   const nodes = { 'node-a': 'never-returns', 'node-b': 'ok', 'node-c': 'ok', 'node-d': 'ok', 'node-e': 'ok', 'node-f': 'ok' } as const;
   const h = await harness(t, nodes, { ...baseSpec, nodeTimeoutSeconds: 2, maxUnavailable: 2 }, 300);
   h.startOperator('op-1');
-  await waitFor('node-a to fail', () => record(h.fake, 'node-a')?.phase === 'failed', 10_000);
-  await waitFor('the rollout to pause', () => h.fake.store.osupgrades.get('fleet')!['spec'].paused === true);
-  await waitFor('the status to say so', () => status(h.fake).phase === 'Paused');
+  await waitFor(h.fake, 'node-a to fail', () => record(h.fake, 'node-a')?.phase === 'failed', 10_000);
+  await waitFor(h.fake, 'the rollout to pause', () => h.fake.store.osupgrades.get('fleet')!['spec'].paused === true);
+  await waitFor(h.fake, 'the status to say so', () => status(h.fake).phase === 'Paused');
 
   t.like(record(h.fake, 'node-a'), { phase: 'failed', reason: 'NodeTimeout' });
   t.is(h.fake.annotations('node-a')[annotations.desiredVersion], undefined, 'desired version withdrawn');
@@ -169,12 +193,14 @@ test('a node that never comes back is marked failed and the failure budget pause
   t.true(h.fake.events().some((e) => e['reason'] === 'FailureBudgetExceeded'));
   t.true(h.fake.events().some((e) => e['reason'] === 'KubeosUpgradeNodeTimeout'));
   const startedWhenPaused = h.upgrades.length;
-  await sleep(1000);
+  // five more reconciles of the paused rollout (each reads the OSUpgrades) start nothing
+  const reconciles = countRequests(h.fake, /osupgrades$/);
+  await waitFor(h.fake, 'five more reconciles', () => reconciles() >= 5);
   t.is(h.upgrades.length, startedWhenPaused, 'nothing started while paused');
   t.false(h.upgrades.includes('node-f:2.0.0:beta'));
 
   h.fake.patch('osupgrades', 'fleet', { spec: { paused: false } }); // a person resumes
-  await waitFor('the rollout to complete', () => status(h.fake).phase === 'Complete');
+  await waitFor(h.fake, 'the rollout to complete', () => status(h.fake).phase === 'Complete');
   t.deepEqual(h.upgrades.sort(), Object.keys(nodes).map((n) => `${n}:2.0.0:beta`), 'the failed node is not retried');
   t.like(status(h.fake), { counts: { failed: 1, done: 5 } });
   t.true(h.fake.events().some((e) => e['reason'] === 'Resumed'));
@@ -183,27 +209,29 @@ test('a node that never comes back is marked failed and the failure budget pause
 test('a node that fell back is marked failed and its agent does not retry', async (t) => {
   const h = await harness(t, { 'node-a': 'fell-back' }, { ...baseSpec, failureBudget: 2 });
   h.startOperator('op-1');
-  await waitFor('the rollout to complete', () => status(h.fake).phase === 'Complete');
+  await waitFor(h.fake, 'the rollout to complete', () => status(h.fake).phase === 'Complete');
   t.like(record(h.fake, 'node-a'), { phase: 'failed', reason: 'FellBack' });
   t.is(h.fake.annotations('node-a')[annotations.state], 'fell-back');
   t.not(h.fake.node('node-a')['spec'].unschedulable, true, 'a node back on its old version is uncordoned');
   // the operator puts the version back: the agent must not loop on it
+  const reads = countRequests(h.fake, /\/nodes\/node-a$/);
   h.fake.patch('nodes', 'node-a', { metadata: { annotations: { [annotations.desiredVersion]: '2.0.0' } } });
-  await sleep(400);
+  // the agent re-reads its Node on every resync: after two more reads it has seen the change
+  await waitFor(h.fake, 'the agent to re-read its Node twice', () => reads() >= 2);
   t.deepEqual(h.upgrades, ['node-a:2.0.0:beta']);
 });
 
 test('an operator restarted mid-rollout resumes from the cluster, not from memory', async (t) => {
   const h = await harness(t, { 'node-a': 'ok', 'node-b': 'ok', 'node-c': 'ok', 'node-d': 'ok' }, baseSpec, 100);
   const first = h.startOperator('op-1', { releaseOnExit: false });
-  await waitFor('the first node to be done', () => ['node-a', 'node-b', 'node-c', 'node-d'].some((n) => record(h.fake, n)?.phase === 'done'));
-  await waitFor('another node in flight', () => ['node-b', 'node-c', 'node-d'].some((n) => ['draining', 'upgrading', 'verifying'].includes(record(h.fake, n)?.phase ?? '')));
+  await waitFor(h.fake, 'the first node to be done', () => ['node-a', 'node-b', 'node-c', 'node-d'].some((n) => record(h.fake, n)?.phase === 'done'));
+  await waitFor(h.fake, 'another node in flight', () => ['node-b', 'node-c', 'node-d'].some((n) => ['draining', 'upgrading', 'verifying'].includes(record(h.fake, n)?.phase ?? '')));
   first.abort.abort(); // a crash: the lease is not released
   await first.done;
   const writesBefore = h.fake.requests.length;
 
   h.startOperator('op-2');
-  await waitFor('the rollout to complete', () => status(h.fake).phase === 'Complete');
+  await waitFor(h.fake, 'the rollout to complete', () => status(h.fake).phase === 'Complete');
   t.deepEqual(h.upgrades.sort(), ['node-a:2.0.0:beta', 'node-b:2.0.0:beta', 'node-c:2.0.0:beta', 'node-d:2.0.0:beta'], 'every node upgraded exactly once');
   const lease = h.fake.store.leases.get('kubeos-system/kubeos-operator')!;
   t.is(lease['spec'].holderIdentity, 'op-2');
@@ -216,7 +244,7 @@ test('two replicas never act at once', async (t) => {
   const h = await harness(t, { 'node-a': 'ok', 'node-b': 'ok', 'node-c': 'ok' });
   h.startOperator('op-1');
   h.startOperator('op-2');
-  await waitFor('the rollout to complete', () => status(h.fake).phase === 'Complete');
+  await waitFor(h.fake, 'the rollout to complete', () => status(h.fake).phase === 'Complete');
   const writers = new Set(h.fake.requests.filter((r) => r.method === 'PATCH' && r.fieldManager?.startsWith('op-')).map((r) => r.fieldManager));
   t.is(writers.size, 1, `writes from ${[...writers].join(', ')}`);
   t.true(h.operatorEvents.some((e) => e.type === 'leading'));
@@ -226,7 +254,7 @@ test('a failed API call is reported as E_KUBERNETES and retried on the next reco
   const h = await harness(t, { 'node-a': 'ok' });
   h.fake.faults.push({ method: 'PATCH', path: /^\/api\/v1\/nodes\/node-a$/, status: 500, times: 1, fieldManager: 'op-1' });
   h.startOperator('op-1');
-  await waitFor('the rollout to complete', () => status(h.fake).phase === 'Complete');
+  await waitFor(h.fake, 'the rollout to complete', () => status(h.fake).phase === 'Complete');
   const errors = h.operatorEvents.flatMap((e) => (e.type === 'reconciled' ? e.reports.flatMap((r) => r.errors) : []));
   t.true(errors.length >= 1);
   t.is(errors[0]?.code, 'E_KUBERNETES');

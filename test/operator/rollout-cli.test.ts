@@ -64,7 +64,11 @@ test('rollout status of a missing OSUpgrade fails with E_OSUPGRADE_NOT_FOUND', a
 test('rollout status --watch ends with E_ROLLOUT_FAILED when the failure budget pauses the rollout', async (t) => {
   const { fake, kubeconfig } = await setup(t);
   const pending = kubeos(['rollout', 'status', 'fleet', '--watch', '--kubeconfig', kubeconfig, '--json']);
-  await new Promise((resolve) => setTimeout(resolve, 300));
+  // patch only once the CLI's watch is open, so it sees the change as an event
+  if (fake.watching('osupgrades') === 0) await new Promise((resolve) => fake.activity.once('request', function check() {
+    if (fake.watching('osupgrades') > 0) resolve(undefined);
+    else fake.activity.once('request', check);
+  }));
   fake.patch('osupgrades', 'fleet', { status: { phase: 'Paused', conditions: [{ type: 'FailureBudgetExceeded', status: 'True', reason: 'TooManyFailures', message: '1 failure', lastTransitionTime: new Date().toISOString() }] } });
   const { code, stdout } = await pending;
   t.is(code, 1);
