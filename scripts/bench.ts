@@ -17,19 +17,26 @@ const json = args.includes('--json');
 const onlyIndex = args.indexOf('--only');
 const only = onlyIndex >= 0 ? args[onlyIndex + 1] : undefined;
 
+const fmt = (v: number) => (Number.isFinite(v) ? v.toFixed(v < 10 ? 3 : 1) : String(v));
+const print = (r: BenchRow) =>
+  process.stdout.write(`${r.name}: ${fmt(r.value)} ${r.unit} | baseline ${r.baseline}: ${fmt(r.baselineValue)} ${r.unit} | ratio ${fmt(r.ratio)}x${r.note ? ` (${r.note})` : ''}\n`);
+
+// rows print as each bench finishes, and one failing bench does not hide the others
 const rows: BenchRow[] = [];
+const failed: string[] = [];
 for (const [name, load] of Object.entries(benches)) {
   if (only !== undefined && !name.includes(only)) continue;
   process.stderr.write(`bench: ${name}...\n`);
-  const { bench } = await load();
-  rows.push(...(await bench()));
-}
-
-if (json) {
-  process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
-} else {
-  const fmt = (v: number) => (Number.isFinite(v) ? v.toFixed(v < 10 ? 3 : 1) : String(v));
-  for (const r of rows) {
-    process.stdout.write(`${r.name}: ${fmt(r.value)} ${r.unit} | baseline ${r.baseline}: ${fmt(r.baselineValue)} ${r.unit} | ratio ${fmt(r.ratio)}x${r.note ? ` (${r.note})` : ''}\n`);
+  try {
+    const { bench } = await load();
+    const produced = await bench();
+    rows.push(...produced);
+    if (!json) produced.forEach(print);
+  } catch (error) {
+    failed.push(name);
+    process.stderr.write(`bench: ${name} failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
   }
 }
+
+if (json) process.stdout.write(`${JSON.stringify({ rows, failed }, null, 2)}\n`);
+if (failed.length > 0) process.exitCode = 1;

@@ -36,6 +36,7 @@ async function extractPayload(bundle: string, out: string): Promise<void> {
 }
 
 async function makeHost(dir: string, slotSize: number, pubPath: string): Promise<{ config: string; slotB: string }> {
+  await mkdir(dir, { recursive: true });
   const slotA = join(dir, 'slotA.img');
   const slotB = join(dir, 'slotB.img');
   for (const slot of [slotA, slotB]) {
