@@ -34,7 +34,7 @@ for (const [name, load] of Object.entries(benches)) {
     if (!json) produced.forEach(print);
   } catch (error) {
     failed.push(name);
-    process.stderr.write(`bench: ${name} failed: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+    process.stderr.write(`bench: ${name} failed: ${(error instanceof Error ? error.message : String(error)).slice(0, 2000)}\n`);
   }
 }
 
