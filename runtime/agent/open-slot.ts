@@ -64,20 +64,35 @@ export async function openSlotWriter(target: SlotTarget, expectedBytes: number):
   return { sink, written: () => position };
 }
 
-/** sha256 of the first `bytes` of the slot, read back from the device. */
-export async function hashSlot(target: SlotTarget, bytes: number, signal?: AbortSignal): Promise<string> {
+/**
+ * Reads the slot back and checks every chunk against the signed manifest's chunk hashes (which
+ * cover every byte, so this equals checking the whole image's sha256). The next chunk is read
+ * while the current one is hashed: two buffers, whatever the image size.
+ */
+export async function verifySlot(target: SlotTarget, payload: { uncompressedSize: number; chunkSize: number; chunks: readonly string[] }, signal?: AbortSignal): Promise<void> {
   const handle = await open(target.path, 'r');
+  const buffers = [Buffer.alloc(payload.chunkSize), Buffer.alloc(payload.chunkSize)];
+  const count = Math.ceil(payload.uncompressedSize / payload.chunkSize);
+  const readChunk = async (index: number): Promise<Buffer> => {
+    const start = index * payload.chunkSize;
+    const length = Math.min(payload.chunkSize, payload.uncompressedSize - start);
+    const buffer = (buffers[index % 2] as Buffer).subarray(0, length);
+    const { bytesRead } = await handle.read(buffer, 0, length, target.offset + start);
+    if (bytesRead !== length) throw new KubeosError('E_SLOT', `slot ${target.slot} ended after ${start + bytesRead} of ${payload.uncompressedSize} bytes`);
+    return buffer;
+  };
   try {
-    const hash = createHash('sha256');
-    const buffer = Buffer.alloc(4 << 20);
-    for (let pos = 0; pos < bytes; ) {
+    let next = count > 0 ? readChunk(0) : undefined;
+    for (let index = 0; index < count; index++) {
       signal?.throwIfAborted();
-      const { bytesRead } = await handle.read(buffer, 0, Math.min(buffer.length, bytes - pos), target.offset + pos);
-      if (bytesRead === 0) throw new KubeosError('E_SLOT', `slot ${target.slot} ended after ${pos} of ${bytes} bytes`);
-      hash.update(buffer.subarray(0, bytesRead));
-      pos += bytesRead;
+      const buffer = await (next as Promise<Buffer>);
+      next = index + 1 < count ? readChunk(index + 1) : undefined;
+      const actual = createHash('sha256').update(buffer).digest('hex');
+      if (actual !== payload.chunks[index]) {
+        await next?.catch(() => {});
+        throw new KubeosError('E_HASH_MISMATCH', `slot ${target.slot} reads back wrong at chunk ${index} (offset ${index * payload.chunkSize})`, { details: { index, expected: payload.chunks[index], actual } });
+      }
     }
-    return hash.digest('hex');
   } finally {
     await handle.close();
   }

@@ -19,7 +19,7 @@ import type { AgentConfig } from './agent-config.js';
 import { readState, writeState } from './agent-state.js';
 import { readBootEnv, writeBootEnv } from './boot-env-store.js';
 import { openSource } from './fetch-resumable.js';
-import { hashSlot, openSlotWriter, resolveSlot } from './open-slot.js';
+import { openSlotWriter, resolveSlot, verifySlot } from './open-slot.js';
 import { planForgetStandby, planTryStandby } from './plan-boot-env.js';
 import { readBooted } from './read-booted.js';
 import { takeLock } from './take-lock.js';
@@ -73,7 +73,7 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
       const upToDate = decideVersion(fetched.signed.version, booted.version, options.allowDowngrade);
       if (upToDate) return { kind: 'up-to-date', version: booted.version };
     }
-    const bundle = await readBundle(openSource(source as string, { signal, onResume: (offset) => progress(`resuming at byte ${offset}`) }), { trustedKeys, compatible: config.compatible, signal });
+    const bundle = await readBundle(openSource(source as string, { signal, onResume: (offset) => progress(`resuming at byte ${offset}`) }), { trustedKeys, compatible: config.compatible, signal, chunksOnly: true });
     try {
       if (channelSigned !== undefined) checkBundleMatchesChannel(bundle, channelSigned);
       version = bundle.manifest.version;
@@ -109,10 +109,8 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
       step('written');
 
       progress(`reading back slot ${standby}`);
-      const actual = await hashSlot(target, uncompressedSize, signal);
-      if (actual !== uncompressedSha256) {
-        throw new KubeosError('E_HASH_MISMATCH', `slot ${standby} reads back as sha256 ${actual}, the bundle says ${uncompressedSha256}`, { details: { expected: uncompressedSha256, actual } });
-      }
+      await verifySlot(target, bundle.manifest.payload, signal);
+      const actual = uncompressedSha256;
       step('read-back');
       state.slots[standby] = { version, sha256: actual, size: uncompressedSize, committed: false };
       await writeState(config.stateDir, state);

@@ -7,13 +7,14 @@ export class HashTap extends Transform {
   private readonly hash: Hash = createHash('sha256');
   private hex: string | undefined;
 
-  constructor(private readonly onBytes?: (bytes: number) => void) {
+  /** `hashing` false: count bytes only (see ReadBundleOptions.chunksOnly). */
+  constructor(private readonly onBytes?: (bytes: number) => void, private readonly hashing = true) {
     super();
   }
 
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
     this.bytes += chunk.length;
-    this.hash.update(chunk);
+    if (this.hashing) this.hash.update(chunk);
     this.onBytes?.(this.bytes);
     callback(null, chunk);
   }

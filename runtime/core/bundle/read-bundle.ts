@@ -28,6 +28,12 @@ export interface ReadBundleOptions {
   /** When given, a bundle for other hosts fails with E_INCOMPATIBLE before any payload is read. */
   compatible?: string;
   signal?: AbortSignal;
+  /**
+   * Check the chunk hashes only, not the sha256 of the whole compressed and uncompressed payload:
+   * for a caller that verifies what it wrote itself (the agent reads the slot back). Every byte
+   * released is still covered by a signed chunk hash.
+   */
+  chunksOnly?: boolean;
 }
 
 export interface OpenedBundle {
@@ -213,13 +219,13 @@ export async function readBundle(source: Readable, options: ReadBundleOptions): 
     entries.close();
     throw error;
   }
-  const payload = Readable.from(streamPayload(entries, payloadEntry, manifest, options.signal), { objectMode: false });
+  const payload = Readable.from(streamPayload(entries, payloadEntry, manifest, options.signal, options.chunksOnly === true), { objectMode: false });
   return { manifest, keyId, payload };
 }
 
-async function* streamPayload(entries: BundleEntries, entry: Entry, manifest: BundleManifest, signal: AbortSignal | undefined): AsyncGenerator<Buffer> {
-  const verifier = new ChunkVerifier(manifest.payload);
-  const compressed = new HashTap();
+async function* streamPayload(entries: BundleEntries, entry: Entry, manifest: BundleManifest, signal: AbortSignal | undefined, chunksOnly: boolean): AsyncGenerator<Buffer> {
+  const verifier = new ChunkVerifier(manifest.payload, !chunksOnly);
+  const compressed = new HashTap(undefined, !chunksOnly);
   const child = await startZstd(['-d', '-c', '-q', '--no-progress'], { signal, timeoutMs: zstdTimeoutMs });
   // Settled values, so an early exit (EPIPE, a kill) is judged below instead of escaping.
   const fed = pipeline(entry, compressed, child.stdin).then(() => undefined, (error: unknown) => error ?? new Error('feed failed'));
@@ -238,7 +244,7 @@ async function* streamPayload(entries: BundleEntries, entry: Entry, manifest: Bu
       });
     }
     if (feedError !== undefined) throw entries.classify(feedError);
-    const actual = compressed.digest();
+    const actual = chunksOnly ? manifest.payload.sha256 : compressed.digest();
     if (compressed.bytes !== manifest.payload.size || actual !== manifest.payload.sha256) {
       throw new KubeosError('E_HASH_MISMATCH', 'sha256 of the compressed payload does not match the manifest', {
         details: { check: 'sha256', expected: manifest.payload.sha256, actual, size: compressed.bytes },

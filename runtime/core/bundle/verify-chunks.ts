@@ -16,7 +16,8 @@ export class ChunkVerifier {
   private index = 0;
   private total = 0;
 
-  constructor(private readonly payload: PayloadInfo) {}
+  /** `wholeImage` false: skip the whole-image sha256 (the chunk hashes still cover every byte). */
+  constructor(private readonly payload: PayloadInfo, private readonly wholeImage = true) {}
 
   /** Feeds bytes; returns the bytes of every chunk completed and verified by them. */
   update(data: Buffer): Buffer[] {
@@ -28,7 +29,7 @@ export class ChunkVerifier {
       });
     }
     this.total += data.length;
-    this.whole.update(data);
+    if (this.wholeImage) this.whole.update(data);
     let offset = 0;
     while (offset < data.length) {
       const take = Math.min(chunkSize - this.pendingBytes, data.length - offset);
@@ -51,7 +52,7 @@ export class ChunkVerifier {
       });
     }
     const released = this.pendingBytes > 0 ? this.closeChunk() : [];
-    const actual = this.whole.digest('hex');
+    const actual = this.wholeImage ? this.whole.digest('hex') : uncompressedSha256;
     if (actual !== uncompressedSha256) {
       throw new KubeosError('E_HASH_MISMATCH', 'sha256 of the uncompressed payload does not match the manifest', {
         details: { check: 'uncompressedSha256', expected: uncompressedSha256, actual },
