@@ -10,6 +10,7 @@ const benches: Record<string, () => Promise<{ bench: Bench }>> = {
   build: () => import('./bench/build.js'),
   agent: () => import('./bench/agent.js'),
   operator: () => import('./bench/operator.js'),
+  unpack: () => import('./bench/unpack.js'),
 };
 
 const args = process.argv.slice(2);

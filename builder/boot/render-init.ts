@@ -68,7 +68,8 @@ persist_dev=$(find_part ${input.partitionNames.persist}) || fail "no partition n
 esp_dev=$(find_part ${input.partitionNames.esp}) || fail "no partition named ${input.partitionNames.esp}"
 
 mount -t "$fstype" -o ro "$root_dev" /newroot || fail "cannot mount slot $slot ($root_dev) read-only"
-[ -x /newroot/sbin/init ] || fail "slot $slot has no /sbin/init"
+# a symlink (Debian: /sbin/init -> /lib/systemd/systemd) resolves only inside the new root
+[ -x /newroot/sbin/init ] || [ -L /newroot/sbin/init ] || fail "slot $slot has no /sbin/init"
 mount -t ext4 -o rw,noatime "$persist_dev" /newroot/persist || fail "cannot mount persist ($persist_dev)"
 mkdir -p /newroot/persist/.kubeos/etc/upper /newroot/persist/.kubeos/etc/work /newroot/persist/var
 mount -t overlay overlay -o lowerdir=/newroot/etc,upperdir=/newroot/persist/.kubeos/etc/upper,workdir=/newroot/persist/.kubeos/etc/work /newroot/etc || fail "cannot mount the /etc overlay"

@@ -3,7 +3,7 @@
  * Everything is written into a sibling staging directory that replaces the output directory only
  * when the whole build succeeded, so a failed build leaves no half-written output behind.
  */
-import { mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { cp, mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { bootEnvToGrub, initialBootEnv } from '../../runtime/core/boot-env.js';
 import { KubeosError } from '../../runtime/core/errors.js';
@@ -15,6 +15,7 @@ import { makeInitramfs } from '../boot/make-initramfs.js';
 import { renderGrubConfig } from '../boot/render-grub-config.js';
 import { makeEsp } from '../disk/make-esp.js';
 import { makeExt4 } from '../disk/make-ext4.js';
+import { makeSquashfs } from '../disk/make-squashfs.js';
 import { splicePartition, writePartitionTable } from '../disk/write-partition-table.js';
 import { loadImage } from '../image/load-image.js';
 import { fetchKernel } from '../kernel/fetch-kernel.js';
@@ -24,6 +25,9 @@ import { loadLayout } from '../layout/load-layout.js';
 import { partitionByRole, planDisk, type DiskPlan } from '../layout/plan-disk.js';
 import { stageAgent } from '../rootfs/stage-agent.js';
 import { normalizeTimes, stageRootfs } from '../rootfs/stage-rootfs.js';
+import type { StagingTree } from '../source/apply-layer.js';
+import { copyTreeInto } from '../source/copy-tree.js';
+import { applyTimes, stageSource } from '../source/stage-source.js';
 
 export const diskFormats = ['raw', 'qcow2'] as const;
 export type DiskFormat = (typeof diskFormats)[number];
@@ -70,8 +74,6 @@ export async function buildImage(options: BuildOptions): Promise<BuildResult> {
   const step = options.onProgress ?? (() => {});
   const signal = options.signal;
   const format = options.format ?? 'raw';
-  await requireTools(format === 'qcow2' ? [...buildTools, 'qemu-img'] : buildTools);
-
   const loaded = await loadImage(options.image);
   const image = options.version === undefined ? loaded : { ...loaded, version: options.version };
   if (!/^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$/.test(image.version)) {
@@ -79,6 +81,14 @@ export async function buildImage(options: BuildOptions): Promise<BuildResult> {
   }
   const layout = await loadLayout(options.layout ?? image.layout);
   const plan = planDisk(layout);
+  const rootFilesystem = partitionByRole(plan, 'root-a').filesystem;
+  await requireTools([
+    ...buildTools,
+    ...(format === 'qcow2' ? ['qemu-img' as const] : []),
+    ...(rootFilesystem === 'squashfs' ? ['mksquashfs' as const] : []),
+    ...(image.rootfs === undefined ? [] : ['depmod' as const]),
+    ...(image.rootfs?.type === 'mmdebstrap' ? ['mmdebstrap' as const] : []),
+  ]);
   const epoch = options.sourceDateEpoch ?? Math.floor(Date.now() / 1000);
 
   const out = resolve(options.out);
@@ -91,7 +101,9 @@ export async function buildImage(options: BuildOptions): Promise<BuildResult> {
     step('fetching kernel');
     const kernel = await fetchKernel(image.kernel.package, { signal, onStep: step });
     step('resolving kernel modules');
-    const modules = await resolveModules(kernel.modulesDir, image.kernel.modules, signal);
+    // the initramfs mounts the root slot: it needs the module of the layout's root filesystem
+    const wantedModules = rootFilesystem === 'squashfs' && !image.kernel.modules.includes('squashfs') ? [...image.kernel.modules, 'squashfs'] : image.kernel.modules;
+    const modules = await resolveModules(kernel.modulesDir, wantedModules, signal);
     const busybox = (await findTool('busybox')) as string;
     const names = {
       esp: partitionByRole(plan, 'esp').name,
@@ -105,26 +117,49 @@ export async function buildImage(options: BuildOptions): Promise<BuildResult> {
     step('staging root filesystem');
     const tree = join(work, 'rootfs');
     const buildId = deriveUuid(`${layout.seed}:${image.name}:${image.version}:${epoch}`, 'build').toLowerCase();
-    await stageRootfs({ image, tree, busybox, vmlinuz: kernel.vmlinuz, initramfs, kernelRelease: kernel.release, buildId }, signal);
+    let source: StagingTree | undefined;
+    if (image.rootfs !== undefined) {
+      step(`unpacking the root filesystem (${image.rootfs.type})`);
+      source = await stageSource(image.rootfs, tree, { work: join(work, 'layers'), signal, onStep: step });
+      await rm(join(work, 'layers'), { recursive: true, force: true });
+    }
+    // the builder's own files: straight into the tree, or staged apart and merged over a source
+    // through the same confined resolution (a source's symlinks must not redirect them)
+    const own = source === undefined ? tree : join(work, 'own');
+    await stageRootfs({ image, tree: own, busybox, vmlinuz: kernel.vmlinuz, initramfs, kernelRelease: kernel.release, buildId, userland: source === undefined }, signal);
     if (image.agent !== undefined) {
       step('adding the agent (Node.js, bundled agent, keys)');
       await stageAgent({
-        tree, compatible: image.compatible, bootTries: plan.bootTries, signal,
+        tree: own, compatible: image.compatible, bootTries: plan.bootTries, signal,
         channel: options.channel ?? image.agent.channel,
         pollSeconds: image.agent.pollSeconds,
         trustedKeys: [...image.agent.trustedKeys, ...(options.trustedKeys ?? [])],
         slotPartitions: { A: names.rootA, B: names.rootB },
       });
     }
+    if (source !== undefined) {
+      step('adding kernel modules');
+      const modulesDir = join(own, 'lib/modules', kernel.release);
+      await cp(kernel.modulesDir, modulesDir, { recursive: true, verbatimSymlinks: true });
+      await run('depmod', ['-b', own, kernel.release], { signal, timeoutMs: 5 * 60_000 });
+      await copyTreeInto(source, own, { owner: { uid: 0, gid: 0 }, keepTimes: false, where: 'the builder\'s files' });
+      await rm(own, { recursive: true, force: true });
+    }
     const treeBytes = await normalizeTimes(tree, epoch);
+    if (source !== undefined) await applyTimes(source);
 
     const rootA = partitionByRole(plan, 'root-a');
-    step('writing rootfs.img (mke2fs -d)');
     const rootfsImg = join(partial, 'rootfs.img');
-    await makeExt4({
-      file: rootfsImg, size: rootfsSize(treeBytes, rootA.size), slotSize: rootA.size, label: 'kubeos-root', journal: false, tree, treeBytes, epoch, signal,
-      uuid: deriveUuid(layout.seed, `rootfs:${image.name}:${image.version}`),
-    });
+    if (rootFilesystem === 'squashfs') {
+      step('writing rootfs.img (mksquashfs)');
+      await makeSquashfs({ file: rootfsImg, tree, slotSize: rootA.size, epoch, meta: source?.meta, treeBytes, signal });
+    } else {
+      step('writing rootfs.img (mke2fs -d)');
+      await makeExt4({
+        file: rootfsImg, size: rootfsSize(treeBytes, rootA.size), slotSize: rootA.size, label: 'kubeos-root', journal: false, tree, treeBytes, epoch, signal,
+        uuid: deriveUuid(layout.seed, `rootfs:${image.name}:${image.version}`), meta: source?.meta,
+      });
+    }
 
     step('writing EFI system partition');
     const esp = partitionByRole(plan, 'esp');
@@ -137,7 +172,7 @@ export async function buildImage(options: BuildOptions): Promise<BuildResult> {
       kernel: '/boot/vmlinuz',
       initrd: '/boot/initrd.img',
       cmdline: image.kernel.cmdline,
-      rootFilesystem: rootA.filesystem,
+      rootFilesystem,
       timeout: 0,
     }));
     const grubEnv = join(work, 'grubenv');

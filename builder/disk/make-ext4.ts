@@ -1,8 +1,10 @@
 /** ext4 filesystems written straight into image files with `mke2fs -d` (no loop device, no mount). */
-import { rm, truncate, writeFile } from 'node:fs/promises';
+import { mkdir, rm, truncate, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { KubeosError, isKubeosError } from '../../runtime/core/errors.js';
 import { run } from '../../runtime/core/exec.js';
 import { formatSize } from '../layout/size.js';
+import { sortedPaths, stagedMode, typeBits, type MetaList } from '../source/file-meta.js';
 
 export interface Ext4Input {
   file: string;
@@ -17,6 +19,10 @@ export interface Ext4Input {
   slotSize?: number;
   journal: boolean;
   epoch: number;
+  /** What the tree could not hold (owners, exact modes, devices, xattrs), applied after mke2fs -d. */
+  meta?: MetaList;
+  /** Owner of the tree's files as staged (the building user). */
+  stagedOwner?: { uid: number; gid: number };
   signal?: AbortSignal;
 }
 
@@ -50,27 +56,102 @@ export async function makeExt4(input: Ext4Input): Promise<void> {
     }
     throw error;
   }
-  if (input.tree !== undefined) await pinChangeTimes(input);
+  if (input.tree !== undefined) await fixInodes(input);
+}
+
+/** A path as one debugfs argument; debugfs has no escape for `"` or a newline. */
+export function debugfsPath(rel: string): string {
+  if (/["\n\r]/.test(rel)) {
+    throw new KubeosError('E_SOURCE_INVALID', `${JSON.stringify(rel)}: a name with a double quote or a newline cannot be written into an ext4 image with debugfs`, {
+      hint: 'rename the file in the source, or use a squashfs root (layout filesystem "squashfs")',
+      details: { path: rel },
+    });
+  }
+  return `"/${rel}"`;
+}
+
+export interface DebugfsFixups {
+  commands: string[];
+  /** xattr values: file name (in the values directory) → bytes, for `ea_set -f`. */
+  values: Map<string, Buffer>;
 }
 
 /**
- * mke2fs -d copies each file's ctime, which no program may set; rewrite it with debugfs. -d
- * allocates inodes in sequence from the first non-reserved one, so the used ones are 2 (the root)
- * and 11 up to the count in use.
+ * debugfs commands that turn what mke2fs -d copied from a tree staged as `staged` into what the
+ * MetaList says: owners, setuid and other bits the tree could not hold, device nodes and FIFOs
+ * (the tree holds empty placeholders), xattrs. Pure; only differences become commands.
  */
-async function pinChangeTimes(input: Ext4Input): Promise<void> {
+export function renderDebugfsFixups(meta: MetaList, staged: { uid: number; gid: number }, epoch: number, valuesDir: string): DebugfsFixups {
+  const commands: string[] = [];
+  const values = new Map<string, Buffer>();
+  for (const rel of sortedPaths(meta)) {
+    const m = meta.get(rel);
+    if (m === undefined) continue;
+    let target = rel === '' ? '"/"' : debugfsPath(rel);
+    const node = m.kind === 'char' || m.kind === 'block' || m.kind === 'fifo';
+    if (node) {
+      const slash = rel.lastIndexOf('/');
+      const dir = slash < 0 ? '' : rel.slice(0, slash);
+      const name = rel.slice(slash + 1);
+      target = debugfsPath(rel);
+      commands.push(`cd ${dir === '' ? '"/"' : debugfsPath(dir)}`, `rm "${name}"`);
+      commands.push(m.kind === 'fifo' ? `mknod "${name}" p` : `mknod "${name}" ${m.kind === 'char' ? 'c' : 'b'} ${m.rdev?.[0] ?? 0} ${m.rdev?.[1] ?? 0}`, 'cd "/"');
+      const time = m.mtime ?? epoch;
+      for (const field of ['atime', 'mtime', 'ctime']) commands.push(`sif ${target} ${field} @${time}`);
+    }
+    if (node || m.uid !== staged.uid || rel === '') commands.push(`sif ${target} uid ${m.uid}`);
+    if (node || m.gid !== staged.gid || rel === '') commands.push(`sif ${target} gid ${m.gid}`);
+    if (m.kind !== 'symlink' && (node || m.mode !== stagedMode(m) || rel === '')) commands.push(`sif ${target} mode 0${(typeBits[m.kind] | m.mode).toString(8)}`);
+    for (const [name, value] of Object.entries(m.xattrs ?? {}).sort(([a], [b]) => (a < b ? -1 : 1))) {
+      if (!/^[A-Za-z0-9._@-]+$/.test(name)) throw new KubeosError('E_SOURCE_INVALID', `${rel}: xattr name ${JSON.stringify(name)} is not one debugfs can write`, { details: { path: rel, xattr: name } });
+      const file = String(values.size);
+      values.set(file, value);
+      commands.push(`ea_set -f "${join(valuesDir, file)}" ${target} ${name}`);
+    }
+  }
+  return { commands, values };
+}
+
+/**
+ * One debugfs pass after mke2fs -d: first the MetaList's fixups, then every inode's ctime, which
+ * mke2fs -d copies from the tree and no program may set. -d allocates inodes in sequence from the
+ * first non-reserved one, so the used ones are 2 (the root) and 11 up to the count in use.
+ */
+async function fixInodes(input: Ext4Input): Promise<void> {
   const env = { E2FSPROGS_FAKE_TIME: String(input.epoch) };
-  const { stdout } = await run('dumpe2fs', ['-h', input.file], { env, signal: input.signal, timeoutMs: 60_000 });
-  const field = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+)`, 'm').exec(stdout)?.[1]);
-  const used = field('Inode count') - field('Free inodes');
-  const commands = [`sif <2> ctime @${input.epoch}`];
-  for (let inode = 11; inode <= used; inode++) commands.push(`sif <${inode}> ctime @${input.epoch}`);
+  const valuesDir = `${input.file}.xattrs`;
+  const fixups = input.meta === undefined
+    ? { commands: [], values: new Map<string, Buffer>() }
+    : renderDebugfsFixups(input.meta, input.stagedOwner ?? { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 }, input.epoch, valuesDir);
   const script = `${input.file}.debugfs`;
-  await writeFile(script, `${commands.join('\n')}\n`);
   try {
-    await run('debugfs', ['-w', '-f', script, input.file], { env, signal: input.signal, timeoutMs: 5 * 60_000 });
+    if (fixups.values.size > 0) {
+      await mkdir(valuesDir, { recursive: true });
+      for (const [name, value] of fixups.values) await writeFile(join(valuesDir, name), value);
+    }
+    if (fixups.commands.length > 0) {
+      await writeFile(script, `${fixups.commands.join('\n')}\n`);
+      await runDebugfs(script, input, env);
+    }
+    const { stdout } = await run('dumpe2fs', ['-h', input.file], { env, signal: input.signal, timeoutMs: 60_000 });
+    const field = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+)`, 'm').exec(stdout)?.[1]);
+    const used = field('Inode count') - field('Free inodes');
+    const commands = [`sif <2> ctime @${input.epoch}`];
+    for (let inode = 11; inode <= used; inode++) commands.push(`sif <${inode}> ctime @${input.epoch}`);
+    await writeFile(script, `${commands.join('\n')}\n`);
+    await runDebugfs(script, input, env);
   } finally {
     await rm(script, { force: true });
+    await rm(valuesDir, { recursive: true, force: true });
+  }
+}
+
+/** debugfs exits 0 whatever its commands did: a failed command shows on stderr, and fails the build. */
+async function runDebugfs(script: string, input: Ext4Input, env: Record<string, string>): Promise<void> {
+  const { stderr } = await run('debugfs', ['-w', '-f', script, input.file], { env, signal: input.signal, timeoutMs: 10 * 60_000 });
+  const failures = stderr.split('\n').filter((line) => line.trim() !== '' && !/^debugfs \d/.test(line) && !/^rm: File not found/.test(line));
+  if (failures.length > 0) {
+    throw new KubeosError('E_TOOL_FAILED', `debugfs could not apply the root filesystem's metadata: ${failures.slice(0, 5).join('; ')}`, { details: { tool: 'debugfs', stderr } });
   }
 }
 

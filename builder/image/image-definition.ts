@@ -1,4 +1,6 @@
 /** The validated form of an image definition (images/NAME/image.json). */
+import type { RootfsSource } from '../source/rootfs-source.js';
+
 export interface ImageDefinition {
   name: string;
   version: string;
@@ -16,6 +18,8 @@ export interface ImageDefinition {
   };
   /** Include Node.js, the bundled agent and its configuration (undefined: no agent). */
   agent: { channel: string | undefined; trustedKeys: string[]; pollSeconds: number } | undefined;
+  /** Where the root filesystem comes from (paths absolute); undefined: busybox as userland. */
+  rootfs: RootfsSource | undefined;
   /** Directories of files copied over the root in order (absolute after loading). */
   files: string[];
   /** Directory the definition came from (absolute). */

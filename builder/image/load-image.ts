@@ -4,9 +4,56 @@ import { basename, dirname, join, relative, resolve } from 'node:path';
 import { KubeosError } from '../../runtime/core/errors.js';
 import { checkKnownKeys, isObject, Problems } from '../config/problems.js';
 import { projectRoot } from '../project-root.js';
+import { rootfsSourceTypes, type RootfsSource } from '../source/rootfs-source.js';
 import type { ImageDefinition } from './image-definition.js';
 
-const imageKeys = ['$schema', 'name', 'description', 'version', 'compatible', 'arch', 'layout', 'kernel', 'files', 'agent'];
+const rootfsKeys: Record<RootfsSource['type'], string[]> = {
+  'dir': ['type', 'path'],
+  'tar': ['type', 'path'],
+  'oci': ['type', 'path', 'ref'],
+  'docker-archive': ['type', 'path', 'ref'],
+  'mmdebstrap': ['type', 'suite', 'packages', 'mirror', 'variant'],
+};
+const variants = ['extract', 'custom', 'essential', 'apt', 'required', 'minbase', 'buildd', 'important', 'debootstrap', 'standard'];
+
+/** `rootfs`: one source; relative paths are the definition's. Problems go to `bad`. */
+export function validateRootfs(raw: unknown, dir: string, problems: Problems): RootfsSource | undefined {
+  const bad = (path: string, expected: string, actual: unknown) => problems.add(path, expected, actual, 'E_IMAGE_INVALID');
+  if (raw === undefined) return undefined;
+  if (!isObject(raw)) {
+    bad('rootfs', `an object with a type (${rootfsSourceTypes.join(', ')})`, raw);
+    return undefined;
+  }
+  const type = raw['type'];
+  if (typeof type !== 'string' || !(rootfsSourceTypes as readonly string[]).includes(type)) {
+    bad('rootfs.type', `one of ${rootfsSourceTypes.join(', ')}`, type);
+    return undefined;
+  }
+  const t = type as RootfsSource['type'];
+  checkKnownKeys(problems, 'rootfs', raw, rootfsKeys[t], 'E_IMAGE_INVALID');
+  if (t === 'mmdebstrap') {
+    const suite = raw['suite'];
+    if (typeof suite !== 'string' || !/^[a-z][a-z0-9-]*$/.test(suite)) bad('rootfs.suite', 'a Debian suite like "bookworm"', suite);
+    const packages = raw['packages'] ?? [];
+    if (!Array.isArray(packages) || !packages.every((p) => typeof p === 'string' && /^[a-z0-9][a-z0-9+.-]+$/.test(p))) bad('rootfs.packages', 'an array of Debian package names', packages);
+    const mirror = raw['mirror'];
+    if (mirror !== undefined && (typeof mirror !== 'string' || !/^(https?|file):\/\//.test(mirror))) bad('rootfs.mirror', 'an http(s) or file URL of a Debian mirror', mirror);
+    const variant = raw['variant'] ?? 'minbase';
+    if (typeof variant !== 'string' || !variants.includes(variant)) bad('rootfs.variant', `one of mmdebstrap's variants (${variants.join(', ')})`, variant);
+    return { type: t, suite: suite as string, packages: Array.isArray(packages) ? (packages as string[]) : [], mirror: mirror as string | undefined, variant: variant as string };
+  }
+  const path = raw['path'];
+  if (typeof path !== 'string' || path === '') bad('rootfs.path', `a path to the ${t === 'dir' ? 'directory' : t === 'oci' ? 'OCI image layout (directory or tar)' : 'archive'}, relative to the definition`, path);
+  const where = resolve(dir, typeof path === 'string' ? path : '');
+  if (t === 'oci' || t === 'docker-archive') {
+    const ref = raw['ref'];
+    if (ref !== undefined && (typeof ref !== 'string' || ref === '')) bad('rootfs.ref', 'the name or tag of one image in the archive', ref);
+    return { type: t, path: where, ref: ref as string | undefined };
+  }
+  return { type: t, path: where };
+}
+
+const imageKeys = ['$schema', 'name', 'description', 'version', 'compatible', 'arch', 'layout', 'kernel', 'rootfs', 'files', 'agent'];
 const agentKeys = ['channel', 'trustedKeys', 'pollSeconds'];
 const kernelKeys = ['package', 'modules', 'cmdline'];
 const hint = 'see images/minimal/image.json for a complete example';
@@ -86,6 +133,7 @@ export function validateImage(data: unknown, file: string, dir: string): ImageDe
       bad('kernel.cmdline', 'extra kernel arguments without quotes, newlines or kubeos.slot/kubeos.boot (kubeos sets those)', cmdline);
     }
   }
+  const rootfs = validateRootfs(obj['rootfs'], dir, problems);
   const rawAgent = obj['agent'];
   let agent: ImageDefinition['agent'];
   if (rawAgent !== undefined && rawAgent !== false) {
@@ -114,6 +162,7 @@ export function validateImage(data: unknown, file: string, dir: string): ImageDe
     layout: layout as string,
     kernel: { package: k['package'] as string, modules, cmdline: (k['cmdline'] as string | undefined) ?? '' },
     agent,
+    rootfs,
     files: Array.isArray(fileList) ? (fileList as string[]).map((f) => join(dir, f)) : [],
     dir,
     file,

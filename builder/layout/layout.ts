@@ -5,8 +5,8 @@ export type Role = (typeof roles)[number];
 /** Filesystems the builder can write into a partition, by role. */
 export const filesystemsByRole = {
   'esp': ['vfat'],
-  'root-a': ['ext4'],
-  'root-b': ['ext4'],
+  'root-a': ['ext4', 'squashfs'],
+  'root-b': ['ext4', 'squashfs'],
   'persist': ['ext4'],
 } as const satisfies Record<Role, readonly string[]>;
 

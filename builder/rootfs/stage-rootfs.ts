@@ -18,6 +18,8 @@ export interface StageInput {
   initramfs: Buffer;
   kernelRelease: string;
   buildId: string;
+  /** Put busybox and its applets in (the default userland); false when a rootfs source brings one. */
+  userland?: boolean;
 }
 
 export function renderOsRelease(image: ImageDefinition, buildId: string): string {
@@ -42,17 +44,7 @@ export async function stageRootfs(input: StageInput, signal?: AbortSignal): Prom
   await chmod(join(tree, 'tmp'), 0o1777);
   await chmod(join(tree, 'root'), 0o700);
 
-  await copyFile(input.busybox, join(tree, 'bin/busybox'));
-  await chmod(join(tree, 'bin/busybox'), 0o755);
-  const { stdout } = await run('busybox', ['--list-full'], { timeoutMs: 30_000, signal });
-  for (const applet of stdout.split('\n').map((l) => l.trim()).filter(Boolean).sort()) {
-    if (applet === 'bin/busybox') continue;
-    const link = join(tree, applet);
-    await mkdir(dirname(link), { recursive: true });
-    await symlink('/bin/busybox', link).catch((error: NodeJS.ErrnoException) => {
-      if (error.code !== 'EEXIST') throw error;
-    });
-  }
+  if (input.userland !== false) await stageBusybox(tree, input.busybox, signal);
 
   for (const files of input.image.files) {
     await cp(files, tree, { recursive: true, verbatimSymlinks: true, force: true, preserveTimestamps: false });
@@ -71,6 +63,20 @@ export async function stageRootfs(input: StageInput, signal?: AbortSignal): Prom
   await copyFile(input.vmlinuz, join(tree, 'boot/vmlinuz'));
   await writeFile(join(tree, 'boot/initrd.img'), input.initramfs);
   await chmod(join(tree, 'boot/vmlinuz'), 0o644);
+}
+
+async function stageBusybox(tree: string, busybox: string, signal?: AbortSignal): Promise<void> {
+  await copyFile(busybox, join(tree, 'bin/busybox'));
+  await chmod(join(tree, 'bin/busybox'), 0o755);
+  const { stdout } = await run('busybox', ['--list-full'], { timeoutMs: 30_000, signal });
+  for (const applet of stdout.split('\n').map((l) => l.trim()).filter(Boolean).sort()) {
+    if (applet === 'bin/busybox') continue;
+    const link = join(tree, applet);
+    await mkdir(dirname(link), { recursive: true });
+    await symlink('/bin/busybox', link).catch((error: NodeJS.ErrnoException) => {
+      if (error.code !== 'EEXIST') throw error;
+    });
+  }
 }
 
 /** Sets every timestamp in a tree to `epoch`, in sorted order, so mke2fs -d copies fixed times. */

@@ -1,0 +1,268 @@
+/**
+ * Applies one tar layer to a staging tree, the way container runtimes do: `.wh.NAME` deletes NAME
+ * from the layers below, `.wh..wh..opq` empties a directory of what the layers below put there,
+ * hard links, symlinks and devices are honoured, and every entry's owner, mode, device numbers,
+ * xattrs and mtime go into the tree's MetaList (the tree itself is written as the current user).
+ * Layers stream through: nothing holds a layer in memory. Names that would leave the root are
+ * refused (E_SOURCE_HOSTILE), and a layer whose bytes do not match its manifest fails
+ * (E_HASH_MISMATCH, E_SOURCE_TRUNCATED) — a failed build's staging tree is thrown away.
+ */
+import { createWriteStream } from 'node:fs';
+import type { Stats } from 'node:fs';
+import { chmod, link, lstat, mkdir, readdir, rmdir, symlink, unlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Readable, Duplex } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import * as tar from 'tar-stream';
+import { KubeosError, isKubeosError } from '../../runtime/core/errors.js';
+import { stagedMode, type FileKind, type FileMeta, type MetaList } from './file-meta.js';
+import { HashTap, openDecompressor, peek } from './open-layer.js';
+import { RewritePax } from './rewrite-pax.js';
+import { checkSymlinkTarget, entrySegments, resolveInRoot } from './safe-path.js';
+
+export type TarEntry = tar.ExtractEvents['entry'][1];
+
+export interface StagingTree {
+  root: string;
+  meta: MetaList;
+  /** Lexical directory path → physical one, for directories known to exist. */
+  dirs: Map<string, string[]>;
+}
+
+export function newStagingTree(root: string): StagingTree {
+  return { root, meta: new Map(), dirs: new Map() };
+}
+
+/** What a layer's bytes must match: the manifest's digest and size of the blob, the config's diff_id of the tar. */
+export interface LayerCheck {
+  digest?: string;
+  size?: number;
+  diffId?: string;
+}
+
+const impliedDir: Omit<FileMeta, 'mtime'> = { kind: 'dir', mode: 0o755, uid: 0, gid: 0 };
+
+function invalid(message: string, where: string, cause?: unknown): KubeosError {
+  return new KubeosError('E_SOURCE_INVALID', message, { cause, details: { where } });
+}
+
+async function lstatOrUndefined(path: string): Promise<Stats | undefined> {
+  return lstat(path).catch((error: NodeJS.ErrnoException) => {
+    if (error.code === 'ENOENT') return undefined;
+    throw error;
+  });
+}
+
+/** Physical segments of a directory, created (as an implied root-owned 0755 directory) where missing. */
+async function ensureDir(tree: StagingTree, segments: string[], where: string): Promise<string[]> {
+  const key = segments.join('/');
+  const known = tree.dirs.get(key);
+  if (known !== undefined) return known;
+  const physical = await resolveInRoot(tree.root, segments, where);
+  for (let i = 1; i <= physical.length; i++) {
+    const rel = physical.slice(0, i).join('/');
+    const info = await lstatOrUndefined(join(tree.root, rel));
+    if (info === undefined) {
+      await mkdir(join(tree.root, rel), { mode: 0o755 });
+      await chmod(join(tree.root, rel), 0o755);
+      if (!tree.meta.has(rel)) tree.meta.set(rel, { ...impliedDir, mtime: undefined });
+    } else if (!info.isDirectory()) {
+      throw invalid(`${where}: ${segments.join('/')} needs ${rel} to be a directory, but the archive made it a file`, where);
+    }
+  }
+  tree.dirs.set(key, physical);
+  return physical;
+}
+
+/** Removes a path and everything under it, from the tree and from its MetaList. */
+export async function removePath(tree: StagingTree, rel: string, info?: Stats): Promise<void> {
+  const path = join(tree.root, rel);
+  const stats = info ?? (await lstatOrUndefined(path));
+  if (stats === undefined) return;
+  if (stats.isDirectory()) {
+    for (const name of await readdir(path)) await removePath(tree, `${rel}/${name}`);
+    await rmdir(path);
+    tree.dirs.clear();
+  } else {
+    await unlink(path);
+    if (stats.isSymbolicLink()) tree.dirs.clear();
+  }
+  tree.meta.delete(rel);
+}
+
+/** `.wh..wh..opq`: what lower layers put in `dir` goes; what this layer wrote stays. */
+async function makeOpaque(tree: StagingTree, dir: string, written: Set<string>): Promise<void> {
+  for (const name of (await readdir(join(tree.root, dir))).sort()) {
+    const rel = dir === '' ? name : `${dir}/${name}`;
+    if (!written.has(rel)) {
+      await removePath(tree, rel);
+    } else if ((await lstat(join(tree.root, rel))).isDirectory()) {
+      await makeOpaque(tree, rel, written);
+    }
+  }
+}
+
+function kindOf(type: tar.Header['type'] | undefined | null): FileKind | 'link' | undefined {
+  switch (type) {
+    case 'file': case 'contiguous-file': case undefined: case null: return 'file';
+    case 'directory': return 'dir';
+    case 'symlink': return 'symlink';
+    case 'link': return 'link';
+    case 'character-device': return 'char';
+    case 'block-device': return 'block';
+    case 'fifo': return 'fifo';
+    default: return undefined;
+  }
+}
+
+/** xattrs from PAX records: SCHILY.xattr.NAME (text), or libarchive's base64 LIBARCHIVE.xattr.NAME. */
+export function xattrsOf(pax: Record<string, string> | null | undefined, path: string, where: string): Record<string, Buffer> | undefined {
+  if (pax === undefined || pax === null) return undefined;
+  const xattrs: Record<string, Buffer> = {};
+  for (const [key, value] of Object.entries(pax)) {
+    if (key.startsWith('LIBARCHIVE.xattr.')) xattrs[decodeURIComponent(key.slice(17))] = Buffer.from(value, 'base64');
+  }
+  for (const [key, value] of Object.entries(pax)) {
+    if (!key.startsWith('SCHILY.xattr.')) continue;
+    const name = key.slice(13);
+    if (xattrs[name] !== undefined) continue;
+    // tar-stream decodes PAX values as UTF-8: a binary value would arrive altered
+    if (value.includes('\uFFFD')) {
+      throw invalid(`${where}: ${path}: xattr ${name} holds binary data that cannot be read exactly from a SCHILY.xattr record`, where);
+    }
+    xattrs[name] = Buffer.from(value, 'utf8');
+  }
+  return Object.keys(xattrs).length > 0 ? xattrs : undefined;
+}
+
+async function drain(entry: AsyncIterable<unknown>): Promise<void> {
+  for await (const _chunk of entry) {
+    // discard
+  }
+}
+
+async function applyEntry(tree: StagingTree, entry: TarEntry, written: Set<string>, where: string): Promise<void> {
+  const header = entry.header as tar.Header & { pax?: Record<string, string> | null };
+  const segments = entrySegments(header.name, 'entry', where);
+  const kind = kindOf(header.type);
+  if (kind === undefined) return drain(entry);
+  const base = segments.at(-1);
+  const parent = await ensureDir(tree, segments.slice(0, -1), where);
+  const rel = base === undefined ? '' : [...parent, base].join('/');
+
+  if (base?.startsWith('.wh.')) {
+    await drain(entry);
+    if (base === '.wh..wh..opq') return makeOpaque(tree, parent.join('/'), written);
+    const name = base.slice(4);
+    if (name === '' || name === '.' || name === '..' || name.includes('/')) throw invalid(`${where}: whiteout ${header.name} names no file`, where);
+    return removePath(tree, [...parent, name].join('/'));
+  }
+
+  const path = join(tree.root, rel);
+  const meta: FileMeta = {
+    kind: kind === 'link' ? 'file' : kind,
+    mode: (header.mode ?? 0o644) & 0o7777,
+    uid: header.uid ?? 0,
+    gid: header.gid ?? 0,
+    mtime: header.mtime === undefined ? undefined : Math.floor(header.mtime.getTime() / 1000),
+  };
+  const xattrs = xattrsOf(header.pax, rel, where);
+  if (xattrs !== undefined) meta.xattrs = xattrs;
+  if (kind === 'char' || kind === 'block') meta.rdev = [header.devmajor ?? 0, header.devminor ?? 0];
+
+  const existing = rel === '' ? await lstat(path) : await lstatOrUndefined(path);
+  if (existing !== undefined && !(kind === 'dir' && existing.isDirectory())) await removePath(tree, rel, existing);
+
+  switch (kind) {
+    case 'dir':
+      if (existing === undefined || !existing.isDirectory()) await mkdir(path);
+      await chmod(path, stagedMode(meta));
+      await drain(entry);
+      break;
+    case 'file':
+      await pipeline(entry, createWriteStream(path, { flags: 'wx', mode: 0o600 }));
+      await chmod(path, stagedMode(meta));
+      break;
+    case 'symlink': {
+      await drain(entry);
+      const target = header.linkname ?? '';
+      if (target === '') throw invalid(`${where}: symlink ${rel} has no target`, where);
+      checkSymlinkTarget(parent, target, rel, where);
+      await symlink(target, path);
+      break;
+    }
+    case 'link': {
+      await drain(entry);
+      const targetSegments = entrySegments(header.linkname ?? '', 'hard link target', where);
+      const last = targetSegments.at(-1);
+      if (last === undefined) throw invalid(`${where}: hard link ${rel} names no target`, where);
+      const targetRel = [...(await resolveInRoot(tree.root, targetSegments.slice(0, -1), where)), last].join('/');
+      const target = await lstatOrUndefined(join(tree.root, targetRel));
+      if (target === undefined || target.isDirectory()) {
+        throw invalid(`${where}: hard link ${rel} points to ${header.linkname ?? ''}, which is ${target === undefined ? 'not in the archive before it' : 'a directory'}`, where);
+      }
+      await link(join(tree.root, targetRel), path);
+      const shared = tree.meta.get(targetRel);
+      written.add(rel);
+      if (shared !== undefined) tree.meta.set(rel, shared);
+      return;
+    }
+    default:
+      // devices and FIFOs: an empty placeholder here, the real node in the filesystem image
+      await drain(entry);
+      await writeFile(path, '', { flag: 'wx', mode: 0o600 });
+      await chmod(path, 0o600);
+  }
+  written.add(rel);
+  tree.meta.set(rel, meta);
+}
+
+function mapStreamError(error: unknown, where: string): KubeosError {
+  if (error instanceof KubeosError) return error;
+  const e = error as NodeJS.ErrnoException;
+  if (e.code === 'Z_BUF_ERROR' || /unexpected end/i.test(e.message ?? '')) {
+    return new KubeosError('E_SOURCE_TRUNCATED', `${where} ends before its last entry is complete`, { cause: error, hint: 'the archive is truncated: copy or download it again', details: { where } });
+  }
+  return invalid(`${where} cannot be read as a tar layer: ${e.message ?? String(error)}`, where, error);
+}
+
+/**
+ * Streams `raw` (a plain, gzip or zstd tar) into the tree, then checks it against `check`.
+ * Entries are applied in archive order; the MetaList ends up with what the last layer said.
+ */
+export async function applyLayer(tree: StagingTree, raw: Readable, where: string, check: LayerCheck = {}, signal?: AbortSignal): Promise<void> {
+  const blob = new HashTap();
+  const head = await peek(raw, 8);
+  const decompressor = await openDecompressor(head, where, signal);
+  const tarTap = check.diffId !== undefined && decompressor !== undefined ? new HashTap() : undefined;
+  const extract = tar.extract();
+  const stages: (Readable | Duplex | tar.Extract)[] = [raw, blob];
+  if (decompressor !== undefined) stages.push(decompressor.stream);
+  if (tarTap !== undefined) stages.push(tarTap);
+  stages.push(new RewritePax(), extract);
+  const feeding = (pipeline as (...streams: unknown[]) => Promise<void>)(...stages, { signal });
+  feeding.catch(() => {});
+  const written = new Set<string>();
+  try {
+    for await (const entry of extract) await applyEntry(tree, entry, written, where);
+    await feeding;
+    await decompressor?.finished();
+  } catch (error) {
+    raw.destroy();
+    await decompressor?.finished().catch(() => {});
+    if (isKubeosError(error)) throw error;
+    throw mapStreamError(error, where);
+  }
+  if (check.size !== undefined && blob.bytes < check.size) {
+    throw new KubeosError('E_SOURCE_TRUNCATED', `${where} has ${blob.bytes} bytes, its manifest says ${check.size}`, { hint: 'the archive is truncated: copy or download it again', details: { where, expected: check.size, actual: blob.bytes } });
+  }
+  const mismatch = (what: string, expected: string, actual: string) => new KubeosError('E_HASH_MISMATCH', `${where}: ${what} is ${actual}, its manifest says ${expected}`, {
+    hint: 'the archive was altered or damaged; rebuild or download it again', details: { where, expected, actual },
+  });
+  if (check.size !== undefined && blob.bytes !== check.size) throw mismatch('size', String(check.size), String(blob.bytes));
+  if (check.digest !== undefined && blob.digest() !== check.digest) throw mismatch('digest', check.digest, blob.digest());
+  if (check.diffId !== undefined) {
+    const actual = (tarTap ?? blob).digest();
+    if (actual !== check.diffId) throw mismatch('uncompressed digest (diff_id)', check.diffId, actual);
+  }
+}
