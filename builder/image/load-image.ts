@@ -1,8 +1,8 @@
 /** Reads and validates an image definition: a directory holding image.json, or the file itself. */
-import { readFile, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { basename, dirname, join, relative, resolve } from 'node:path';
-import { KubeosError } from '../../runtime/core/errors.js';
 import { checkKnownKeys, isObject, Problems } from '../config/problems.js';
+import { readJsonFile } from '../config/read-json-file.js';
 import { projectRoot } from '../project-root.js';
 import { rootfsSourceTypes, type RootfsSource } from '../source/rootfs-source.js';
 import type { ImageDefinition } from './image-definition.js';
@@ -67,22 +67,7 @@ export async function loadImage(dirOrFile: string): Promise<ImageDefinition> {
     if (!dirOrFile.includes('/')) path = join(fromRoot, 'image.json');
   }
   const shown = relative(process.cwd(), path) || basename(path);
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (error) {
-    throw new KubeosError('E_IMAGE_INVALID', `cannot read image definition ${shown}: ${(error as NodeJS.ErrnoException).code ?? String(error)}`, {
-      cause: error,
-      hint: 'give a directory holding image.json (e.g. images/minimal) or the name of one in images/',
-      details: { file: shown },
-    });
-  }
-  let data: unknown;
-  try {
-    data = JSON.parse(text);
-  } catch (error) {
-    throw new KubeosError('E_IMAGE_INVALID', `image definition ${shown} is not valid JSON: ${(error as Error).message}`, { cause: error, details: { file: shown } });
-  }
+  const data = await readJsonFile(path, 'image definition', shown, 'E_IMAGE_INVALID', 'give a directory holding image.json (e.g. images/minimal) or the name of one in images/');
   return validateImage(data, shown, dirname(path));
 }
 
