@@ -6,7 +6,7 @@ set -euo pipefail
 packages=(
   qemu-system-x86 qemu-utils ovmf grub-efi-amd64-bin grub-common
   mtools dosfstools gdisk e2fsprogs busybox-static cpio zstd
-  erofs-utils squashfs-tools kmod curl ca-certificates mmdebstrap
+  erofs-utils squashfs-tools attr kmod curl ca-certificates mmdebstrap
 )
 
 missing=()

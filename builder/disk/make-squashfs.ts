@@ -91,6 +91,30 @@ async function applyOwners(tree: string, meta: MetaList): Promise<void> {
   }
 }
 
+/**
+ * mksquashfs (4.5) takes xattrs only from the files themselves, so they are set on the staged tree
+ * with setfattr: a root build only, since an ordinary user cannot set trusted.* or security.*
+ * (and device nodes, made by pseudo definitions, cannot carry them).
+ */
+async function applyXattrs(tree: string, meta: MetaList, exact: boolean, signal?: AbortSignal): Promise<void> {
+  for (const rel of sortedPaths(meta)) {
+    const m = meta.get(rel);
+    if (m?.xattrs === undefined) continue;
+    const names = Object.keys(m.xattrs).sort();
+    if (names.length === 0) continue;
+    if (!exact || m.kind === 'char' || m.kind === 'block' || m.kind === 'fifo') {
+      throw new KubeosError('E_SOURCE_INVALID', `${rel} has xattrs (${names.join(', ')}), which a squashfs root gets only in a build as root and not on device nodes or FIFOs`, {
+        hint: 'build as root, or use an ext4 root (layout filesystem "ext4"), which takes xattrs in any build',
+        details: { path: rel, xattrs: names },
+      });
+    }
+    for (const name of names) {
+      const value = m.xattrs[name] as Buffer;
+      await run('setfattr', ['-h', '-n', name, '-v', `0x${value.toString('hex')}`, '--', join(tree, rel)], { signal, timeoutMs: 30_000 });
+    }
+  }
+}
+
 export async function makeSquashfs(input: SquashfsInput): Promise<number> {
   await rm(input.file, { force: true });
   // as root the tree can hold owners and modes itself; mksquashfs then copies them
@@ -101,18 +125,20 @@ export async function makeSquashfs(input: SquashfsInput): Promise<number> {
   const ef = `${input.file}.exclude`;
   await writeFile(pf, pseudo.map((l) => `${l}\n`).join(''));
   await writeFile(ef, excludes.map((l) => `${l}\n`).join(''));
-  const xattrs = [...(input.meta?.values() ?? [])].some((m) => m.xattrs !== undefined);
+  const xattrs = [...(input.meta?.values() ?? [])].some((m) => m.xattrs !== undefined && Object.keys(m.xattrs).length > 0);
   if (xattrs) {
-    await rm(pf, { force: true });
-    await rm(ef, { force: true });
-    throw new KubeosError('E_SOURCE_INVALID', 'the root filesystem source has xattrs, which kubeos writes into ext4 roots only so far', {
-      hint: 'use an ext4 root (layout filesystem "ext4") for this source',
-    });
+    try {
+      await applyXattrs(input.tree, input.meta ?? new Map(), exact, input.signal);
+    } catch (error) {
+      await rm(pf, { force: true });
+      await rm(ef, { force: true });
+      throw error;
+    }
   }
   try {
     await run('mksquashfs', [
       input.tree, input.file, '-noappend', '-quiet', '-no-progress', '-comp', 'gzip', '-b', '131072',
-      '-mkfs-time', String(input.epoch), '-no-xattrs', ...(exact ? [] : ['-all-root']),
+      '-mkfs-time', String(input.epoch), xattrs ? '-xattrs' : '-no-xattrs', ...(exact ? [] : ['-all-root']),
       '-pf', pf, '-ef', ef,
     ], { signal: input.signal, timeoutMs: 30 * 60_000, env: { SOURCE_DATE_EPOCH: undefined } });
   } finally {

@@ -36,6 +36,8 @@ export const toolPackages = {
   'mksquashfs': 'squashfs-tools',
   'unsquashfs': 'squashfs-tools',
   'mkfs.erofs': 'erofs-utils',
+  'setfattr': 'attr',
+  'getfattr': 'attr',
   'curl': 'curl',
   'sha256sum': 'coreutils',
   'dd': 'coreutils',

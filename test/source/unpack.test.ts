@@ -170,6 +170,22 @@ fsTest('the squashfs image holds the owners, modes, device nodes and mtimes of t
   t.is(again.stdout, stdout);
 });
 
+const asRoot = process.getuid?.() === 0;
+(asRoot ? fsTest : test.skip)('a squashfs root built as root carries the xattrs of the layers', async (t) => {
+  const { dir, tree } = await stage((d) => ociTar(d, true));
+  const root = join(dir, 'root');
+  const { normalizeTimes } = await import('../../builder/rootfs/stage-rootfs.js');
+  await normalizeTimes(root, epoch);
+  await applyTimes(tree);
+  const image = join(dir, 'root-xattr.sqfs');
+  await makeSquashfs({ file: image, tree: root, slotSize: 64 * 1024 * 1024, epoch, meta: tree.meta });
+  const out = join(dir, 'unpacked');
+  await execa('unsquashfs', ['-q', '-n', '-d', out, image]);
+  const { stdout } = await execa('getfattr', ['--only-values', '-n', 'user.origin', join(out, 'usr/bin/tool')]);
+  t.is(stdout, 'layer3');
+  t.regex((await execa('stat', ['-c', '%a %u', join(out, 'usr/bin/su')])).stdout, /^4755 0$/);
+});
+
 // Hostile and damaged archives: refused with a code, and nothing lands outside the build folder.
 const gz = (entries: LayerEntry[]) => makeTar(entries).then((b) => compress(b, 'gzip', base));
 const hostile: [string, (dir: string) => Promise<RootfsSource>, string][] = [
