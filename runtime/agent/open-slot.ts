@@ -2,7 +2,7 @@
  * Slot access: resolve a slot to a device (by GPT partition name, via the PARTNAME the kernel puts
  * in each partition's uevent) or a byte range of a file, write an image into it, read it back.
  */
-import { createHash } from 'node:crypto';
+import { webcrypto } from 'node:crypto';
 import { open, readFile, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -66,33 +66,35 @@ export async function openSlotWriter(target: SlotTarget, expectedBytes: number):
 
 /**
  * Reads the slot back and checks every chunk against the signed manifest's chunk hashes (which
- * cover every byte, so this equals checking the whole image's sha256). The next chunk is read
- * while the current one is hashed: two buffers, whatever the image size.
+ * cover every byte, so this equals checking the whole image's sha256). WebCrypto copies a chunk
+ * when asked to digest it and hashes it off the main thread, so the next read proceeds at once:
+ * two digests in flight use both cores, and memory stays at a few chunks whatever the image size.
  */
 export async function verifySlot(target: SlotTarget, payload: { uncompressedSize: number; chunkSize: number; chunks: readonly string[] }, signal?: AbortSignal): Promise<void> {
   const handle = await open(target.path, 'r');
-  const buffers = [Buffer.alloc(payload.chunkSize), Buffer.alloc(payload.chunkSize)];
+  const buffer = Buffer.alloc(payload.chunkSize);
   const count = Math.ceil(payload.uncompressedSize / payload.chunkSize);
-  const readChunk = async (index: number): Promise<Buffer> => {
-    const start = index * payload.chunkSize;
-    const length = Math.min(payload.chunkSize, payload.uncompressedSize - start);
-    const buffer = (buffers[index % 2] as Buffer).subarray(0, length);
-    const { bytesRead } = await handle.read(buffer, 0, length, target.offset + start);
-    if (bytesRead !== length) throw new KubeosError('E_SLOT', `slot ${target.slot} ended after ${start + bytesRead} of ${payload.uncompressedSize} bytes`);
-    return buffer;
-  };
+  const inFlight = new Set<Promise<void>>();
+  let failure: unknown;
   try {
-    let next = count > 0 ? readChunk(0) : undefined;
-    for (let index = 0; index < count; index++) {
+    for (let index = 0; index < count && failure === undefined; index++) {
       signal?.throwIfAborted();
-      const buffer = await (next as Promise<Buffer>);
-      next = index + 1 < count ? readChunk(index + 1) : undefined;
-      const actual = createHash('sha256').update(buffer).digest('hex');
-      if (actual !== payload.chunks[index]) {
-        await next?.catch(() => {});
-        throw new KubeosError('E_HASH_MISMATCH', `slot ${target.slot} reads back wrong at chunk ${index} (offset ${index * payload.chunkSize})`, { details: { index, expected: payload.chunks[index], actual } });
-      }
+      const start = index * payload.chunkSize;
+      const length = Math.min(payload.chunkSize, payload.uncompressedSize - start);
+      const { bytesRead } = await handle.read(buffer, 0, length, target.offset + start);
+      if (bytesRead !== length) throw new KubeosError('E_SLOT', `slot ${target.slot} ended after ${start + bytesRead} of ${payload.uncompressedSize} bytes`);
+      const check = webcrypto.subtle.digest('SHA-256', buffer.subarray(0, length)).then((digest) => {
+        const actual = Buffer.from(digest).toString('hex');
+        if (actual !== payload.chunks[index]) {
+          failure ??= new KubeosError('E_HASH_MISMATCH', `slot ${target.slot} reads back wrong at chunk ${index} (offset ${start})`, { details: { index, expected: payload.chunks[index], actual } });
+        }
+      });
+      inFlight.add(check);
+      void check.finally(() => inFlight.delete(check));
+      if (inFlight.size >= 2) await Promise.race(inFlight);
     }
+    await Promise.all(inFlight);
+    if (failure !== undefined) throw failure;
   } finally {
     await handle.close();
   }
