@@ -63,7 +63,7 @@ export async function fetchKernel(packageName: string, options: { signal?: Abort
   let deb = (await readdir(debs)).find((f) => f.startsWith(`${pkg}_`) && f.endsWith('.deb'));
   if (deb === undefined) {
     options.onStep?.(`downloading ${pkg}`);
-    const staging = join(debs, `.download-${process.pid}`);
+    const staging = join(debs, `.download-${process.pid}-${Date.now()}`);
     await rm(staging, { recursive: true, force: true });
     await mkdir(staging, { recursive: true });
     try {
@@ -78,11 +78,17 @@ export async function fetchKernel(packageName: string, options: { signal?: Abort
     }
   }
   options.onStep?.(`unpacking ${pkg}`);
-  const tmp = `${unpacked}.tmp-${process.pid}`;
-  await rm(tmp, { recursive: true, force: true });
+  // Several builds may unpack at once (parallel tests, CI): each unpacks into its own directory
+  // and renames it into place; the cache entry, once there, is never replaced or removed.
+  const tmp = `${unpacked}.tmp-${process.pid}-${Date.now()}`;
   await mkdir(tmp, { recursive: true });
-  await run('dpkg-deb', ['-x', join(debs, deb), tmp], { timeoutMs: 5 * 60_000, signal: options.signal });
-  await rm(unpacked, { recursive: true, force: true });
-  await rename(tmp, unpacked);
+  try {
+    await run('dpkg-deb', ['-x', join(debs, deb), tmp], { timeoutMs: 5 * 60_000, signal: options.signal });
+    await rename(tmp, unpacked).catch((error: NodeJS.ErrnoException) => {
+      if (error.code !== 'ENOTEMPTY' && error.code !== 'EEXIST') throw error;
+    });
+  } finally {
+    await rm(tmp, { recursive: true, force: true });
+  }
   return kernel;
 }
