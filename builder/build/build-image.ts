@@ -192,7 +192,7 @@ export async function buildImage(options: BuildOptions): Promise<BuildResult> {
     const diskImg = join(partial, 'disk.img');
     await writePartitionTable(plan, diskImg, signal);
     await splicePartition(diskImg, esp.offset, espImg);
-    await splicePartition(diskImg, rootA.offset, rootfsImg, (done, total) => step('writing disk.img', done / total));
+    const rootfsSha256 = await splicePartition(diskImg, rootA.offset, rootfsImg, (done, total) => step('writing disk.img', done / total));
     await splicePartition(diskImg, persist.offset, persistImg);
     if (format === 'qcow2') {
       step('converting to qcow2');
@@ -202,10 +202,12 @@ export async function buildImage(options: BuildOptions): Promise<BuildResult> {
 
     step('hashing artifacts');
     const artifacts: BuildResult['artifacts'] = {};
-    for (const name of ['disk.img', ...(format === 'qcow2' ? ['disk.qcow2'] : []), 'rootfs.img']) {
+    for (const name of ['disk.img', ...(format === 'qcow2' ? ['disk.qcow2'] : [])]) {
       const path = join(partial, name);
       artifacts[name] = { size: (await stat(path)).size, sha256: await hashFile(path, signal) };
     }
+    // hashed while it was spliced into rootA
+    artifacts['rootfs.img'] = { size: (await stat(rootfsImg)).size, sha256: rootfsSha256 };
     const result: BuildResult = {
       out,
       image: { name: image.name, version: image.version, compatible: image.compatible, arch: image.arch, kernelVersion: kernel.release, kernelPackage: kernel.package },

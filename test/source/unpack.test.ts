@@ -147,14 +147,20 @@ fsTest('the ext4 image holds the owners, modes, device nodes, xattrs and mtimes 
   t.regex(await debugfs(image, 'cat /lib/libx.so'), /through the lib symlink/);
 });
 
-fsTest('the squashfs image holds the owners, modes, device nodes and mtimes of the layers', async (t) => {
-  const { dir, tree } = await stage((d) => ociTar(d, false));
+/** The OCI test archive as a squashfs image, staged and timed like a build does it. */
+async function squashfsOf(withXattr: boolean): Promise<{ dir: string; image: string }> {
+  const { dir, tree } = await stage((d) => ociTar(d, withXattr));
   const root = join(dir, 'root');
   const { normalizeTimes } = await import('../../builder/rootfs/stage-rootfs.js');
   await normalizeTimes(root, epoch);
   await applyTimes(tree);
   const image = join(dir, 'root.sqfs');
   await makeSquashfs({ file: image, tree: root, slotSize: 64 * 1024 * 1024, epoch, meta: tree.meta });
+  return { dir, image };
+}
+
+fsTest('the squashfs image holds the owners, modes, device nodes and mtimes of the layers', async (t) => {
+  const { image } = await squashfsOf(false);
   const { stdout } = await execa('unsquashfs', ['-lln', image]);
   const line = (path: string) => stdout.split('\n').find((l) => l.endsWith(`squashfs-root/${path}`) || l.includes(`squashfs-root/${path} -> `))?.replace(/\s+/g, ' ') ?? '';
   t.regex(line('usr/bin/su'), /^-rwsr-xr-x 0\/0 6 /);
@@ -172,13 +178,7 @@ fsTest('the squashfs image holds the owners, modes, device nodes and mtimes of t
 
 const asRoot = process.getuid?.() === 0;
 (asRoot ? fsTest : test.skip)('a squashfs root built as root carries the xattrs of the layers', async (t) => {
-  const { dir, tree } = await stage((d) => ociTar(d, true));
-  const root = join(dir, 'root');
-  const { normalizeTimes } = await import('../../builder/rootfs/stage-rootfs.js');
-  await normalizeTimes(root, epoch);
-  await applyTimes(tree);
-  const image = join(dir, 'root-xattr.sqfs');
-  await makeSquashfs({ file: image, tree: root, slotSize: 64 * 1024 * 1024, epoch, meta: tree.meta });
+  const { dir, image } = await squashfsOf(true);
   const out = join(dir, 'unpacked');
   await execa('unsquashfs', ['-q', '-n', '-d', out, image]);
   const { stdout } = await execa('getfattr', ['--only-values', '-n', 'user.origin', join(out, 'usr/bin/tool')]);
