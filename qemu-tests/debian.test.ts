@@ -5,8 +5,6 @@
  * kubeos-boot.service commits the trial boot once the system is up.
  */
 import anyTest, { type ExecutionContext } from 'ava';
-import { mkdtemp } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildImage, type BuildResult } from '../builder/build/build-image.js';
 import { createBundle } from '../builder/bundle/create-bundle.js';
@@ -15,6 +13,7 @@ import { makeKeys } from '../test/helpers/bundle-fixtures.js';
 import { canRun, testNeeding } from '../test/helpers/tools.js';
 import { publishToDir, startUpdateServer, type UpdateServer } from '../test/helpers/update-server.js';
 import { copyDisk } from './build-fixture.js';
+import { makeFileTempDir } from '../test/helpers/temp-dir.js';
 
 const tools = ['qemu-system-x86_64', 'mmdebstrap', 'mke2fs', 'debugfs', 'mkfs.vfat', 'sgdisk', 'grub-mkimage', 'busybox', 'zstd', 'depmod'] as const;
 const test = await testNeeding(tools);
@@ -29,7 +28,7 @@ let world: { dir: string; v1: BuildResult; server: UpdateServer; vm?: QemuVm } |
 
 anyTest.before(async () => {
   if (!runnable) return;
-  const dir = await mkdtemp(join(tmpdir(), 'kubeos-qemu-debian-'));
+  const dir = await makeFileTempDir('kubeos-qemu-debian-');
   const keys = await makeKeys(dir);
   const build = (version: string) => buildImage({ image: 'images/debian', out: join(dir, version), version, trustedKeys: [keys.publicPath], sourceDateEpoch: 1_700_000_000 });
   const v1 = await build('1.0.0');

@@ -1,16 +1,15 @@
 /** images/minimal with squashfs root slots: GRUB reads the kernel from squashfs, the initramfs mounts it read-only. */
-import { mkdtemp } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildImage } from '../builder/build/build-image.js';
 import { QemuVm } from '../builder/qemu/start-qemu.js';
 import { canRun, testNeeding } from '../test/helpers/tools.js';
 import { bootTimeoutMs, copyDisk } from './build-fixture.js';
+import { makeFileTempDir } from '../test/helpers/temp-dir.js';
 
 const tools = ['qemu-system-x86_64', 'mksquashfs', 'mkfs.vfat', 'sgdisk', 'grub-mkimage', 'busybox'] as const;
 const test = await testNeeding(tools);
 const build = (await canRun(tools))
-  ? buildImage({ image: 'images/minimal', layout: 'small-squashfs', out: join(await mkdtemp(join(tmpdir(), 'kubeos-qemu-squashfs-')), 'out'), sourceDateEpoch: 1_700_000_000 })
+  ? buildImage({ image: 'images/minimal', layout: 'small-squashfs', out: join(await makeFileTempDir('kubeos-qemu-squashfs-'), 'out'), sourceDateEpoch: 1_700_000_000 })
   : new Promise<never>(() => {});
 
 test.serial('an image with a squashfs root boots slot A read-only', async (t) => {

@@ -9,7 +9,8 @@ import type { ExecutionContext } from 'ava';
 import { bootEnvToGrub, initialBootEnv, type BootEnv, type Slot } from '../../runtime/core/boot-env.js';
 import { encodeGrubEnv } from '../../runtime/core/grubenv.js';
 import { loadAgentConfig, type AgentConfig } from '../../runtime/agent/agent-config.js';
-import { makeBundle, makeKeys, makeTempDir, metadata, type TestKeys } from '../helpers/bundle-fixtures.js';
+import { makeBundle, makeKeys, metadata, type TestKeys } from '../helpers/bundle-fixtures.js';
+import { makeTempDir } from '../helpers/temp-dir.js';
 
 export const MiB = 1024 * 1024;
 export const slotSize = 8 * MiB;

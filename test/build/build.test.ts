@@ -2,13 +2,13 @@
 import test from 'ava';
 import { execa } from 'execa';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, mkdtemp, readFile, readdir, stat, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, readFile, readdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { hashFile } from '../../runtime/core/hash-file.js';
 import { jsonError, kubeos } from '../helpers/cli.js';
 import { testNeeding } from '../helpers/tools.js';
+import { makeFileTempDir } from '../helpers/temp-dir.js';
 
 const buildTest = await testNeeding(['mke2fs', 'mkfs.vfat', 'mcopy', 'sgdisk', 'grub-mkimage', 'busybox', 'modinfo', 'e2fsck', 'fsck.vfat', 'grub-editenv', 'qemu-img']);
 const epoch = '1700000000';
@@ -31,7 +31,7 @@ async function extract(disk: string, offset: number, size: number, to: string): 
   return to;
 }
 
-const dir = await mkdtemp(join(tmpdir(), 'kubeos-build-'));
+const dir = await makeFileTempDir('kubeos-build-');
 let first: Promise<BuildJson> | undefined;
 const firstBuild = () => (first ??= build(join(dir, 'one')));
 
@@ -79,7 +79,7 @@ buildTest('build.json records the partition table and the sha256 of each artifac
   const rootfsSize = recorded.artifacts['rootfs.img']?.size ?? 0;
   t.true(rootfsSize <= (rootA?.size ?? 0));
   const copy = await extract(join(dir, 'one', 'disk.img'), rootA?.offset ?? 0, rootfsSize, join(dir, 'rootA-copy.img'));
-  t.is(await hashFile(copy), recorded.artifacts['rootfs.img']?.sha256);
+  t.is(recorded.artifacts['rootfs.img']?.sha256, await hashFile(copy));
 });
 
 buildTest('two builds with the same inputs and SOURCE_DATE_EPOCH are byte-identical', async (t) => {

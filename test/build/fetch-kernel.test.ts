@@ -1,15 +1,13 @@
 /** The kernel cache under concurrent builds (parallel tests and CI start with an empty cache). */
-import { mkdtemp } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { fetchKernel } from '../../builder/kernel/fetch-kernel.js';
 import { resolveModules } from '../../builder/kernel/resolve-modules.js';
 import { testNeeding } from '../helpers/tools.js';
+import { makeTempDir } from '../helpers/temp-dir.js';
 
 const test = await testNeeding(['apt-get', 'apt-cache', 'dpkg-deb', 'modinfo']);
 
 test('three builds fetching the kernel into an empty cache at once all get a complete one', async (t) => {
-  process.env['KUBEOS_CACHE_DIR'] = await mkdtemp(join(tmpdir(), 'kubeos-kernel-cache-'));
+  process.env['KUBEOS_CACHE_DIR'] = await makeTempDir(t, 'kubeos-kernel-cache-');
   const kernels = await Promise.all([1, 2, 3].map(() => fetchKernel('linux-image-cloud-amd64')));
   t.is(new Set(kernels.map((k) => k.modulesDir)).size, 1);
   // each one can still read its modules after the others finished

@@ -1,13 +1,13 @@
 import test from 'ava';
 import { execa } from 'execa';
-import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { bootEnvFromGrub, bootEnvToGrub } from '../../runtime/core/boot-env.js';
 import { KubeosError } from '../../runtime/core/errors.js';
 import { decodeGrubEnv, encodeGrubEnv, grubEnvSize } from '../../runtime/core/grubenv.js';
 import { renderGrubConfig } from '../../builder/boot/render-grub-config.js';
 import { testNeeding } from '../helpers/tools.js';
+import { makeTempDir } from '../helpers/temp-dir.js';
 
 const withEditenv = await testNeeding(['grub-editenv']);
 
@@ -30,7 +30,7 @@ test('a block of the wrong size is not taken for an environment', (t) => {
 });
 
 withEditenv('grub-editenv reads our block, and we read the block grub-editenv writes', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'kubeos-grubenv-'));
+  const dir = await makeTempDir(t, 'kubeos-grubenv-');
   const ours = join(dir, 'ours');
   await writeFile(ours, encodeGrubEnv({ kubeos_good: 'A', kubeos_try: 'B', kubeos_tries: '3', kubeos_failed: '' }));
   const listed = await execa('grub-editenv', [ours, 'list']);

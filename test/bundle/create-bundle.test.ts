@@ -8,7 +8,8 @@ import { readBuildInfo, resolveMetadata } from '../../builder/bundle/resolve-met
 import { readBundle } from '../../runtime/core/bundle/read-bundle.js';
 import { verifyBundleFile } from '../../runtime/core/bundle/verify-bundle-file.js';
 import { KubeosError } from '../../runtime/core/errors.js';
-import { listTarMembers, makeBundle, makeExt4Rootfs, makeKeys, makeRootfs, makeTempDir, metadata, sha256File } from '../helpers/bundle-fixtures.js';
+import { listTarMembers, makeBundle, makeExt4Rootfs, makeKeys, makeRootfs, metadata, sha256File } from '../helpers/bundle-fixtures.js';
+import { makeTempDir } from '../helpers/temp-dir.js';
 
 test('a bundle of an ext4 rootfs verifies and streams back the exact image', async (t) => {
   const dir = await makeTempDir(t);

@@ -8,7 +8,8 @@ import { verifyBundleFile } from '../../runtime/core/bundle/verify-bundle-file.j
 import { ChunkVerifier, verifyPayloadStream } from '../../runtime/core/bundle/verify-chunks.js';
 import type { PayloadInfo } from '../../runtime/core/bundle/manifest.js';
 import { isKubeosError, type ErrorCode } from '../../runtime/core/errors.js';
-import { flipByte, makeBundle, makeKeys, makeTempDir, member, sha256File, type TestKeys } from '../helpers/bundle-fixtures.js';
+import { flipByte, makeBundle, makeKeys, member, sha256File, type TestKeys } from '../helpers/bundle-fixtures.js';
+import { makeTempDir } from '../helpers/temp-dir.js';
 
 type Tamper = (bundle: Buffer) => Buffer;
 

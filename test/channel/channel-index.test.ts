@@ -4,7 +4,8 @@ import { signChannel, verifyChannel, type ChannelSigned } from '../../runtime/co
 import { channelUrlOf, objectKey, resolveBundleUrl } from '../../runtime/core/channel/layout.js';
 import { makeTrustedKeys } from '../../runtime/core/crypto/keys.js';
 import type { ErrorCode } from '../../runtime/core/errors.js';
-import { makeKeys, makeTempDir } from '../helpers/bundle-fixtures.js';
+import { makeKeys } from '../helpers/bundle-fixtures.js';
+import { makeTempDir } from '../helpers/temp-dir.js';
 
 const sha = 'ab'.repeat(32);
 const signed: ChannelSigned = {

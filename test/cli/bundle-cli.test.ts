@@ -1,7 +1,8 @@
 import test, { type ExecutionContext } from 'ava';
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { flipByte, makeRootfs, makeTempDir, member } from '../helpers/bundle-fixtures.js';
+import { flipByte, makeRootfs, member } from '../helpers/bundle-fixtures.js';
+import { makeTempDir } from '../helpers/temp-dir.js';
 import { kubeos as runCli } from '../helpers/cli.js';
 
 async function setup(t: ExecutionContext) {

@@ -1,6 +1,7 @@
 import test from 'ava';
 import { join } from 'node:path';
-import { makeBundle, makeKeys, makeTempDir } from '../helpers/bundle-fixtures.js';
+import { makeBundle, makeKeys } from '../helpers/bundle-fixtures.js';
+import { makeTempDir } from '../helpers/temp-dir.js';
 import { kubeos as runCli } from '../helpers/cli.js';
 import { s3Credentials, startS3 } from '../helpers/s3-server.js';
 

@@ -1,8 +1,8 @@
 import test from 'ava';
 import { compareVersions } from '../../runtime/core/compare-versions.js';
 
-const order = test.macro({
-  exec(t, a: string, b: string, expected: number) {
+const order = test.macro<[string, string, number]>({
+  exec(t, a, b, expected) {
     t.is(compareVersions(a, b), expected);
     t.is(compareVersions(b, a), -expected || 0);
   },

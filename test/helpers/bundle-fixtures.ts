@@ -1,7 +1,6 @@
 /** Shared fixtures for bundle, channel and publish tests: temp dirs, keys, rootfs files, tar offsets. */
 import { randomBytes, createHash } from 'node:crypto';
-import { mkdtemp, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ExecutionContext } from 'ava';
 import { createBundle, type CreatedBundle } from '../../builder/bundle/create-bundle.js';
@@ -10,12 +9,6 @@ import { generateKeyPair, makeTrustedKeys, parsePrivateKey, parsePublicKey, type
 import { findTool, run } from '../../runtime/core/exec.js';
 import type { KeyObject } from 'node:crypto';
 
-
-export async function makeTempDir(t: ExecutionContext, name = 'kubeos-test-'): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), name));
-  t.teardown(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
 
 export interface TestKeys {
   keyId: string;

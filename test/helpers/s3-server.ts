@@ -4,7 +4,7 @@ import { ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
 // @ts-expect-error s3rver ships no types
 import S3rver from 's3rver';
 import { makeS3Client } from '../../builder/bundle/s3-client.js';
-import { makeTempDir } from './bundle-fixtures.js';
+import { makeTempDir } from './temp-dir.js';
 
 // The SDK's node<22 notice for its 2027 releases is noise in test output.
 process.env['AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED'] ??= 'true';

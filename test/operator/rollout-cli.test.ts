@@ -1,7 +1,6 @@
 /** `kubeos rollout status` and `kubeos operator run --dry-run`, run as subprocesses against the FAKE API server. */
 import test from 'ava';
-import { mkdtemp, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { planRollout } from '../../runtime/operator/plan-rollout.js';
 import { readNodeView } from '../../runtime/operator/node-protocol.js';
@@ -9,6 +8,7 @@ import { readRollout } from '../../runtime/operator/osupgrade.js';
 import { renderProgressLine, renderTable } from '../../builder/cli/commands/rollout.js';
 import { FakeKubeApi } from './fake-kube-api.js';
 import { kubeos as runCli } from '../helpers/cli.js';
+import { makeTempDir } from '../helpers/temp-dir.js';
 
 // the built CLI (npm test builds dist/ first), as users run it
 async function kubeos(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
@@ -20,7 +20,7 @@ async function setup(t: { teardown: (fn: () => Promise<void>) => void }) {
   const fake = new FakeKubeApi();
   const url = await fake.start();
   t.teardown(() => fake.stop());
-  const dir = await mkdtemp(join(tmpdir(), 'kubeos-cli-'));
+  const dir = await makeTempDir(t, 'kubeos-cli-');
   const kubeconfig = join(dir, 'kubeconfig');
   await writeFile(kubeconfig, [
     'apiVersion: v1', 'kind: Config', 'current-context: fake',

@@ -6,7 +6,8 @@ import { GetObjectCommand, HeadObjectCommand, PutObjectCommand } from '@aws-sdk/
 import { publishBundle, type PublishOptions } from '../../builder/bundle/publish-bundle.js';
 import { fetchBundle, fetchChannel } from '../../runtime/core/channel/fetch-channel.js';
 import { channelUrlOf } from '../../runtime/core/channel/layout.js';
-import { flipByte, makeBundle, makeKeys, makeTempDir, member, sha256File } from '../helpers/bundle-fixtures.js';
+import { flipByte, makeBundle, makeKeys, member, sha256File } from '../helpers/bundle-fixtures.js';
+import { makeTempDir } from '../helpers/temp-dir.js';
 import { startS3, type TestS3 } from '../helpers/s3-server.js';
 
 const MiB = 1024 * 1024;

@@ -4,12 +4,12 @@
  */
 import test from 'ava';
 import { execa } from 'execa';
-import { chmod, mkdir, mkdtemp } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { chmod, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { compress, makeTar, ociFiles, writeBinaryArchive, type LayerEntry } from './make-oci.js';
 import { canRun } from '../helpers/tools.js';
+import { makeTempDir } from '../helpers/temp-dir.js';
 
 const child = fileURLToPath(new URL('./build-ext4-child.ts', import.meta.url));
 const asRoot = process.getuid?.() === 0;
@@ -28,7 +28,7 @@ const layer: LayerEntry[] = [
 ];
 
 maybe('an image built by an unprivileged user still has root-owned setuid files, uid 1000 files and device nodes', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'kubeos-nobody-'));
+  const dir = await makeTempDir(t, 'kubeos-nobody-');
   const oci = await writeBinaryArchive(join(dir, 'image.oci.tar'), ociFiles([await compress(await makeTar(layer), 'gzip', dir)]));
   const work = join(dir, 'work');
   await mkdir(work);

@@ -6,8 +6,7 @@
  */
 import test from 'ava';
 import { execa } from 'execa';
-import { lstat, mkdir, mkdtemp, readFile, readdir, readlink, stat } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { lstat, mkdir, readFile, readdir, readlink, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { makeExt4 } from '../../builder/disk/make-ext4.js';
 import { makeSquashfs } from '../../builder/disk/make-squashfs.js';
@@ -15,10 +14,11 @@ import { applyTimes, stageSource } from '../../builder/source/stage-source.js';
 import type { RootfsSource } from '../../builder/source/rootfs-source.js';
 import { compress, dockerFiles, makeTar, ociFiles, writeBinaryArchive, writeLayoutDir, type LayerEntry } from './make-oci.js';
 import { testNeeding } from '../helpers/tools.js';
+import { makeFileTempDir } from '../helpers/temp-dir.js';
 
 const fsTest = await testNeeding(['mke2fs', 'debugfs', 'dumpe2fs', 'mksquashfs', 'unsquashfs', 'zstd']);
 const epoch = 1_700_000_000;
-const base = await mkdtemp(join(tmpdir(), 'kubeos-source-'));
+const base = await makeFileTempDir('kubeos-source-');
 
 const layer1: LayerEntry[] = [
   { name: 'etc/', type: 'directory' },

@@ -1,5 +1,5 @@
 /** `kubeos qemu boot`: boot a disk image under QEMU + OVMF (TCG), interactively or waiting for a line. */
-import { mkdtemp } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { CommandModule } from 'yargs';
@@ -43,7 +43,11 @@ const bootCommand: CommandModule<GlobalArgs, BootArgs> = {
     if (!Number.isFinite(args.timeout) || args.timeout <= 0) throw new KubeosError('E_USAGE', `--timeout must be a positive number of seconds, got ${args.timeout}`);
     if (args.expect === undefined) {
       const stateDir = await mkdtemp(join(tmpdir(), 'kubeos-qemu-'));
-      process.exitCode = await runInteractive({ disk, format, memoryMiB: args.memory, stateDir });
+      try {
+        process.exitCode = await runInteractive({ disk, format, memoryMiB: args.memory, stateDir });
+      } finally {
+        await rm(stateDir, { recursive: true, force: true });
+      }
       return;
     }
     const pattern = compile(args.expect);
