@@ -1,8 +1,10 @@
 /** A fresh image boots slot A under UEFI + GRUB + Linux, and persist keeps data across a reboot. */
+import anyTest from 'ava';
 import { join } from 'node:path';
 import { QemuVm } from '../builder/qemu/start-qemu.js';
 import { canRun, testNeeding } from '../test/helpers/tools.js';
 import { bootTimeoutMs, buildTestImage, copyDisk } from './build-fixture.js';
+import { removeFileTempDirs } from '../test/helpers/temp-dir.js';
 
 const tools = ['qemu-system-x86_64', 'mke2fs', 'mkfs.vfat', 'sgdisk', 'grub-mkimage', 'busybox'] as const;
 const test = await testNeeding(tools);
@@ -33,3 +35,5 @@ test.serial('a file written to persist survives a reboot, and /etc changes live 
   vm.send('echo "note=$(cat /persist/note) etc=$(cat /etc/site.conf)"');
   t.is(await vm.waitFor(/^note=/, 30_000), 'note=kept-across-reboot etc=site-setting');
 });
+
+anyTest.after.always('remove the temporary directories', removeFileTempDirs);

@@ -13,7 +13,7 @@ import { makeKeys } from '../test/helpers/bundle-fixtures.js';
 import { canRun, testNeeding } from '../test/helpers/tools.js';
 import { publishToDir, startUpdateServer, type UpdateServer } from '../test/helpers/update-server.js';
 import { copyDisk } from './build-fixture.js';
-import { makeFileTempDir } from '../test/helpers/temp-dir.js';
+import { makeFileTempDir, removeFileTempDirs } from '../test/helpers/temp-dir.js';
 
 const tools = ['qemu-system-x86_64', 'mmdebstrap', 'mke2fs', 'debugfs', 'mkfs.vfat', 'sgdisk', 'grub-mkimage', 'busybox', 'zstd', 'depmod'] as const;
 const test = await testNeeding(tools);
@@ -77,3 +77,5 @@ test.serial('the agent in the Debian guest upgrades it to v2 in slot B, which co
   const status = JSON.parse(await vm.waitFor(/^\{"version"/, 120_000)) as { booted: string };
   t.like(status, { booted: 'B', slots: { A: { state: 'standby', version: '1.0.0' }, B: { state: 'good', version: '2.0.0' } } });
 });
+
+anyTest.after.always('remove the temporary directories', removeFileTempDirs);

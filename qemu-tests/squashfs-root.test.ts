@@ -1,10 +1,11 @@
 /** images/minimal with squashfs root slots: GRUB reads the kernel from squashfs, the initramfs mounts it read-only. */
+import anyTest from 'ava';
 import { join } from 'node:path';
 import { buildImage } from '../builder/build/build-image.js';
 import { QemuVm } from '../builder/qemu/start-qemu.js';
 import { canRun, testNeeding } from '../test/helpers/tools.js';
 import { bootTimeoutMs, copyDisk } from './build-fixture.js';
-import { makeFileTempDir } from '../test/helpers/temp-dir.js';
+import { makeFileTempDir, removeFileTempDirs } from '../test/helpers/temp-dir.js';
 
 const tools = ['qemu-system-x86_64', 'mksquashfs', 'mkfs.vfat', 'sgdisk', 'grub-mkimage', 'busybox'] as const;
 const test = await testNeeding(tools);
@@ -22,3 +23,5 @@ test.serial('an image with a squashfs root boots slot A read-only', async (t) =>
   vm.send('echo "rootfs=$(awk \'$2 == "/" { print $3 }\' /proc/mounts)"');
   t.is(await vm.waitFor(/^rootfs=/, 30_000), 'rootfs=squashfs');
 });
+
+anyTest.after.always('remove the temporary directories', removeFileTempDirs);

@@ -12,7 +12,7 @@ import { createBundle, type CreatedBundle } from '../builder/bundle/create-bundl
 import type { BuildResult } from '../builder/build/build-image.js';
 import { QemuVm } from '../builder/qemu/start-qemu.js';
 import { makeKeys, type TestKeys } from '../test/helpers/bundle-fixtures.js';
-import { makeTempDir } from '../test/helpers/temp-dir.js';
+import { makeTempDir, removeFileTempDirs } from '../test/helpers/temp-dir.js';
 import { publishToDir, startUpdateServer, type UpdateServer } from '../test/helpers/update-server.js';
 import { canRun, testNeeding } from '../test/helpers/tools.js';
 import { bootTimeoutMs, buildTestImage, copyDisk } from './build-fixture.js';
@@ -182,3 +182,5 @@ test.serial('QEMU killed in the middle of an upgrade: the next boot is the old s
   next.send('echo "note=$(cat /persist/note)"');
   t.is(await next.waitFor(/^note=/, 30_000), 'note=written-under-v1');
 });
+
+anyTest.after.always('remove the temporary directories', removeFileTempDirs);

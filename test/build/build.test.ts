@@ -8,7 +8,7 @@ import { pipeline } from 'node:stream/promises';
 import { hashFile } from '../../runtime/core/hash-file.js';
 import { jsonError, kubeos } from '../helpers/cli.js';
 import { testNeeding } from '../helpers/tools.js';
-import { makeFileTempDir } from '../helpers/temp-dir.js';
+import { makeFileTempDir, removeFileTempDirs } from '../helpers/temp-dir.js';
 
 const buildTest = await testNeeding(['mke2fs', 'mkfs.vfat', 'mcopy', 'sgdisk', 'grub-mkimage', 'busybox', 'modinfo', 'e2fsck', 'fsck.vfat', 'grub-editenv', 'qemu-img']);
 const epoch = '1700000000';
@@ -122,3 +122,5 @@ test('the malformed image definition error lists every problem', async (t) => {
   const error = jsonError(result.stdout);
   t.deepEqual((error.details?.['problems'] as { path: string }[]).map((p) => p.path).sort(), ['kernel.modules', 'name', 'version']);
 });
+
+test.after.always('remove the temporary directories', removeFileTempDirs);

@@ -14,7 +14,7 @@ import { applyTimes, stageSource } from '../../builder/source/stage-source.js';
 import type { RootfsSource } from '../../builder/source/rootfs-source.js';
 import { compress, dockerFiles, makeTar, ociFiles, writeBinaryArchive, writeLayoutDir, type LayerEntry } from './make-oci.js';
 import { testNeeding } from '../helpers/tools.js';
-import { makeFileTempDir } from '../helpers/temp-dir.js';
+import { makeFileTempDir, removeFileTempDirs } from '../helpers/temp-dir.js';
 
 const fsTest = await testNeeding(['mke2fs', 'debugfs', 'dumpe2fs', 'mksquashfs', 'unsquashfs', 'zstd']);
 const epoch = 1_700_000_000;
@@ -253,3 +253,5 @@ test('a binary xattr in a SCHILY.xattr PAX record arrives byte for byte', async 
   t.is(records['path'], 'abcde');
   t.deepEqual(xattrsOf(records, 'x', 'test')?.['security.capability'], capability);
 });
+
+test.after.always('remove the temporary directories', removeFileTempDirs);
