@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { CommandModule } from 'yargs';
 import { KubeosError } from '../../../runtime/core/errors.js';
-import { QemuVm, runInteractive } from '../../qemu/start-qemu.js';
+import { preflightQemu, QemuVm, runInteractive } from '../../qemu/start-qemu.js';
 import { makeProgress, printResult, type GlobalArgs } from '../output.js';
 
 interface BootArgs extends GlobalArgs {
@@ -41,7 +41,10 @@ const bootCommand: CommandModule<GlobalArgs, BootArgs> = {
     const disk = resolve(args.disk);
     const format = args.format ?? (disk.endsWith('.qcow2') ? 'qcow2' : 'raw');
     if (!Number.isFinite(args.timeout) || args.timeout <= 0) throw new KubeosError('E_USAGE', `--timeout must be a positive number of seconds, got ${args.timeout}`);
-    if (args.expect === undefined) {
+    const pattern = args.expect === undefined ? undefined : compile(args.expect);
+    // before any temp dir is made: a missing disk or firmware leaves nothing behind
+    await preflightQemu(disk);
+    if (pattern === undefined) {
       const stateDir = await mkdtemp(join(tmpdir(), 'kubeos-qemu-'));
       try {
         process.exitCode = await runInteractive({ disk, format, memoryMiB: args.memory, stateDir });
@@ -50,7 +53,6 @@ const bootCommand: CommandModule<GlobalArgs, BootArgs> = {
       }
       return;
     }
-    const pattern = compile(args.expect);
     const log = resolve(args.log ?? join(await mkdtemp(join(tmpdir(), 'kubeos-qemu-')), 'console.log'));
     const progress = makeProgress(args);
     progress(`booting ${args.disk} (console log: ${log})`);
