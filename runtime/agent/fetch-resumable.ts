@@ -2,8 +2,13 @@
  * A download as one Readable that survives dropped connections: after an error or a short body it
  * asks again with `Range: bytes=N-` (and `If-Range` with the first response's ETag, so the object
  * cannot change underneath), up to `retries` times. A local path or file:// URL is just read.
+ *
+ * Built on node:http rather than fetch: the body arrives as plain Buffers through events, with no
+ * web-stream layer and its promise per piece, which matters when a gigabyte streams through.
  */
 import { createReadStream } from 'node:fs';
+import { get as httpGet, type IncomingMessage } from 'node:http';
+import { get as httpsGet } from 'node:https';
 import { Readable } from 'node:stream';
 import { setTimeout as delay } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
@@ -17,6 +22,8 @@ export interface ResumableOptions {
   backoffMs?: number;
 }
 
+const maxRedirects = 5;
+
 export function isUrl(source: string): boolean {
   return /^https?:\/\//.test(source);
 }
@@ -24,52 +31,111 @@ export function isUrl(source: string): boolean {
 export function openSource(source: string, options: ResumableOptions = {}): Readable {
   if (source.startsWith('file://')) return createReadStream(fileURLToPath(source), { highWaterMark: 1 << 20 });
   if (!isUrl(source)) return createReadStream(source, { highWaterMark: 1 << 20 });
-  return Readable.from(download(source, options), { objectMode: false });
+  return new ResumableDownload(source, options);
 }
 
-async function* download(url: string, options: ResumableOptions): AsyncGenerator<Buffer> {
-  const retries = options.retries ?? 5;
-  let received = 0;
-  let total: number | undefined;
-  let etag: string | undefined;
-  let attempt = 0;
-  for (;;) {
+/** GET with optional headers, following redirects; resolves with the response of the last hop. */
+async function get(url: string, headers: Record<string, string>, signal: AbortSignal | undefined): Promise<IncomingMessage> {
+  let target = url;
+  for (let hop = 0; ; hop++) {
+    const response = await new Promise<IncomingMessage>((resolve, reject) => {
+      const request = (target.startsWith('https:') ? httpsGet : httpGet)(target, { headers, signal }, resolve);
+      request.once('error', reject);
+    });
+    const location = response.headers.location;
+    if (response.statusCode === undefined || response.statusCode < 300 || response.statusCode >= 400 || location === undefined) return response;
+    response.resume();
+    if (hop >= maxRedirects) throw new KubeosError('E_FETCH', `GET ${url} redirected more than ${maxRedirects} times`);
+    target = new URL(location, target).toString();
+  }
+}
+
+class ResumableDownload extends Readable {
+  private received = 0;
+  private total: number | undefined;
+  private etag: string | undefined;
+  private response: IncomingMessage | undefined;
+  private started = false;
+
+  constructor(private readonly url: string, private readonly options: ResumableOptions) {
+    super({ highWaterMark: 1 << 20 });
+  }
+
+  override _read(): void {
+    if (!this.started) {
+      this.started = true;
+      this.run().then(() => this.push(null), (error: unknown) => this.destroy(error as Error));
+    }
+    this.response?.resume();
+  }
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    this.response?.destroy();
+    callback(error);
+  }
+
+  private async run(): Promise<void> {
+    const { url, options } = this;
+    const retries = options.retries ?? 5;
+    for (let attempt = 0; ; ) {
+      let failure: unknown;
+      try {
+        if (await this.attempt()) return;
+        failure = new Error(`connection closed after ${this.received} of ${this.total} bytes`);
+      } catch (error) {
+        if (error instanceof KubeosError || options.signal?.aborted || this.destroyed) throw error;
+        failure = error;
+      }
+      attempt++;
+      if (attempt > retries) {
+        throw new KubeosError('E_FETCH', `download of ${url} failed after ${retries} retries at byte ${this.received}${this.total ? ` of ${this.total}` : ''}: ${(failure as Error).message ?? String(failure)}`, { cause: failure });
+      }
+      options.onResume?.(this.received, attempt);
+      // back off before reconnecting, so a flapping link is not hammered
+      await delay((options.backoffMs ?? 250) * attempt, undefined, { signal: options.signal });
+    }
+  }
+
+  /** One request: true when the whole object has arrived. */
+  private async attempt(): Promise<boolean> {
+    const { url } = this;
     const headers: Record<string, string> = {};
-    if (received > 0) {
-      headers['range'] = `bytes=${received}-`;
-      if (etag) headers['if-range'] = etag;
+    if (this.received > 0) {
+      headers['range'] = `bytes=${this.received}-`;
+      if (this.etag) headers['if-range'] = this.etag;
     }
-    let failure: unknown;
+    const response = await get(url, headers, this.options.signal);
+    const status = response.statusCode ?? 0;
+    if (this.received > 0 && status !== 206) {
+      response.resume();
+      throw new KubeosError('E_FETCH', `${url} did not resume at byte ${this.received} (HTTP ${status}); the object may have changed`);
+    }
+    if (this.received === 0 && status !== 200) {
+      response.resume();
+      throw new KubeosError('E_FETCH', `GET ${url} answered HTTP ${status}`, { details: { status } });
+    }
+    if (this.received === 0) {
+      this.etag = response.headers.etag;
+      const length = response.headers['content-length'];
+      this.total = length === undefined ? undefined : Number(length);
+    }
+    this.response = response;
     try {
-      const response = await fetch(url, { headers, signal: options.signal });
-      if (received > 0 && response.status !== 206) {
-        throw new KubeosError('E_FETCH', `${url} did not resume at byte ${received} (HTTP ${response.status}); the object may have changed`);
-      }
-      if (received === 0 && response.status !== 200) {
-        throw new KubeosError('E_FETCH', `GET ${url} answered HTTP ${response.status}`, { details: { status: response.status } });
-      }
-      if (received === 0) {
-        etag = response.headers.get('etag') ?? undefined;
-        const length = response.headers.get('content-length');
-        total = length === null ? undefined : Number(length);
-      }
-      if (response.body === null) throw new KubeosError('E_FETCH', `GET ${url} had no body`);
-      for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
-        received += chunk.byteLength;
-        yield Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
-      }
-      if (total === undefined || received >= total) return;
-      failure = new Error(`connection closed after ${received} of ${total} bytes`);
-    } catch (error) {
-      if (error instanceof KubeosError || options.signal?.aborted) throw error;
-      failure = error;
+      await new Promise<void>((resolve, reject) => {
+        response.on('data', (piece: Buffer) => {
+          this.received += piece.length;
+          if (!this.push(piece)) response.pause();
+        });
+        response.once('end', resolve);
+        response.once('error', reject);
+        response.once('aborted', () => reject(new Error('connection aborted')));
+        response.once('close', () => {
+          if (!response.complete) reject(new Error('connection closed'));
+        });
+      });
+    } finally {
+      this.response = undefined;
     }
-    attempt++;
-    if (attempt > retries) {
-      throw new KubeosError('E_FETCH', `download of ${url} failed after ${retries} retries at byte ${received}${total ? ` of ${total}` : ''}: ${(failure as Error).message ?? String(failure)}`, { cause: failure });
-    }
-    options.onResume?.(received, attempt);
-    // back off before reconnecting, so a flapping link is not hammered
-    await delay((options.backoffMs ?? 250) * attempt, undefined, { signal: options.signal });
+    return this.total === undefined || this.received >= this.total;
   }
 }

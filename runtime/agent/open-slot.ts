@@ -2,8 +2,7 @@
  * Slot access: resolve a slot to a device (by GPT partition name, via the PARTNAME the kernel puts
  * in each partition's uevent) or a byte range of a file, write an image into it, read it back.
  */
-import { webcrypto } from 'node:crypto';
-import { open, readFile, readdir, stat } from 'node:fs/promises';
+import { open, readFile, readdir, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import type { Slot } from '../core/boot-env.js';
@@ -35,67 +34,148 @@ export async function resolveSlot(slot: Slot, location: SlotLocation): Promise<S
   return { slot, path: location.path, offset: location.offset ?? 0, size };
 }
 
-/** A sink that writes sequentially into the slot and refuses to run past its end. */
-export async function openSlotWriter(target: SlotTarget, expectedBytes: number): Promise<{ sink: Writable; written: () => number }> {
+export interface PayloadLayout {
+  uncompressedSize: number;
+}
+
+export interface SlotWriterOptions {
+  signal?: AbortSignal | undefined;
+  /** Bytes between the syncs (and read-backs) made while the image still streams in. */
+  segmentBytes?: number;
+  /** Called once every byte is written, before the last sync and read-back. */
+  onWritten?: () => void;
+}
+
+const defaultSegmentBytes = 4 << 20;
+const readBackBytes = 1 << 20;
+
+/**
+ * A sink for the verified image that writes it sequentially into the slot (a batch of pieces per
+ * write call) and refuses to run past its end. Every `segmentBytes` it syncs what it wrote, reads
+ * that part of the slot back and compares it byte for byte with the verified data it wrote, while
+ * the rest still streams in: the write-back to the medium and the read-back overlap decompression
+ * instead of following it. `final` syncs and reads back the rest; the sink finishes only when
+ * every byte is written, synced and read back.
+ *
+ * Comparing with the written data is as strong as hashing the read-back: every written byte was
+ * released by the chunk verifier, whose signed chunk hashes cover the whole image, so a slot that
+ * reads back equal holds the image with the signed sha256. It costs a memcmp where a second
+ * sha256 pass would cost a core for most of a second per GiB.
+ */
+export async function openSlotWriter(target: SlotTarget, payload: PayloadLayout, options: SlotWriterOptions = {}): Promise<{ sink: Writable; written: () => number }> {
+  const expectedBytes = payload.uncompressedSize;
   if (expectedBytes > target.size) {
     throw new KubeosError('E_SLOT', `the image is ${expectedBytes} bytes but slot ${target.slot} holds ${target.size}`, { details: { expectedBytes, slotSize: target.size } });
   }
+  const segmentBytes = options.segmentBytes ?? defaultSegmentBytes;
   const handle = await open(target.path, 'r+');
+  const readBack = new ReadBack(handle, target, options.signal);
   let position = 0;
+  /** Written since the last read-back was queued, kept until it is compared. */
+  let segment: Buffer[] = [];
+  let segmentStart = 0;
+  const queueSegment = (): Promise<void> => {
+    const pieces = segment;
+    const start = segmentStart;
+    segment = [];
+    segmentStart = position;
+    return readBack.queue(start, pieces);
+  };
+  const writeAll = async (buffers: Buffer[]): Promise<void> => {
+    const length = buffers.reduce((sum, buffer) => sum + buffer.length, 0);
+    if (position + length > expectedBytes) {
+      throw new KubeosError('E_SLOT', `more than the announced ${expectedBytes} bytes arrived for slot ${target.slot}`);
+    }
+    const { bytesWritten } = await handle.writev(buffers, target.offset + position);
+    if (bytesWritten !== length) throw new KubeosError('E_SLOT', `short write to slot ${target.slot}: ${bytesWritten} of ${length} bytes at ${position}`);
+    position += length;
+    segment.push(...buffers);
+    if (position - segmentStart >= segmentBytes) await queueSegment();
+  };
   const sink = new Writable({
     highWaterMark: 4 << 20,
+    writev(chunks, callback) {
+      writeAll(chunks.map((entry) => entry.chunk as Buffer)).then(() => callback(), callback);
+    },
     write(chunk: Buffer, _encoding, callback) {
-      if (position + chunk.length > expectedBytes) {
-        callback(new KubeosError('E_SLOT', `more than the announced ${expectedBytes} bytes arrived for slot ${target.slot}`));
-        return;
-      }
-      handle.write(chunk, 0, chunk.length, target.offset + position).then(() => {
-        position += chunk.length;
-        callback();
-      }, callback);
+      writeAll([chunk]).then(() => callback(), callback);
     },
     final(callback) {
-      handle.datasync().then(() => handle.close()).then(() => callback(), callback);
+      if (position !== expectedBytes) {
+        callback(new KubeosError('E_SLOT', `only ${position} of ${expectedBytes} bytes arrived for slot ${target.slot}`));
+        return;
+      }
+      options.onWritten?.();
+      queueSegment().then(() => readBack.drain()).then(() => handle.close()).then(() => callback(), callback);
     },
     destroy(error, callback) {
-      handle.close().then(() => callback(error), () => callback(error));
+      readBack.drain().catch(() => {}).finally(() => {
+        handle.close().then(() => callback(error), () => callback(error));
+      });
     },
   });
   return { sink, written: () => position };
 }
 
 /**
- * Reads the slot back and checks every chunk against the signed manifest's chunk hashes (which
- * cover every byte, so this equals checking the whole image's sha256). WebCrypto copies a chunk
- * when asked to digest it and hashes it off the main thread, so the next read proceeds at once:
- * two digests in flight use both cores, and memory stays at a few chunks whatever the image size.
+ * Syncs the slot and reads a written range back, comparing it with the pieces that were written
+ * there. Ranges are checked in order, one at a time; `queue` resolves once at most one range waits
+ * behind the one being checked, which bounds the memory held to about three segments.
  */
-export async function verifySlot(target: SlotTarget, payload: { uncompressedSize: number; chunkSize: number; chunks: readonly string[] }, signal?: AbortSignal): Promise<void> {
-  const handle = await open(target.path, 'r');
-  const buffer = Buffer.alloc(payload.chunkSize);
-  const count = Math.ceil(payload.uncompressedSize / payload.chunkSize);
-  const inFlight = new Set<Promise<void>>();
-  let failure: unknown;
-  try {
-    for (let index = 0; index < count && failure === undefined; index++) {
-      signal?.throwIfAborted();
-      const start = index * payload.chunkSize;
-      const length = Math.min(payload.chunkSize, payload.uncompressedSize - start);
-      const { bytesRead } = await handle.read(buffer, 0, length, target.offset + start);
-      if (bytesRead !== length) throw new KubeosError('E_SLOT', `slot ${target.slot} ended after ${start + bytesRead} of ${payload.uncompressedSize} bytes`);
-      const check = webcrypto.subtle.digest('SHA-256', buffer.subarray(0, length)).then((digest) => {
-        const actual = Buffer.from(digest).toString('hex');
-        if (actual !== payload.chunks[index]) {
-          failure ??= new KubeosError('E_HASH_MISMATCH', `slot ${target.slot} reads back wrong at chunk ${index} (offset ${start})`, { details: { index, expected: payload.chunks[index], actual } });
+class ReadBack {
+  private tail: Promise<void> = Promise.resolve();
+  private waiting = 0;
+  private failure: unknown;
+  private readonly buffer = Buffer.allocUnsafe(readBackBytes);
+
+  constructor(private readonly handle: FileHandle, private readonly target: SlotTarget, private readonly signal: AbortSignal | undefined) {}
+
+  async queue(start: number, pieces: Buffer[]): Promise<void> {
+    if (this.failure !== undefined) throw this.failure;
+    this.waiting += 1;
+    const run = this.tail.then(() => this.check(start, pieces));
+    this.tail = run.then(() => {
+      this.waiting -= 1;
+    }, (error: unknown) => {
+      this.waiting -= 1;
+      this.failure ??= error;
+    });
+    while (this.waiting > 1 && this.failure === undefined) await this.tail;
+    if (this.failure !== undefined) throw this.failure;
+  }
+
+  /** Waits for every queued range; throws the first failure. */
+  async drain(): Promise<void> {
+    await this.tail;
+    if (this.failure !== undefined) throw this.failure;
+  }
+
+  private async check(start: number, pieces: Buffer[]): Promise<void> {
+    await this.handle.datasync();
+    const { buffer, target } = this;
+    const end = start + pieces.reduce((sum, piece) => sum + piece.length, 0);
+    let at = start;
+    let filled = 0;
+    let read = 0;
+    for (const piece of pieces) {
+      for (let offset = 0; offset < piece.length; ) {
+        if (read === filled) {
+          this.signal?.throwIfAborted();
+          const { bytesRead } = await this.handle.read(buffer, 0, Math.min(buffer.length, end - at), target.offset + at);
+          if (bytesRead === 0) throw new KubeosError('E_SLOT', `slot ${target.slot} ended at byte ${at} while reading it back`);
+          filled = bytesRead;
+          read = 0;
         }
-      });
-      inFlight.add(check);
-      void check.finally(() => inFlight.delete(check));
-      if (inFlight.size >= 2) await Promise.race(inFlight);
+        const take = Math.min(piece.length - offset, filled - read);
+        if (!piece.subarray(offset, offset + take).equals(buffer.subarray(read, read + take))) {
+          let first = 0;
+          while (piece[offset + first] === buffer[read + first]) first += 1;
+          throw new KubeosError('E_HASH_MISMATCH', `slot ${target.slot} reads back different from what was written, at byte ${at + first}`, { details: { check: 'read-back', offset: at + first } });
+        }
+        offset += take;
+        read += take;
+        at += take;
+      }
     }
-    await Promise.all(inFlight);
-    if (failure !== undefined) throw failure;
-  } finally {
-    await handle.close();
   }
 }

@@ -19,7 +19,7 @@ import type { AgentConfig } from './agent-config.js';
 import { readState, writeState } from './agent-state.js';
 import { readBootEnv, writeBootEnv } from './boot-env-store.js';
 import { openSource } from './fetch-resumable.js';
-import { openSlotWriter, resolveSlot, verifySlot } from './open-slot.js';
+import { openSlotWriter, resolveSlot } from './open-slot.js';
 import { planForgetStandby, planTryStandby } from './plan-boot-env.js';
 import { readBooted } from './read-booted.js';
 import { takeLock } from './take-lock.js';
@@ -97,7 +97,14 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
       step('standby-released');
 
       const { uncompressedSize, uncompressedSha256 } = bundle.manifest.payload;
-      const writer = await openSlotWriter(target, uncompressedSize);
+      // The writer syncs and reads back what it wrote as it goes, and ends once all of it compared equal.
+      const writer = await openSlotWriter(target, bundle.manifest.payload, {
+        signal,
+        onWritten: () => {
+          step('written');
+          progress(`reading back slot ${standby}`);
+        },
+      });
       progress(`writing slot ${standby}`, 0);
       step('writing');
       let done = 0;
@@ -106,10 +113,6 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
         progress(`writing slot ${standby}`, done / uncompressedSize);
       });
       await pipeline(bundle.payload, writer.sink, { signal });
-      step('written');
-
-      progress(`reading back slot ${standby}`);
-      await verifySlot(target, bundle.manifest.payload, signal);
       const actual = uncompressedSha256;
       step('read-back');
       state.slots[standby] = { version, sha256: actual, size: uncompressedSize, committed: false };
