@@ -44,9 +44,11 @@ export interface SlotWriterOptions {
   segmentBytes?: number;
   /** Called once every byte is written, before the last sync and read-back. */
   onWritten?: () => void;
+  /** Receives each written buffer once it was read back: the writer is done with it. */
+  release?: (buffer: Buffer) => void;
 }
 
-const defaultSegmentBytes = 4 << 20;
+const defaultSegmentBytes = 16 << 20;
 const readBackBytes = 1 << 20;
 
 /**
@@ -69,7 +71,7 @@ export async function openSlotWriter(target: SlotTarget, payload: PayloadLayout,
   }
   const segmentBytes = options.segmentBytes ?? defaultSegmentBytes;
   const handle = await open(target.path, 'r+');
-  const readBack = new ReadBack(handle, target, options.signal);
+  const readBack = new ReadBack(handle, target, options.signal, options.release);
   let position = 0;
   /** Written since the last read-back was queued, kept until it is compared. */
   let segment: Buffer[] = [];
@@ -128,7 +130,12 @@ class ReadBack {
   private failure: unknown;
   private readonly buffer = Buffer.allocUnsafe(readBackBytes);
 
-  constructor(private readonly handle: FileHandle, private readonly target: SlotTarget, private readonly signal: AbortSignal | undefined) {}
+  constructor(
+    private readonly handle: FileHandle,
+    private readonly target: SlotTarget,
+    private readonly signal: AbortSignal | undefined,
+    private readonly release: ((buffer: Buffer) => void) | undefined,
+  ) {}
 
   async queue(start: number, pieces: Buffer[]): Promise<void> {
     if (this.failure !== undefined) throw this.failure;
@@ -176,6 +183,7 @@ class ReadBack {
         read += take;
         at += take;
       }
+      this.release?.(piece);
     }
   }
 }

@@ -9,6 +9,7 @@
  */
 import { pipeline } from 'node:stream/promises';
 import { otherSlot, type Slot } from '../core/boot-env.js';
+import { ChunkPool } from '../core/bundle/chunk-pool.js';
 import { readBundle } from '../core/bundle/read-bundle.js';
 import { fetchChannel, checkBundleMatchesChannel } from '../core/channel/fetch-channel.js';
 import { loadTrustedKeys } from '../core/crypto/keys.js';
@@ -34,6 +35,9 @@ export interface UpgradeOptions {
   /** Test hook: called at each named step (the SIGKILL tests stop the process there). */
   onStep?: (step: UpgradeStep) => void;
 }
+
+/** Chunk buffers in flight between download and slot (up to three 16 MiB read-back segments, and the chunks being hashed and written). */
+const installBufferBytes = 96 << 20;
 
 export type UpgradeStep = 'locked' | 'verified-header' | 'standby-released' | 'writing' | 'written' | 'read-back' | 'env-written';
 
@@ -73,7 +77,9 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
       const upToDate = decideVersion(fetched.signed.version, booted.version, options.allowDowngrade);
       if (upToDate) return { kind: 'up-to-date', version: booted.version };
     }
-    const bundle = await readBundle(openSource(source as string, { signal, onResume: (offset) => progress(`resuming at byte ${offset}`) }), { trustedKeys, compatible: config.compatible, signal, chunksOnly: true });
+    // chunk buffers go from the verifier to the slot writer and back: the install's memory bound
+    const chunkPool = new ChunkPool(installBufferBytes);
+    const bundle = await readBundle(openSource(source as string, { signal, onResume: (offset) => progress(`resuming at byte ${offset}`) }), { trustedKeys, compatible: config.compatible, signal, chunkPool });
     try {
       if (channelSigned !== undefined) checkBundleMatchesChannel(bundle, channelSigned);
       version = bundle.manifest.version;
@@ -100,6 +106,7 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
       // The writer syncs and reads back what it wrote as it goes, and ends once all of it compared equal.
       const writer = await openSlotWriter(target, bundle.manifest.payload, {
         signal,
+        release: (buffer) => chunkPool.give(buffer),
         onWritten: () => {
           step('written');
           progress(`reading back slot ${standby}`);

@@ -158,13 +158,13 @@ export async function runCommand(argv: readonly string[], options: RunOptions = 
  * Starts a long-running tool. The subprocess comes back wrapped in an object because execa's
  * subprocess is itself a promise: returning it from an async function would wait for the exit.
  */
-export async function spawnTool(tool: Tool, args: readonly string[], options: RunOptions & { stdin?: 'pipe' | 'ignore' | 'inherit'; stdout?: 'pipe' | 'inherit' | 'ignore' } = {}): Promise<{ child: ResultPromise }> {
+export async function spawnTool(tool: Tool, args: readonly string[], options: RunOptions & { stdin?: 'pipe' | 'ignore' | 'inherit'; stdout?: 'pipe' | 'inherit' | 'ignore' | number } = {}): Promise<{ child: ResultPromise }> {
   const path = await findTool(tool);
   if (path === undefined) await requireTools([tool]);
   const child = execa(path ?? tool, [...args], {
     ...execaOptions(options),
     stdin: options.stdin ?? 'pipe',
-    stdout: options.stdout ?? 'pipe',
+    stdout: (options.stdout ?? 'pipe') as Options['stdout'],
     stderr: options.inherit ? 'inherit' : 'pipe',
     stdio: undefined,
     buffer: { stdout: false, stderr: true },

@@ -21,7 +21,9 @@ import {
   validateManifest,
   type BundleManifest,
 } from './manifest.js';
-import { ChunkVerifier } from './verify-chunks.js';
+import { ChunkHasher } from './chunk-hasher.js';
+import type { ChunkPool } from './chunk-pool.js';
+import { ChunkVerifier, PooledChunkVerifier } from './verify-chunks.js';
 
 export interface ReadBundleOptions {
   trustedKeys: TrustedKeys;
@@ -34,6 +36,12 @@ export interface ReadBundleOptions {
    * released is still covered by a signed chunk hash.
    */
   chunksOnly?: boolean;
+  /**
+   * Hash the chunks on a worker thread and release them in buffers from this pool (implies
+   * chunksOnly). The reader owns each chunk it receives until it gives it back to the pool; input
+   * waits while the pool is empty.
+   */
+  chunkPool?: ChunkPool;
 }
 
 export interface OpenedBundle {
@@ -219,7 +227,7 @@ export async function readBundle(source: Readable, options: ReadBundleOptions): 
     entries.close();
     throw error;
   }
-  const payload = new VerifiedPayload(entries, payloadEntry, manifest, options.signal, options.chunksOnly === true);
+  const payload = new VerifiedPayload(entries, payloadEntry, manifest, options);
   return { manifest, keyId, payload };
 }
 
@@ -232,20 +240,23 @@ class VerifiedPayload extends Readable {
   private child: ZstdChild | undefined;
   private started = false;
   private finished = false;
+  /** The reader's buffer is full: zstd's output waits until _read. */
+  private full = false;
+  private canFlow: () => boolean = () => true;
 
   constructor(
     private readonly entries: BundleEntries,
     private readonly entry: Entry,
     private readonly manifest: BundleManifest,
-    private readonly signal: AbortSignal | undefined,
-    private readonly chunksOnly: boolean,
+    private readonly options: ReadBundleOptions,
   ) {
     super({ highWaterMark: 4 << 20 });
   }
 
   override _read(): void {
+    this.full = false;
     if (this.started) {
-      this.child?.stdout.resume();
+      if (this.canFlow()) this.child?.stdout.resume();
       return;
     }
     this.started = true;
@@ -254,7 +265,7 @@ class VerifiedPayload extends Readable {
         this.finished = true;
         this.push(null);
       },
-      (error: unknown) => this.destroy((this.signal?.aborted ? this.signal.reason : this.entries.classify(error)) as Error),
+      (error: unknown) => this.destroy((this.options.signal?.aborted ? this.options.signal.reason : this.entries.classify(error)) as Error),
     );
   }
 
@@ -266,46 +277,85 @@ class VerifiedPayload extends Readable {
     callback(error);
   }
 
+  private deliver(chunk: Buffer): void {
+    if (!this.push(chunk)) {
+      this.full = true;
+      this.child?.stdout.pause();
+    }
+  }
+
   private async run(): Promise<void> {
-    const { entries, manifest, signal, chunksOnly } = this;
-    const verifier = new ChunkVerifier(manifest.payload, !chunksOnly);
+    const { entries, manifest, options } = this;
+    const { signal, chunkPool } = options;
+    const chunksOnly = options.chunksOnly === true || chunkPool !== undefined;
     const compressed = new HashTap(undefined, !chunksOnly);
-    const child = await startZstd(['-d', '-c', '-q', '--no-progress'], { signal, timeoutMs: zstdTimeoutMs });
-    this.child = child;
-    if (this.destroyed) child.kill();
-    // Settled values, so an early exit (EPIPE, a kill) is judged below instead of escaping.
-    const fed = pipeline(this.entry, compressed, child.stdin).then(() => undefined, (error: unknown) => error ?? new Error('feed failed'));
-    await new Promise<void>((resolve, reject) => {
-      child.stdout.on('data', (data: Buffer) => {
-        try {
-          for (const chunk of verifier.update(data)) if (!this.push(chunk)) child.stdout.pause();
-        } catch (error) {
+    const hasher = chunkPool === undefined ? undefined : new ChunkHasher();
+    let stop: (error: unknown) => void = () => {};
+    // With a pool, zstd's output is read straight into the chunk buffers and hashed off-thread.
+    const pooled = chunkPool === undefined || hasher === undefined ? undefined : new PooledChunkVerifier(manifest.payload, chunkPool, hasher, {
+      release: (chunk) => this.deliver(chunk),
+      ready: () => {
+        if (!this.full) this.child?.stdout.resume();
+      },
+      failed: (error) => stop(error),
+    });
+    try {
+      const child = await startZstd(['-d', '-c', '-q', '--no-progress'], {
+        signal,
+        timeoutMs: zstdTimeoutMs,
+        onread: pooled && { buffer: () => pooled.readTarget(), callback: (nread, buffer) => pooled.received(nread, buffer as Buffer) },
+      });
+      this.child = child;
+      if (this.destroyed) child.kill();
+      // Settled values, so an early exit (EPIPE, a kill) is judged below instead of escaping.
+      const fed = pipeline(this.entry, compressed, child.stdin).then(() => undefined, (error: unknown) => error ?? new Error('feed failed'));
+      let finish: () => Promise<void>;
+      await new Promise<void>((resolve, reject) => {
+        stop = (error: unknown) => {
           child.stdout.destroy();
           reject(error);
+        };
+        if (pooled !== undefined) {
+          this.canFlow = () => pooled.ready;
+          finish = () => pooled.finish();
+        } else {
+          const verifier = new ChunkVerifier(manifest.payload, !chunksOnly);
+          finish = async () => {
+            for (const chunk of verifier.finish()) this.push(chunk);
+          };
+          child.stdout.on('data', (data: Buffer) => {
+            try {
+              for (const chunk of verifier.update(data)) this.deliver(chunk);
+            } catch (error) {
+              stop(error);
+            }
+          });
         }
+        child.stdout.once('end', resolve);
+        child.stdout.once('error', reject);
+        child.stdout.once('close', () => resolve());
       });
-      child.stdout.once('end', resolve);
-      child.stdout.once('error', reject);
-      child.stdout.once('close', () => resolve());
-    });
-    const feedError = await fed;
-    const result = await child.exited;
-    signal?.throwIfAborted();
-    if (entries.truncated) throw new KubeosError('E_BUNDLE_TRUNCATED', `bundle is truncated: the payload ends after ${compressed.bytes} of ${manifest.payload.size} bytes`);
-    if (result.exitCode !== 0) {
-      const why = result.stderr.split('\n').slice(-2).join(' ') || `exit ${result.exitCode ?? 'by signal'}`;
-      throw new KubeosError('E_HASH_MISMATCH', `compressed payload is corrupt: zstd: ${why}`, {
-        details: { check: 'decompress', stderr: result.stderr },
-      });
+      const feedError = await fed;
+      const result = await child.exited;
+      signal?.throwIfAborted();
+      if (entries.truncated) throw new KubeosError('E_BUNDLE_TRUNCATED', `bundle is truncated: the payload ends after ${compressed.bytes} of ${manifest.payload.size} bytes`);
+      if (result.exitCode !== 0) {
+        const why = result.stderr.split('\n').slice(-2).join(' ') || `exit ${result.exitCode ?? 'by signal'}`;
+        throw new KubeosError('E_HASH_MISMATCH', `compressed payload is corrupt: zstd: ${why}`, {
+          details: { check: 'decompress', stderr: result.stderr },
+        });
+      }
+      if (feedError !== undefined) throw entries.classify(feedError);
+      const actual = chunksOnly ? manifest.payload.sha256 : compressed.digest();
+      if (compressed.bytes !== manifest.payload.size || actual !== manifest.payload.sha256) {
+        throw new KubeosError('E_HASH_MISMATCH', 'sha256 of the compressed payload does not match the manifest', {
+          details: { check: 'sha256', expected: manifest.payload.sha256, actual, size: compressed.bytes },
+        });
+      }
+      await entries.expectEnd();
+      await finish!();
+    } finally {
+      await hasher?.close();
     }
-    if (feedError !== undefined) throw entries.classify(feedError);
-    const actual = chunksOnly ? manifest.payload.sha256 : compressed.digest();
-    if (compressed.bytes !== manifest.payload.size || actual !== manifest.payload.sha256) {
-      throw new KubeosError('E_HASH_MISMATCH', 'sha256 of the compressed payload does not match the manifest', {
-        details: { check: 'sha256', expected: manifest.payload.sha256, actual, size: compressed.bytes },
-      });
-    }
-    await entries.expectEnd();
-    for (const chunk of verifier.finish()) this.push(chunk);
   }
 }

@@ -6,6 +6,8 @@
 import { createHash, type Hash } from 'node:crypto';
 import { Transform, type TransformCallback } from 'node:stream';
 import { KubeosError } from '../errors.js';
+import type { ChunkHasher } from './chunk-hasher.js';
+import type { ChunkPool } from './chunk-pool.js';
 import type { PayloadInfo } from './manifest.js';
 
 export class ChunkVerifier {
@@ -100,3 +102,181 @@ export function verifyPayloadStream(payload: PayloadInfo): Transform {
     },
   });
 }
+
+/**
+ * The chunk checks of ChunkVerifier with the hashing on a worker thread: incoming bytes are copied
+ * into buffers from a pool, each full chunk is hashed by the ChunkHasher, and chunks are released
+ * in order once they matched, as buffers the receiver owns until it gives them back to the pool.
+ * Bytes are still released only after their chunk matched the signed manifest.
+ */
+export class PooledChunkVerifier {
+  private current: Buffer | undefined;
+  private filled = 0;
+  private index = 0;
+  private total = 0;
+  private hashing = 0;
+  private chain: Promise<void> = Promise.resolve();
+  private failure: unknown;
+  private backlog: Buffer[] = [];
+  private waitingForPool = false;
+  private scratch: Buffer | undefined;
+
+  constructor(
+    private readonly payload: PayloadInfo,
+    private readonly pool: ChunkPool,
+    private readonly hasher: ChunkHasher,
+    private readonly handlers: {
+      /** Each verified chunk, in order. */
+      release: (chunk: Buffer) => void;
+      /** Input that update() asked to pause may flow again. */
+      ready: () => void;
+      /** A chunk did not match (or hashing failed): stop the input. */
+      failed: (error: unknown) => void;
+    },
+  ) {}
+
+  /** True while it takes more input without buffering beyond the pool. */
+  get ready(): boolean {
+    return this.backlog.length === 0 && this.hashing < maxHashing && this.failure === undefined;
+  }
+
+  /** Takes bytes (kept by reference until copied); false: pause the input until `ready` is called. */
+  update(data: Buffer): boolean {
+    if (this.failure !== undefined) throw this.failure;
+    this.checkLength(data.length);
+    this.total += data.length;
+    this.backlog.push(data);
+    this.fill();
+    return this.ready;
+  }
+
+  /**
+   * For a socket's `onread`: where the next read should land. Normally the free tail of the chunk
+   * being filled, so bytes arrive in place and are never copied; a scratch buffer while input is
+   * queued or no chunk buffer is free.
+   */
+  readTarget(): Buffer {
+    if (this.backlog.length === 0 && this.failure === undefined) {
+      if (this.current === undefined) {
+        this.current = this.pool.take(this.payload.chunkSize);
+        this.filled = 0;
+      }
+      if (this.current !== undefined) return this.current.subarray(this.filled);
+    }
+    this.scratch ??= Buffer.allocUnsafeSlow(scratchBytes);
+    return this.scratch;
+  }
+
+  /** For a socket's `onread`: `nread` bytes arrived in `buffer` (from readTarget). False: pause. */
+  received(nread: number, buffer: Buffer): boolean {
+    try {
+      const current = this.current;
+      if (current === undefined || buffer.buffer !== current.buffer || buffer.byteOffset !== this.filled) {
+        // the scratch buffer is read into again next time: keep a copy
+        return this.update(Buffer.from(buffer.subarray(0, nread)));
+      }
+      this.checkLength(nread);
+      this.total += nread;
+      this.filled += nread;
+      if (this.filled === this.payload.chunkSize) this.submit();
+      return this.ready;
+    } catch (error) {
+      if (this.failure === undefined) {
+        this.failure = error;
+        this.handlers.failed(error);
+      }
+      return false;
+    }
+  }
+
+  /** At end of input: checks the size, hashes the last chunk, waits for every chunk's verdict. */
+  async finish(): Promise<void> {
+    const { uncompressedSize } = this.payload;
+    if (this.total < uncompressedSize) {
+      throw new KubeosError('E_BUNDLE_TRUNCATED', `payload ended after ${this.total} of ${uncompressedSize} bytes`, {
+        details: { check: 'uncompressedSize', expected: uncompressedSize, actual: this.total },
+      });
+    }
+    while (this.backlog.length > 0 && this.failure === undefined) {
+      await new Promise<void>((resolve) => this.pool.whenFree(resolve));
+      this.fill();
+    }
+    if (this.current !== undefined && this.filled > 0) this.submit();
+    await this.chain;
+    if (this.failure !== undefined) throw this.failure;
+  }
+
+  private checkLength(more: number): void {
+    const { uncompressedSize } = this.payload;
+    if (this.total + more > uncompressedSize) {
+      throw new KubeosError('E_HASH_MISMATCH', `payload is longer than the ${uncompressedSize} bytes the manifest names`, {
+        details: { check: 'uncompressedSize', expected: uncompressedSize },
+      });
+    }
+  }
+
+  private fill(): void {
+    const { chunkSize } = this.payload;
+    while (this.backlog.length > 0 && this.failure === undefined) {
+      if (this.current === undefined) {
+        this.current = this.pool.take(chunkSize);
+        this.filled = 0;
+        if (this.current === undefined) {
+          if (!this.waitingForPool) {
+            this.waitingForPool = true;
+            this.pool.whenFree(() => {
+              this.waitingForPool = false;
+              this.flow();
+            });
+          }
+          return;
+        }
+      }
+      const data = this.backlog[0]!;
+      const take = Math.min(chunkSize - this.filled, data.length);
+      data.copy(this.current, this.filled, 0, take);
+      this.filled += take;
+      if (take === data.length) this.backlog.shift();
+      else this.backlog[0] = data.subarray(take);
+      if (this.filled === chunkSize) this.submit();
+    }
+  }
+
+  private flow(): void {
+    this.fill();
+    if (this.ready) this.handlers.ready();
+  }
+
+  private submit(): void {
+    const buffer = this.current!;
+    const length = this.filled;
+    const index = this.index++;
+    this.current = undefined;
+    this.filled = 0;
+    this.hashing += 1;
+    const hashed = this.hasher.digest(buffer, length);
+    // verdicts in order, whatever order the hashes finish in
+    this.chain = this.chain.then(() => hashed).then(({ digest, buffer: back }) => {
+      this.hashing -= 1;
+      const expected = this.payload.chunks[index];
+      if (this.failure !== undefined || digest !== expected) {
+        this.pool.give(back);
+        if (this.failure !== undefined) return;
+        throw new KubeosError('E_HASH_MISMATCH', `chunk ${index} of the payload does not match its sha256 in the manifest`, {
+          details: { check: 'chunk', index, offset: index * this.payload.chunkSize, expected, actual: digest },
+        });
+      }
+      this.handlers.release(back.subarray(0, length));
+      this.flow();
+    }).catch((error: unknown) => {
+      if (this.failure !== undefined) return;
+      this.failure = error;
+      this.handlers.failed(error);
+    });
+  }
+}
+
+/** Chunks hashed at once; two keep the worker busy while the next chunk fills. */
+const maxHashing = 2;
+/** Reads that cannot land in a chunk buffer land here (a socket read is a few hundred KiB). */
+const scratchBytes = 1 << 20;
