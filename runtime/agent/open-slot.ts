@@ -48,7 +48,7 @@ export interface SlotWriterOptions {
   release?: (buffer: Buffer) => void;
 }
 
-const defaultSegmentBytes = 16 << 20;
+const defaultSegmentBytes = 8 << 20;
 const readBackBytes = 1 << 20;
 
 /**

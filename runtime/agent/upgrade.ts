@@ -36,8 +36,8 @@ export interface UpgradeOptions {
   onStep?: (step: UpgradeStep) => void;
 }
 
-/** Chunk buffers in flight between download and slot (up to three 16 MiB read-back segments, and the chunks being hashed and written). */
-const installBufferBytes = 96 << 20;
+/** Chunk buffers in flight between download and slot: up to three 8 MiB read-back segments, and the chunks being hashed and written. */
+const installBufferBytes = 64 << 20;
 
 export type UpgradeStep = 'locked' | 'verified-header' | 'standby-released' | 'writing' | 'written' | 'read-back' | 'env-written';
 

@@ -1,7 +1,8 @@
 /**
- * sha256 of chunk buffers on a worker thread, so the thread that pumps the payload only copies
- * bytes. Each buffer's memory is transferred to the worker and back, never copied. The worker's
- * code is a plain-JavaScript string: it must survive bundling into the image's single agent file.
+ * sha256 of chunk buffers on a worker thread, so the thread that pumps the payload does not hash.
+ * The buffers live in SharedArrayBuffers (see ChunkPool): the worker reads them in place, nothing
+ * is copied or transferred. The worker's code is a plain-JavaScript string: it must survive
+ * bundling into the image's single agent file.
  */
 import { Worker } from 'node:worker_threads';
 
@@ -9,13 +10,12 @@ const workerSource = `
 const { parentPort } = require('node:worker_threads');
 const { createHash } = require('node:crypto');
 parentPort.on('message', ({ id, memory, length }) => {
-  const digest = createHash('sha256').update(new Uint8Array(memory, 0, length)).digest('hex');
-  parentPort.postMessage({ id, memory, digest }, [memory]);
+  parentPort.postMessage({ id, digest: createHash('sha256').update(new Uint8Array(memory, 0, length)).digest('hex') });
 });
 `;
 
 interface Pending {
-  resolve: (result: { digest: string; buffer: Buffer }) => void;
+  resolve: (digest: string) => void;
   reject: (error: Error) => void;
 }
 
@@ -27,10 +27,10 @@ export class ChunkHasher {
 
   constructor() {
     this.worker.unref();
-    this.worker.on('message', ({ id, memory, digest }: { id: number; memory: ArrayBuffer; digest: string }) => {
+    this.worker.on('message', ({ id, digest }: { id: number; digest: string }) => {
       const waiter = this.pending.get(id);
       this.pending.delete(id);
-      waiter?.resolve({ digest, buffer: Buffer.from(memory) });
+      waiter?.resolve(digest);
     });
     const fail = (error: Error) => {
       this.failure ??= error;
@@ -41,17 +41,14 @@ export class ChunkHasher {
     this.worker.on('exit', () => fail(new Error('the hashing worker exited')));
   }
 
-  /**
-   * The sha256 (hex) of the first `length` bytes of `buffer`, which must own its whole
-   * ArrayBuffer: it is unusable until the promise gives it back (as a new Buffer on the same memory).
-   */
-  digest(buffer: Buffer, length: number): Promise<{ digest: string; buffer: Buffer }> {
+  /** The sha256 (hex) of the first `length` bytes of `buffer`, which must be on a SharedArrayBuffer and stay unchanged until this settles. */
+  digest(buffer: Buffer, length: number): Promise<string> {
     if (this.failure !== undefined) return Promise.reject(this.failure);
+    if (!(buffer.buffer instanceof SharedArrayBuffer) || buffer.byteOffset !== 0) return Promise.reject(new Error('ChunkHasher needs a buffer at the start of a SharedArrayBuffer'));
     const id = this.nextId++;
-    const memory = buffer.buffer as ArrayBuffer;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
-      this.worker.postMessage({ id, memory, length }, [memory]);
+      this.worker.postMessage({ id, memory: buffer.buffer, length });
     });
   }
 

@@ -13,8 +13,8 @@ export class ChunkPool {
   constructor(readonly maxBytes: number) {}
 
   /**
-   * A buffer of `chunkSize` bytes on its own ArrayBuffer (never Node's shared pool, so it can be
-   * transferred to a worker), or undefined while all are out (see whenFree). One size per pool.
+   * A buffer of `chunkSize` bytes on a SharedArrayBuffer of its own, or undefined while all are
+   * out (see whenFree). One size per pool.
    */
   take(chunkSize: number): Buffer | undefined {
     if (this.size !== undefined && this.size !== chunkSize) throw new Error(`chunk pool of ${this.size}-byte buffers asked for ${chunkSize} bytes`);
@@ -23,7 +23,8 @@ export class ChunkPool {
     if (buffer !== undefined) return buffer;
     if (this.made >= Math.max(2, Math.floor(this.maxBytes / chunkSize))) return undefined;
     this.made += 1;
-    return Buffer.allocUnsafeSlow(chunkSize);
+    // shared memory: a worker can hash it in place, with no transfer and no copy
+    return Buffer.from(new SharedArrayBuffer(chunkSize));
   }
 
   /** Gives back a buffer from take(), or a view that starts at its first byte. */

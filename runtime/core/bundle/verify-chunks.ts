@@ -256,17 +256,17 @@ export class PooledChunkVerifier {
     this.hashing += 1;
     const hashed = this.hasher.digest(buffer, length);
     // verdicts in order, whatever order the hashes finish in
-    this.chain = this.chain.then(() => hashed).then(({ digest, buffer: back }) => {
+    this.chain = this.chain.then(() => hashed).then((digest) => {
       this.hashing -= 1;
       const expected = this.payload.chunks[index];
       if (this.failure !== undefined || digest !== expected) {
-        this.pool.give(back);
+        this.pool.give(buffer);
         if (this.failure !== undefined) return;
         throw new KubeosError('E_HASH_MISMATCH', `chunk ${index} of the payload does not match its sha256 in the manifest`, {
           details: { check: 'chunk', index, offset: index * this.payload.chunkSize, expected, actual: digest },
         });
       }
-      this.handlers.release(back.subarray(0, length));
+      this.handlers.release(buffer.subarray(0, length));
       this.flow();
     }).catch((error: unknown) => {
       if (this.failure !== undefined) return;
