@@ -59,11 +59,26 @@ test.serial('images/debian boots to multi-user with systemd, containerd and a DH
   t.regex(await vm.waitFor(/kubeos-grub: booting slot/, bootMs), /booting slot A \(good\)/);
   t.regex(await vm.waitFor(/kubeos: version=/, bootMs), /kubeos: version=1\.0\.0 slot=A boot=good root=ro persist=rw$/);
   await vm.waitFor(/kubeos: ready$/, 60_000);
-  // the serial console logs root in around the same time; typed input waits in the tty until then
-  // kubeos-boot.service runs after multi-user.target: its line says the target was reached
-  vm.send('echo "target=$(systemctl is-active multi-user.target) containerd=$(systemctl is-active containerd) addr=$(ip -4 -o addr show scope global | wc -l)"');
-  t.is(await vm.waitFor(/^target=\w/, 120_000), 'target=active containerd=active addr=1');
+  // kubeos-boot.service runs after multi-user.target: by now the target was reached
+  const answer = await ask(vm, 'echo "target=$(systemctl is-active multi-user.target) containerd=$(systemctl is-active containerd) addr=$(ip -4 -o addr show scope global | wc -l)"', /^target=\w/, 120_000);
+  t.is(answer, 'target=active containerd=active addr=1');
 });
+
+/**
+ * Types a command on the serial console and waits for its answer. Typed input waits in the tty for
+ * the shell, but agetty flushes the tty when it starts (around when kubeos-boot.service finishes),
+ * swallowing what came before: the command is typed again every 15 s until it is answered.
+ */
+async function ask(vm: QemuVm, command: string, answer: RegExp, timeoutMs: number): Promise<string> {
+  const reply = vm.waitFor(answer, timeoutMs);
+  const again = setInterval(() => vm.send(command), 15_000);
+  try {
+    vm.send(command);
+    return await reply;
+  } finally {
+    clearInterval(again);
+  }
+}
 
 test.serial('the agent in the Debian guest upgrades it to v2 in slot B, which commits once it is up', async (t) => {
   const vm = world?.vm;
