@@ -34,10 +34,6 @@ export async function resolveSlot(slot: Slot, location: SlotLocation): Promise<S
   return { slot, path: location.path, offset: location.offset ?? 0, size };
 }
 
-export interface PayloadLayout {
-  uncompressedSize: number;
-}
-
 export interface SlotWriterOptions {
   signal?: AbortSignal | undefined;
   /** Bytes between the syncs (and read-backs) made while the image still streams in. */
@@ -64,8 +60,7 @@ const readBackBytes = 1 << 20;
  * reads back equal holds the image with the signed sha256. It costs a memcmp where a second
  * sha256 pass would cost a core for most of a second per GiB.
  */
-export async function openSlotWriter(target: SlotTarget, payload: PayloadLayout, options: SlotWriterOptions = {}): Promise<{ sink: Writable; written: () => number }> {
-  const expectedBytes = payload.uncompressedSize;
+export async function openSlotWriter(target: SlotTarget, expectedBytes: number, options: SlotWriterOptions = {}): Promise<{ sink: Writable; written: () => number }> {
   if (expectedBytes > target.size) {
     throw new KubeosError('E_SLOT', `the image is ${expectedBytes} bytes but slot ${target.slot} holds ${target.size}`, { details: { expectedBytes, slotSize: target.size } });
   }

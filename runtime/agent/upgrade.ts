@@ -104,7 +104,7 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
 
       const { uncompressedSize, uncompressedSha256 } = bundle.manifest.payload;
       // The writer syncs and reads back what it wrote as it goes, and ends once all of it compared equal.
-      const writer = await openSlotWriter(target, bundle.manifest.payload, {
+      const writer = await openSlotWriter(target, uncompressedSize, {
         signal,
         release: (buffer) => chunkPool.give(buffer),
         onWritten: () => {

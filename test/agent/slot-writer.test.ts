@@ -29,7 +29,7 @@ function pieces(image: Buffer): Readable {
 test('the image lands at the slot offset, byte for byte, across several read-back segments', async (t) => {
   const target = await fileSlot(t, 16 * MiB, 3 * MiB);
   const image = randomBytes(10 * MiB + 12_345);
-  const writer = await openSlotWriter(target, { uncompressedSize: image.length }, { segmentBytes: 2 * MiB });
+  const writer = await openSlotWriter(target, image.length, { segmentBytes: 2 * MiB });
   await pipeline(pieces(image), writer.sink);
   t.is(writer.written(), image.length);
   const disk = await readFile(target.path);
@@ -40,7 +40,7 @@ test('the image lands at the slot offset, byte for byte, across several read-bac
 test('a slot that does not read back what was written fails with E_HASH_MISMATCH', async (t) => {
   const target = await fileSlot(t, 8 * MiB);
   const image = randomBytes(5 * MiB);
-  const writer = await openSlotWriter(target, { uncompressedSize: image.length }, {
+  const writer = await openSlotWriter(target, image.length, {
     segmentBytes: 64 * MiB,
     // every byte is written and none read back yet: something else changes one of them
     onWritten: () => {
@@ -57,7 +57,7 @@ test('a slot that does not read back what was written fails with E_HASH_MISMATCH
 test('more bytes than announced are refused before they are written past the image', async (t) => {
   const target = await fileSlot(t, 4 * MiB);
   const image = randomBytes(MiB);
-  const writer = await openSlotWriter(target, { uncompressedSize: image.length - 10 });
+  const writer = await openSlotWriter(target, image.length - 10);
   const error = await t.throwsAsync(pipeline(Readable.from([image]), writer.sink));
   t.true(isKubeosError(error) && error.code === 'E_SLOT', String(error));
   const disk = await readFile(target.path);
@@ -66,13 +66,13 @@ test('more bytes than announced are refused before they are written past the ima
 
 test('an image bigger than the slot is refused before the slot is opened for writing', async (t) => {
   const target = await fileSlot(t, MiB);
-  const error = await t.throwsAsync(openSlotWriter(target, { uncompressedSize: MiB + 1 }));
+  const error = await t.throwsAsync(openSlotWriter(target, MiB + 1));
   t.true(isKubeosError(error) && error.code === 'E_SLOT', String(error));
 });
 
 test('a stream that ends early fails with E_SLOT instead of leaving a short image', async (t) => {
   const target = await fileSlot(t, 4 * MiB);
-  const writer = await openSlotWriter(target, { uncompressedSize: 2 * MiB });
+  const writer = await openSlotWriter(target, 2 * MiB);
   const error = await t.throwsAsync(pipeline(Readable.from([randomBytes(MiB)]), writer.sink));
   t.true(isKubeosError(error) && error.code === 'E_SLOT', String(error));
 });

@@ -10,6 +10,33 @@ import type { ChunkHasher } from './chunk-hasher.js';
 import type { ChunkPool } from './chunk-pool.js';
 import type { PayloadInfo } from './manifest.js';
 
+/** More bytes than the manifest names: E_HASH_MISMATCH. */
+function checkLength(payload: PayloadInfo, total: number): void {
+  if (total > payload.uncompressedSize) {
+    throw new KubeosError('E_HASH_MISMATCH', `payload is longer than the ${payload.uncompressedSize} bytes the manifest names`, {
+      details: { check: 'uncompressedSize', expected: payload.uncompressedSize },
+    });
+  }
+}
+
+/** At the end of input, fewer bytes than the manifest names: E_BUNDLE_TRUNCATED. */
+function checkComplete(payload: PayloadInfo, total: number): void {
+  if (total < payload.uncompressedSize) {
+    throw new KubeosError('E_BUNDLE_TRUNCATED', `payload ended after ${total} of ${payload.uncompressedSize} bytes`, {
+      details: { check: 'uncompressedSize', expected: payload.uncompressedSize, actual: total },
+    });
+  }
+}
+
+function checkChunk(payload: PayloadInfo, index: number, actual: string): void {
+  const expected = payload.chunks[index];
+  if (actual !== expected) {
+    throw new KubeosError('E_HASH_MISMATCH', `chunk ${index} of the payload does not match its sha256 in the manifest`, {
+      details: { check: 'chunk', index, offset: index * payload.chunkSize, expected, actual },
+    });
+  }
+}
+
 export class ChunkVerifier {
   private readonly whole: Hash = createHash('sha256');
   private chunk: Hash = createHash('sha256');
@@ -24,12 +51,8 @@ export class ChunkVerifier {
   /** Feeds bytes; returns the bytes of every chunk completed and verified by them. */
   update(data: Buffer): Buffer[] {
     const released: Buffer[] = [];
-    const { chunkSize, uncompressedSize } = this.payload;
-    if (this.total + data.length > uncompressedSize) {
-      throw new KubeosError('E_HASH_MISMATCH', `payload is longer than the ${uncompressedSize} bytes the manifest names`, {
-        details: { check: 'uncompressedSize', expected: uncompressedSize },
-      });
-    }
+    const { chunkSize } = this.payload;
+    checkLength(this.payload, this.total + data.length);
     this.total += data.length;
     if (this.wholeImage) this.whole.update(data);
     let offset = 0;
@@ -47,12 +70,8 @@ export class ChunkVerifier {
 
   /** Call at end of input: checks the size, the last chunk and the whole-image hash. */
   finish(): Buffer[] {
-    const { uncompressedSize, uncompressedSha256 } = this.payload;
-    if (this.total < uncompressedSize) {
-      throw new KubeosError('E_BUNDLE_TRUNCATED', `payload ended after ${this.total} of ${uncompressedSize} bytes`, {
-        details: { check: 'uncompressedSize', expected: uncompressedSize, actual: this.total },
-      });
-    }
+    const { uncompressedSha256 } = this.payload;
+    checkComplete(this.payload, this.total);
     const released = this.pendingBytes > 0 ? this.closeChunk() : [];
     const actual = this.wholeImage ? this.whole.digest('hex') : uncompressedSha256;
     if (actual !== uncompressedSha256) {
@@ -64,13 +83,7 @@ export class ChunkVerifier {
   }
 
   private closeChunk(): Buffer[] {
-    const expected = this.payload.chunks[this.index];
-    const actual = this.chunk.digest('hex');
-    if (actual !== expected) {
-      throw new KubeosError('E_HASH_MISMATCH', `chunk ${this.index} of the payload does not match its sha256 in the manifest`, {
-        details: { check: 'chunk', index: this.index, offset: this.index * this.payload.chunkSize, expected, actual },
-      });
-    }
+    checkChunk(this.payload, this.index, this.chunk.digest('hex'));
     const released = this.pending;
     this.pending = [];
     this.pendingBytes = 0;
@@ -143,7 +156,7 @@ export class PooledChunkVerifier {
   /** Takes bytes (kept by reference until copied); false: pause the input until `ready` is called. */
   update(data: Buffer): boolean {
     if (this.failure !== undefined) throw this.failure;
-    this.checkLength(data.length);
+    checkLength(this.payload, this.total + data.length);
     this.total += data.length;
     this.backlog.push(data);
     this.fill();
@@ -175,7 +188,7 @@ export class PooledChunkVerifier {
         // the scratch buffer is read into again next time: keep a copy
         return this.update(Buffer.from(buffer.subarray(0, nread)));
       }
-      this.checkLength(nread);
+      checkLength(this.payload, this.total + nread);
       this.total += nread;
       this.filled += nread;
       if (this.filled === this.payload.chunkSize) this.submit();
@@ -191,12 +204,7 @@ export class PooledChunkVerifier {
 
   /** At end of input: checks the size, hashes the last chunk, waits for every chunk's verdict. */
   async finish(): Promise<void> {
-    const { uncompressedSize } = this.payload;
-    if (this.total < uncompressedSize) {
-      throw new KubeosError('E_BUNDLE_TRUNCATED', `payload ended after ${this.total} of ${uncompressedSize} bytes`, {
-        details: { check: 'uncompressedSize', expected: uncompressedSize, actual: this.total },
-      });
-    }
+    checkComplete(this.payload, this.total);
     while (this.backlog.length > 0 && this.failure === undefined) {
       await new Promise<void>((resolve) => this.pool.whenFree(resolve));
       this.fill();
@@ -204,15 +212,6 @@ export class PooledChunkVerifier {
     if (this.current !== undefined && this.filled > 0) this.submit();
     await this.chain;
     if (this.failure !== undefined) throw this.failure;
-  }
-
-  private checkLength(more: number): void {
-    const { uncompressedSize } = this.payload;
-    if (this.total + more > uncompressedSize) {
-      throw new KubeosError('E_HASH_MISMATCH', `payload is longer than the ${uncompressedSize} bytes the manifest names`, {
-        details: { check: 'uncompressedSize', expected: uncompressedSize },
-      });
-    }
   }
 
   private fill(): void {
@@ -258,13 +257,15 @@ export class PooledChunkVerifier {
     // verdicts in order, whatever order the hashes finish in
     this.chain = this.chain.then(() => hashed).then((digest) => {
       this.hashing -= 1;
-      const expected = this.payload.chunks[index];
-      if (this.failure !== undefined || digest !== expected) {
+      if (this.failure !== undefined) {
         this.pool.give(buffer);
-        if (this.failure !== undefined) return;
-        throw new KubeosError('E_HASH_MISMATCH', `chunk ${index} of the payload does not match its sha256 in the manifest`, {
-          details: { check: 'chunk', index, offset: index * this.payload.chunkSize, expected, actual: digest },
-        });
+        return;
+      }
+      try {
+        checkChunk(this.payload, index, digest);
+      } catch (error) {
+        this.pool.give(buffer);
+        throw error;
       }
       this.handlers.release(buffer.subarray(0, length));
       this.flow();
