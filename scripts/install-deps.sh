@@ -7,6 +7,7 @@ packages=(
   qemu-system-x86 qemu-utils ovmf grub-efi-amd64-bin grub-common
   mtools dosfstools gdisk e2fsprogs busybox-static cpio zstd
   erofs-utils squashfs-tools attr kmod curl ca-certificates mmdebstrap
+  openssl skopeo umoci
 )
 
 missing=()
@@ -16,8 +17,14 @@ for pkg in "${packages[@]}"; do
   fi
 done
 
+install_kubernetes() {
+  # the real control plane the operator tests run against, built from the Go module proxy
+  bash "$(dirname "$0")/install-kubernetes.sh" >/dev/null
+}
+
 if [ "${#missing[@]}" -eq 0 ]; then
   echo "install-deps: all ${#packages[@]} Debian packages present"
+  install_kubernetes
   exit 0
 fi
 
@@ -30,3 +37,4 @@ echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}"
+install_kubernetes

@@ -7,6 +7,7 @@ import { cp, mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { bootEnvToGrub, initialBootEnv } from '../../runtime/core/boot-env.js';
 import { KubeosError } from '../../runtime/core/errors.js';
+import { versionPattern } from '../../runtime/core/compare-versions.js';
 import { findTool, requireTools, run, type Tool } from '../../runtime/core/exec.js';
 import { encodeGrubEnv } from '../../runtime/core/grubenv.js';
 import { hashFile } from '../../runtime/core/hash-file.js';
@@ -76,7 +77,7 @@ export async function buildImage(options: BuildOptions): Promise<BuildResult> {
   const format = options.format ?? 'raw';
   const loaded = await loadImage(options.image);
   const image = options.version === undefined ? loaded : { ...loaded, version: options.version };
-  if (!/^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$/.test(image.version)) {
+  if (!versionPattern.test(image.version)) {
     throw new KubeosError('E_USAGE', `--version must be a semantic version like 2.0.0, got ${JSON.stringify(image.version)}`);
   }
   const layout = await loadLayout(options.layout ?? image.layout);

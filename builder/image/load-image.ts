@@ -3,6 +3,7 @@ import { stat } from 'node:fs/promises';
 import { basename, dirname, join, relative, resolve } from 'node:path';
 import { checkKnownKeys, isObject, Problems } from '../config/problems.js';
 import { readJsonFile } from '../config/read-json-file.js';
+import { versionPattern } from '../../runtime/core/compare-versions.js';
 import { projectRoot } from '../project-root.js';
 import { rootfsSourceTypes, type RootfsSource } from '../source/rootfs-source.js';
 import type { ImageDefinition } from './image-definition.js';
@@ -86,7 +87,7 @@ export function validateImage(data: unknown, file: string, dir: string): ImageDe
     return value as string;
   };
   const name = str('name', /^[a-z0-9][a-z0-9-]*$/, 'a lower-case name like "minimal"');
-  const version = str('version', /^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$/, 'a semantic version like "1.0.0"');
+  const version = str('version', versionPattern, 'a semantic version like "1.0.0"');
   const compatible = str('compatible', /^[A-Za-z0-9._-]+$/, 'a compatibility string like "kubeos-minimal-x86_64"');
   const arch = obj['arch'] ?? 'x86_64';
   if (arch !== 'x86_64') bad('arch', '"x86_64" (the only architecture built so far)', arch);

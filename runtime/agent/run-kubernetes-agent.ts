@@ -9,6 +9,7 @@ import { upgrade } from './upgrade.js';
 
 export async function runKubernetesAgent(config: AgentConfig, options: { nodeName: string | undefined; kubeconfig?: string; signal: AbortSignal; log: (line: string) => void }): Promise<void> {
   if (!options.nodeName) throw new KubeosError('E_USAGE', '--kubernetes needs --node-name or $NODE_NAME');
+  let lastWhy: string | undefined;
   const api = KubeApi.connect({ kubeconfig: options.kubeconfig }, `kubeos-agent/${options.nodeName}`);
   await runNodeAgent({
     api,
@@ -35,6 +36,15 @@ export async function runKubernetesAgent(config: AgentConfig, options: { nodeNam
         return { state: 'failed', error: isKubeosError(error) ? `${error.code}: ${error.message}` : String(error) };
       }
     },
-    onEvent: (event) => options.log(event.type === 'error' ? `error ${event.error.code}: ${event.error.message}` : `${event.type} ${JSON.stringify('report' in event ? event.report : 'outcome' in event ? event.outcome : event)}`),
+    onEvent: (event) => {
+      // the agent decides on every watch event and resync: log a decision only when it changes
+      if (event.type === 'idle') {
+        if (event.why !== lastWhy) options.log(`idle: ${event.why}`);
+        lastWhy = event.why;
+        return;
+      }
+      lastWhy = undefined;
+      options.log(event.type === 'error' ? `error ${event.error.code}: ${event.error.message}` : `${event.type} ${JSON.stringify('report' in event ? event.report : 'outcome' in event ? event.outcome : event)}`);
+    },
   });
 }

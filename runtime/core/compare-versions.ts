@@ -2,6 +2,12 @@
  * Version order for bundles and channels: semantic versions compared numerically, a pre-release
  * ("2.0.0-rc.1") before its release; parts that are not numbers compare as text.
  */
+/**
+ * What kubeos accepts as a version, everywhere (image definitions, `--image-version`, bundles,
+ * OSUpgrade.spec.version; deploy/crd-osupgrade.yaml carries the same pattern, checked by a test).
+ */
+export const versionPattern = /^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$/;
+
 export function compareVersions(a: string, b: string): number {
   const split = (v: string) => {
     const [core = '', pre] = (v.split('+')[0] ?? '').split(/-(.*)/s);

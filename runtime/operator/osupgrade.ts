@@ -3,6 +3,7 @@
  * status, and a parser that reports every invalid field at once with its path. The CRD schema in
  * deploy/crd-osupgrade.yaml mirrors these types; defaults live here only.
  */
+import { versionPattern } from '../core/compare-versions.js';
 import { KubeosError } from '../core/errors.js';
 import type { NodePhase } from './node-protocol.js';
 
@@ -151,7 +152,11 @@ export function parseOSUpgradeSpec(raw: unknown, name = 'OSUpgrade'): OSUpgradeS
     return fallback;
   };
 
-  const version = str('spec.version', spec['version']);
+  let version = str('spec.version', spec['version']);
+  if (version !== '' && !versionPattern.test(version)) {
+    problems.push({ path: 'spec.version', expected: 'a semantic version such as "1.4.0"', actual: version });
+    version = '';
+  }
   const channel = str('spec.channel', spec['channel'], defaults.channel);
 
   let maxUnavailable: number | string = defaults.maxUnavailable;

@@ -45,6 +45,8 @@ export type NodeAgentEvent =
   | { type: 'reported'; report: AgentReport }
   | { type: 'upgrade-started'; version: string; channel: string }
   | { type: 'upgrade-ended'; outcome: UpgradeOutcome }
+  /** Looked at its Node and decided to do nothing, and why (on every watch event and resync). */
+  | { type: 'idle'; why: string; desiredVersion: string | undefined }
   | { type: 'error'; error: KubeosError };
 
 export type AgentDecision = { type: 'none'; why: string } | { type: 'upgrade'; version: string; channel: string };
@@ -107,7 +109,10 @@ export async function runNodeAgent(options: NodeAgentOptions): Promise<void> {
     // The operator withdrew or changed the target before we rebooted: stop.
     if (upgrade !== undefined && desired !== upgrade.version) upgrade.abort.abort();
     const decision = decideAgentAction(node, local, upgrade !== undefined);
-    if (decision.type !== 'upgrade') return;
+    if (decision.type !== 'upgrade') {
+      emit({ type: 'idle', why: decision.why, desiredVersion: desired });
+      return;
+    }
     const abort = new AbortController();
     const own = { version: decision.version, abort, done: Promise.resolve() };
     upgrade = own;

@@ -1,14 +1,20 @@
-/** `kubeos rollout status` and `kubeos operator run --dry-run`, run as subprocesses against the FAKE API server. */
-import test from 'ava';
-import { writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+/**
+ * `kubeos rollout status` and `kubeos operator run --dry-run`, run as subprocesses against a REAL
+ * API server: rollout status as a person with an admin kubeconfig, the dry run with the operator's
+ * own service-account token (so deploy/'s RBAC must allow every read it makes).
+ */
+import anyTest, { type TestFn } from 'ava';
+import { execa } from 'execa';
 import { planRollout } from '../../runtime/operator/plan-rollout.js';
 import { readNodeView } from '../../runtime/operator/node-protocol.js';
 import { readRollout } from '../../runtime/operator/osupgrade.js';
 import { renderProgressLine, renderTable } from '../../builder/cli/commands/rollout.js';
-import { FakeKubeApi } from './fake-kube-api.js';
-import { kubeos as runCli } from '../helpers/cli.js';
-import { makeTempDir } from '../helpers/temp-dir.js';
+import { cliPath, kubeos as runCli } from '../helpers/cli.js';
+import { OperatorCluster } from './cluster-fixture.js';
+
+const test = anyTest as TestFn<unknown>;
+let cluster: OperatorCluster;
+let kubeconfig: string;
 
 // the built CLI (npm test builds dist/ first), as users run it
 async function kubeos(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
@@ -16,28 +22,30 @@ async function kubeos(args: string[]): Promise<{ code: number; stdout: string; s
   return { code: result.exitCode ?? 1, stdout: result.stdout, stderr: result.stderr };
 }
 
-async function setup(t: { teardown: (fn: () => Promise<void>) => void }) {
-  const fake = new FakeKubeApi();
-  const url = await fake.start();
-  t.teardown(() => fake.stop());
-  const dir = await makeTempDir(t, 'kubeos-cli-');
-  const kubeconfig = join(dir, 'kubeconfig');
-  await writeFile(kubeconfig, [
-    'apiVersion: v1', 'kind: Config', 'current-context: fake',
-    'clusters:', `- name: fake`, `  cluster: { server: "${url}", insecure-skip-tls-verify: true }`,
-    'users:', '- name: fake', '  user: { token: fake-token }',
-    'contexts:', '- name: fake', '  context: { cluster: fake, user: fake }', '',
-  ].join('\n'));
-  for (const n of ['node-a', 'node-b', 'node-c']) fake.addNode(n);
-  fake.addOSUpgrade('fleet', { version: '2.0.0', maxUnavailable: 2 });
-  // give it the status the operator would have written
-  const object = fake.store.osupgrades.get('fleet')!;
-  const plan = planRollout(readRollout(object), { nodes: [...fake.store.nodes.values()].map(readNodeView) }, Date.now());
-  fake.patch('osupgrades', 'fleet', { status: plan.status });
-  return { fake, kubeconfig };
+test.before(async () => {
+  cluster = await OperatorCluster.start({ controllerManager: false });
+  kubeconfig = cluster.plane.adminKubeconfig;
+});
+test.after.always(async () => {
+  await cluster?.stop();
+});
+test.afterEach.always(async () => {
+  await cluster.reset();
+});
+
+/** Three nodes and an OSUpgrade, with the status the operator would have written. */
+async function setup(_t: unknown) {
+  for (const n of ['node-a', 'node-b', 'node-c']) await cluster.addNode(n);
+  await cluster.addOSUpgrade('fleet', { version: '2.0.0', maxUnavailable: 2 });
+  await cluster.mirror.waitFor('the fleet', () => cluster.mirror.list('nodes').length === 3 && cluster.mirror.get('osupgrades', 'fleet') !== undefined);
+  const object = cluster.osupgrade('fleet');
+  const plan = planRollout(readRollout(object), { nodes: cluster.mirror.list('nodes').map(readNodeView) }, Date.now());
+  await cluster.patchOSUpgradeStatus('fleet', plan.status);
+  await cluster.mirror.waitFor('the status', () => cluster.osupgrade('fleet')['status'] !== undefined);
+  return { kubeconfig };
 }
 
-test('rollout status prints a node table and a progress line', async (t) => {
+test.serial('rollout status prints a node table and a progress line', async (t) => {
   const { kubeconfig } = await setup(t);
   const { code, stdout, stderr } = await kubeos(['rollout', 'status', 'fleet', '--kubeconfig', kubeconfig]);
   t.is(code, 0, stderr);
@@ -46,7 +54,7 @@ test('rollout status prints a node table and a progress line', async (t) => {
   t.regex(stdout, /0\/3 on 2\.0\.0 · 2 draining · Progressing/);
 });
 
-test('rollout status --json prints the status', async (t) => {
+test.serial('rollout status --json prints the status', async (t) => {
   const { kubeconfig } = await setup(t);
   const { code, stdout } = await kubeos(['rollout', 'status', 'fleet', '--kubeconfig', kubeconfig, '--json']);
   t.is(code, 0);
@@ -54,35 +62,36 @@ test('rollout status --json prints the status', async (t) => {
   t.like(value.status, { maxUnavailable: 2, counts: { total: 3, draining: 2, pending: 1 } });
 });
 
-test('rollout status of a missing OSUpgrade fails with E_OSUPGRADE_NOT_FOUND', async (t) => {
+test.serial('rollout status of a missing OSUpgrade fails with E_OSUPGRADE_NOT_FOUND', async (t) => {
   const { kubeconfig } = await setup(t);
   const { code, stdout } = await kubeos(['rollout', 'status', 'nope', '--kubeconfig', kubeconfig, '--json']);
   t.is(code, 1);
   t.is((JSON.parse(stdout) as { error: { code: string } }).error.code, 'E_OSUPGRADE_NOT_FOUND');
 });
 
-test('rollout status --watch ends with E_ROLLOUT_FAILED when the failure budget pauses the rollout', async (t) => {
-  const { fake, kubeconfig } = await setup(t);
-  const pending = kubeos(['rollout', 'status', 'fleet', '--watch', '--kubeconfig', kubeconfig, '--json']);
-  // patch only once the CLI's watch is open, so it sees the change as an event
-  if (fake.watching('osupgrades') === 0) await new Promise((resolve) => fake.activity.once('request', function check() {
-    if (fake.watching('osupgrades') > 0) resolve(undefined);
-    else fake.activity.once('request', check);
-  }));
-  fake.patch('osupgrades', 'fleet', { status: { phase: 'Paused', conditions: [{ type: 'FailureBudgetExceeded', status: 'True', reason: 'TooManyFailures', message: '1 failure', lastTransitionTime: new Date().toISOString() }] } });
-  const { code, stdout } = await pending;
-  t.is(code, 1);
-  t.is((JSON.parse(stdout.slice(stdout.lastIndexOf('{\n  "error"'))) as { error: { code: string } }).error.code, 'E_ROLLOUT_FAILED');
+test.serial('rollout status --watch ends with E_ROLLOUT_FAILED when the failure budget pauses the rollout', async (t) => {
+  await setup(t);
+  const child = execa('node', [cliPath, 'rollout', 'status', 'fleet', '--watch', '--kubeconfig', kubeconfig], { reject: false, timeout: 60_000 });
+  // the first progress line comes once the CLI's watch is open: change the status only then
+  await new Promise<void>((resolve) => child.stderr.once('data', () => resolve()));
+  await cluster.patchOSUpgradeStatus('fleet', { phase: 'Paused', conditions: [{ type: 'FailureBudgetExceeded', status: 'True', reason: 'TooManyFailures', message: '1 failure', lastTransitionTime: new Date().toISOString() }] });
+  const result = await child;
+  t.is(result.exitCode, 1);
+  t.regex(String(result.stderr), /error E_ROLLOUT_FAILED/);
 });
 
-test('operator run --dry-run prints the plan and writes nothing', async (t) => {
-  const { fake, kubeconfig } = await setup(t);
-  const { code, stdout, stderr } = await kubeos(['operator', 'run', '--dry-run', '--json', '--kubeconfig', kubeconfig]);
+test.serial('operator run --dry-run prints the plan and writes nothing', async (t) => {
+  await setup(t);
+  const since = (await cluster.audit()).length;
+  const { code, stdout, stderr } = await kubeos(['operator', 'run', '--dry-run', '--json', '--kubeconfig', cluster.operatorKubeconfig]);
   t.is(code, 0, stderr);
   const [report] = JSON.parse(stdout) as Array<{ rollout: string; actions: Array<{ type: string; node: string }> }>;
   t.is(report?.rollout, 'fleet');
   t.deepEqual(report?.actions.map((a) => `${a.type} ${a.node}`), ['cordon node-a', 'cordon node-b']);
-  t.false(fake.requests.some((r) => r.method !== 'GET'));
+  const requests = (await cluster.audit()).slice(since).filter((e) => e['user']?.username === 'system:serviceaccount:kubeos-system:kubeos-operator');
+  t.true(requests.length > 0, 'the dry run read the cluster as the operator');
+  t.deepEqual(requests.filter((e) => !['get', 'list', 'watch'].includes(e['verb'])).map((e) => `${e['verb']} ${e['requestURI']}`), []);
+  t.true(requests.every((e) => e['responseStatus']?.code === 200), 'RBAC allowed every read');
 });
 
 test('the progress line and table render from status alone', (t) => {

@@ -77,16 +77,17 @@ const status: CommandModule<GlobalArgs, StatusArgs> = {
       const abort = new AbortController();
       process.once('SIGINT', () => abort.abort());
       let changed: () => void = () => {};
-      const restart = () => {
+      const restart = async (): Promise<void> => {
         if (abort.signal.aborted) return;
-        api.watch({ kind: 'osupgrades', name: args.name }, (event) => {
+        await api.watch({ kind: 'osupgrades', name: args.name }, (event) => {
           if (event.type === 'ADDED' || event.type === 'MODIFIED') {
             object = event.object as OSUpgradeObject;
             changed();
           }
-        }, () => setTimeout(restart, 1000).unref(), abort.signal).catch(() => setTimeout(restart, 1000).unref());
+        }, () => setTimeout(() => void restart(), 1000).unref(), abort.signal).catch(() => setTimeout(() => void restart(), 1000).unref());
       };
-      restart();
+      // the first progress line means the watch is open: nothing after it goes unseen
+      await restart();
       while (!abort.signal.aborted && outcome(object) === 'running') {
         progress(renderProgressLine(object));
         // a watch event, or a poll in case the watch is down
