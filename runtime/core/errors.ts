@@ -35,6 +35,7 @@ export const errorCodes = [
   'E_BOOTENV',
   'E_SLOT',
   'E_KUBERNETES',
+  'E_KUBECONFIG_MISSING',
   'E_PLAN_INVALID',
   'E_OSUPGRADE_INVALID',
   'E_OSUPGRADE_NOT_FOUND',

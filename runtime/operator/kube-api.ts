@@ -14,16 +14,17 @@ import {
   setHeaderOptions,
   type V1Lease,
 } from '@kubernetes/client-node';
+import { existsSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { delimiter, join } from 'node:path';
 import { KubeosError } from '../core/errors.js';
 import type { NodeLike, NodePatch, PodLike } from './node-protocol.js';
 import { osUpgradeApi, type OSUpgradeObject, type OSUpgradeStatus } from './osupgrade.js';
 
 export interface KubeConfigSource {
-  /** A kubeconfig file; without it, in-cluster config or $KUBECONFIG / ~/.kube/config. */
+  /** A kubeconfig file; without it, in-cluster config, then $KUBECONFIG, then ~/.kube/config. */
   kubeconfig?: string;
   context?: string;
-  /** Talk to this server URL without credentials (tests use a fake API server on 127.0.0.1). */
-  server?: string;
 }
 
 export interface LeaseRecord {
@@ -44,6 +45,8 @@ export type EvictionResult =
 export interface EventInput {
   kind: 'Node' | 'OSUpgrade';
   name: string;
+  /** The object's uid: `kubectl describe` shows only events whose involvedObject carries it. */
+  uid: string | undefined;
   type: 'Normal' | 'Warning';
   reason: string;
   message: string;
@@ -94,27 +97,46 @@ function toMs(value: unknown): number | undefined {
   return undefined;
 }
 
+/** Where client-node would look for credentials, in its order; the first that exists wins. */
+function findKubeconfig(): { kind: 'in-cluster' } | { kind: 'files'; files: string[] } | undefined {
+  const env = process.env['KUBECONFIG'];
+  if (env !== undefined && env !== '') {
+    const files = env.split(delimiter).filter((f) => f !== '' && existsSync(f));
+    return files.length > 0 ? { kind: 'files', files } : undefined;
+  }
+  const home = join(homedir(), '.kube', 'config');
+  if (existsSync(home)) return { kind: 'files', files: [home] };
+  if (process.env['KUBERNETES_SERVICE_HOST'] !== undefined && existsSync(serviceAccountTokenFile)) return { kind: 'in-cluster' };
+  return undefined;
+}
+
+const serviceAccountTokenFile = '/var/run/secrets/kubernetes.io/serviceaccount/token';
+
 export function loadKubeConfig(source: KubeConfigSource): KubeConfig {
   const kc = new KubeConfig();
+  if (source.kubeconfig !== undefined && !existsSync(source.kubeconfig)) {
+    throw new KubeosError('E_KUBECONFIG_MISSING', `--kubeconfig ${source.kubeconfig}: no such file`, {
+      hint: 'pass the path of an existing kubeconfig (kubectl config view --raw > FILE writes one)',
+      details: { kubeconfig: source.kubeconfig },
+    });
+  }
+  const found = source.kubeconfig === undefined ? findKubeconfig() : { kind: 'files' as const, files: [source.kubeconfig] };
+  if (found === undefined) {
+    const env = process.env['KUBECONFIG'];
+    throw new KubeosError('E_KUBECONFIG_MISSING', env ? `no kubeconfig: none of the files in $KUBECONFIG (${env}) exists` : `no kubeconfig: --kubeconfig not given, $KUBECONFIG not set, ${join(homedir(), '.kube', 'config')} missing, and not running in a pod`, {
+      hint: 'pass --kubeconfig FILE, set KUBECONFIG, or run in a pod with a service account',
+    });
+  }
   try {
-    if (source.server !== undefined) {
-      kc.loadFromOptions({
-        // client-node refuses plain http unless TLS verification is off; there is no TLS to verify then
-        clusters: [{ name: 'target', server: source.server, skipTLSVerify: source.server.startsWith('http:') }],
-        users: [{ name: 'anonymous' }],
-        contexts: [{ name: 'target', cluster: 'target', user: 'anonymous' }],
-        currentContext: 'target',
-      });
-    } else if (source.kubeconfig !== undefined) {
-      kc.loadFromFile(source.kubeconfig);
-    } else {
-      kc.loadFromDefault();
-    }
+    if (found.kind === 'in-cluster') kc.loadFromCluster();
+    else if (found.files.length === 1) kc.loadFromFile(found.files[0]!);
+    else kc.loadFromDefault();
     if (source.context !== undefined) kc.setCurrentContext(source.context);
   } catch (error) {
-    throw new KubeosError('E_KUBERNETES', `cannot load the kubeconfig${source.kubeconfig ? ` ${source.kubeconfig}` : ''}: ${error instanceof Error ? error.message : String(error)}`, {
+    const where = found.kind === 'in-cluster' ? 'the in-cluster service account' : found.files.join(', ');
+    throw new KubeosError('E_KUBERNETES', `cannot load the kubeconfig ${where}: ${error instanceof Error ? error.message : String(error)}`, {
       cause: error,
-      hint: 'pass --kubeconfig FILE, set KUBECONFIG, or run in a pod with a service account',
+      hint: 'check the file with: kubectl config view --kubeconfig FILE',
     });
   }
   if (kc.getCurrentCluster() === null) {
@@ -202,8 +224,8 @@ export class KubeApi {
   async recordEvent(event: EventInput, component: string, now: number): Promise<void> {
     const at = new Date(now);
     const involved = event.kind === 'Node'
-      ? { apiVersion: 'v1', kind: 'Node', name: event.name, uid: event.name }
-      : { apiVersion: `${osUpgradeApi.group}/${osUpgradeApi.version}`, kind: osUpgradeApi.kind, name: event.name };
+      ? { apiVersion: 'v1', kind: 'Node', name: event.name, uid: event.uid }
+      : { apiVersion: `${osUpgradeApi.group}/${osUpgradeApi.version}`, kind: osUpgradeApi.kind, name: event.name, uid: event.uid };
     try {
       await this.core.createNamespacedEvent({
         namespace: eventNamespace,

@@ -19,6 +19,9 @@ export const annotations = {
   rollout: 'kubeos.io/rollout',
 } as const;
 
+/** The label the operator keeps equal to the version a node runs (`kubectl get nodes -L kubeos.io/version`). */
+export const versionLabel = 'kubeos.io/version';
+
 export const agentStates = ['idle', 'downloading', 'installing', 'rebooting', 'trying', 'committed', 'failed', 'fell-back'] as const;
 export type AgentState = (typeof agentStates)[number];
 
@@ -63,6 +66,7 @@ export interface PodView {
 /** A node as the planner sees it: parsed, no strings to interpret. */
 export interface NodeView {
   name: string;
+  uid: string | undefined;
   labels: Readonly<Record<string, string>>;
   unschedulable: boolean;
   ready: boolean;
@@ -80,7 +84,7 @@ export interface NodeView {
 
 /** The subset of a v1 Node this module reads; matches both client-node's V1Node and plain JSON. */
 export interface NodeLike {
-  metadata?: { name?: string; labels?: Record<string, string>; annotations?: Record<string, string> };
+  metadata?: { name?: string; uid?: string; labels?: Record<string, string>; annotations?: Record<string, string> };
   spec?: { unschedulable?: boolean };
   status?: { conditions?: Array<{ type?: string; status?: string; lastTransitionTime?: Date | string }> };
 }
@@ -135,6 +139,7 @@ export function readNodeView(node: NodeLike): NodeView {
   const ready = node.status?.conditions?.find((c) => c.type === 'Ready');
   return {
     name: node.metadata?.name ?? '',
+    uid: node.metadata?.uid,
     labels: node.metadata?.labels ?? {},
     unschedulable: node.spec?.unschedulable === true,
     ready: ready?.status === 'True',
@@ -164,7 +169,7 @@ export function readPodView(pod: PodLike): PodView {
 
 /** A JSON merge patch for a Node; `null` deletes an annotation. */
 export interface NodePatch {
-  metadata?: { annotations?: Record<string, string | null> };
+  metadata?: { annotations?: Record<string, string | null>; labels?: Record<string, string | null> };
   spec?: { unschedulable?: boolean | null };
 }
 
@@ -186,4 +191,20 @@ export function agentReportPatch(report: AgentReport): NodePatch {
   if (report.stateVersion !== undefined) patch[annotations.stateVersion] = report.stateVersion;
   if (report.currentVersion !== undefined) patch[annotations.currentVersion] = report.currentVersion;
   return { metadata: { annotations: patch } };
+}
+
+/** A version as a label value: label values allow [A-Za-z0-9_.-] only, so build metadata's "+" becomes "_". */
+export function versionLabelValue(version: string): string {
+  return version.replace(/[^A-Za-z0-9_.-]/g, '_').slice(0, 63);
+}
+
+/** Label patches that make kubeos.io/version say what each node reports it runs (nothing when it already does). */
+export function planVersionLabels(nodes: readonly NodeView[]): Array<{ node: string; patch: NodePatch }> {
+  const patches: Array<{ node: string; patch: NodePatch }> = [];
+  for (const node of nodes) {
+    if (node.currentVersion === undefined) continue;
+    const value = versionLabelValue(node.currentVersion);
+    if (node.labels[versionLabel] !== value) patches.push({ node: node.name, patch: { metadata: { labels: { [versionLabel]: value } } } });
+  }
+  return patches;
 }

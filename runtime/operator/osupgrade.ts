@@ -55,12 +55,17 @@ export interface OSUpgradeSpec {
 export const rolloutPhases = ['Progressing', 'Waiting', 'Paused', 'Complete', 'Invalid'] as const;
 export type RolloutPhase = (typeof rolloutPhases)[number];
 
+/**
+ * Ready, Reconciling and Stalled are the conditions kubectl wait, kstatus (Flux) and Argo CD read;
+ * the others say more about a rollout. Each carries the generation it was computed for.
+ */
 export interface RolloutCondition {
-  type: 'Progressing' | 'Paused' | 'Complete' | 'FailureBudgetExceeded' | 'Invalid';
+  type: 'Ready' | 'Reconciling' | 'Stalled' | 'Progressing' | 'Paused' | 'Complete' | 'FailureBudgetExceeded' | 'Invalid';
   status: 'True' | 'False';
   reason: string;
   message: string;
   lastTransitionTime: string;
+  observedGeneration: number;
 }
 
 export interface NodeResult {
@@ -88,7 +93,7 @@ export interface OSUpgradeStatus {
 }
 
 export interface OSUpgradeObject {
-  metadata?: { name?: string; generation?: number; annotations?: Record<string, string>; creationTimestamp?: Date | string };
+  metadata?: { name?: string; uid?: string; generation?: number; annotations?: Record<string, string>; creationTimestamp?: Date | string };
   spec?: unknown;
   status?: Partial<OSUpgradeStatus>;
 }

@@ -58,6 +58,8 @@ export type RolloutAction =
 export interface RolloutPlan {
   actions: RolloutAction[];
   status: OSUpgradeStatus;
+  /** Why no node starts now, when none does and some are still pending ("outside every maintenance window; next opens Tue 22:00 UTC"). */
+  waiting: string | undefined;
   /** The earliest time (ms) the plan can change without any change in the cluster (a timeout, a window). */
   wakeAt: number | undefined;
 }
@@ -215,17 +217,20 @@ function advanceInFlight(rollout: Rollout, node: NodeView, rec: NodeRecord, now:
   return stay(node, rec, timeout);
 }
 
-function condition(
-  previous: readonly RolloutCondition[] | undefined,
-  now: number,
-  type: RolloutCondition['type'],
-  status: RolloutCondition['status'],
-  reason: string,
-  message: string,
-): RolloutCondition {
-  const before = previous?.find((c) => c.type === type);
-  const lastTransitionTime = before !== undefined && before.status === status ? before.lastTransitionTime : new Date(now).toISOString();
-  return { type, status, reason, message, lastTransitionTime };
+function conditionMaker(previous: readonly RolloutCondition[] | undefined, now: number, observedGeneration: number) {
+  return (type: RolloutCondition['type'], status: RolloutCondition['status'], reason: string, message: string): RolloutCondition => {
+    const before = previous?.find((c) => c.type === type);
+    const lastTransitionTime = before !== undefined && before.status === status ? before.lastTransitionTime : new Date(now).toISOString();
+    return { type, status, reason, message, lastTransitionTime, observedGeneration };
+  };
+}
+
+const weekdayNames = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'] as const;
+
+/** "Tue 22:00 UTC" */
+export function formatWindowTime(ms: number): string {
+  const d = new Date(ms);
+  return `${weekdayNames[d.getUTCDay()]} ${String(d.getUTCHours()).padStart(2, '0')}:${String(d.getUTCMinutes()).padStart(2, '0')} UTC`;
 }
 
 const resultOrder: Record<NodePhase, number> = { failed: 0, draining: 1, upgrading: 1, verifying: 1, done: 2, pending: 3 };
@@ -301,9 +306,26 @@ export function planRollout(rollout: Rollout, cluster: ClusterState, now: number
   }
 
   const inWindow = isWithinAnyWindow(spec.maintenanceWindows, now);
+  let waiting: string | undefined;
+  const room = Math.max(0, maxUnavailable - unavailable);
+  if (counts.pending > 0) {
+    if (paused) {
+      waiting = pausedByBudget
+        ? `paused by the failure budget: ${counts.failed - acknowledged} node(s) failed, budget ${spec.failureBudget}; set spec.paused=false to resume`
+        : 'paused: spec.paused is true';
+    } else if (!inWindow) {
+      const next = nextWindowOpening(spec.maintenanceWindows, now);
+      waiting = `outside every maintenance window; ${next === undefined ? 'no window ever opens' : `next opens ${formatWindowTime(next)}`}`;
+    } else if (candidates.length === 0) {
+      waiting = `${counts.pending} pending node(s), none Ready and schedulable`;
+    } else if (room === 0) {
+      waiting = `maxUnavailable ${maxUnavailable} reached: ${unavailable} selected node(s) unavailable`;
+    }
+  } else if (selectedCount === 0) {
+    waiting = `no node matches spec.nodeSelector ${JSON.stringify(spec.nodeSelector)}`;
+  }
   if (!paused && inWindow && candidates.length > 0) {
     candidates.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-    const room = Math.max(0, maxUnavailable - unavailable);
     for (const node of candidates.slice(0, room)) {
       const record: NodeRecord = { rollout: name, version: spec.version, phase: 'draining', since: now };
       actions.push({ type: 'cordon', node: node.name, record });
@@ -318,16 +340,29 @@ export function planRollout(rollout: Rollout, cluster: ClusterState, now: number
 
   const complete = counts.pending === 0 && inFlightCount === 0 && counts.draining === 0;
   const phase: RolloutPhase = complete ? 'Complete' : paused ? 'Paused' : !inWindow && inFlightCount === 0 ? 'Waiting' : 'Progressing';
-  const prev = rollout.previousStatus?.conditions;
+  const condition = conditionMaker(rollout.previousStatus?.conditions, now, rollout.generation);
+  const inFlightNow = counts.draining + counts.upgrading + counts.verifying;
+  const summary = `${counts.done}/${counts.total} nodes on ${spec.version}, ${inFlightNow} in flight, max ${maxUnavailable} unavailable`;
+  const stalled = pausedByBudget || (complete && counts.failed > 0);
+  const stalledReason = pausedByBudget ? 'FailureBudgetExceeded' : 'CompleteWithFailures';
+  const stalledMessage = pausedByBudget
+    ? `${counts.failed} node(s) failed (budget ${spec.failureBudget}); set spec.paused=false to resume`
+    : `${counts.failed} node(s) failed; the rest are on ${spec.version}`;
+  const reconciling = !complete && !paused;
   const conditions: RolloutCondition[] = [
-    condition(prev, now, 'Progressing', phase === 'Progressing' ? 'True' : 'False',
-      phase === 'Progressing' ? 'NodesUpgrading' : phase === 'Waiting' ? 'OutsideMaintenanceWindow' : phase,
-      `${counts.done}/${counts.total} nodes on ${spec.version}, ${counts.draining + counts.upgrading + counts.verifying} in flight, max ${maxUnavailable} unavailable`),
-    condition(prev, now, 'Paused', paused ? 'True' : 'False', pausedByBudget ? 'FailureBudgetExceeded' : paused ? 'PausedBySpec' : 'NotPaused',
+    condition('Ready', complete && counts.failed === 0 ? 'True' : 'False',
+      complete ? (counts.failed > 0 ? 'CompleteWithFailures' : 'AllNodesUpgraded') : paused ? (pausedByBudget ? 'FailureBudgetExceeded' : 'Paused') : phase === 'Waiting' ? 'OutsideMaintenanceWindow' : 'NodesUpgrading',
+      complete ? `${counts.done} done, ${counts.failed} failed of ${counts.total}` : waiting ?? summary),
+    condition('Reconciling', reconciling ? 'True' : 'False', reconciling ? (phase === 'Waiting' ? 'OutsideMaintenanceWindow' : 'NodesUpgrading') : complete ? 'Complete' : 'Paused',
+      reconciling ? waiting ?? summary : ''),
+    condition('Stalled', stalled ? 'True' : 'False', stalled ? stalledReason : 'NotStalled', stalled ? stalledMessage : ''),
+    condition('Progressing', phase === 'Progressing' ? 'True' : 'False',
+      phase === 'Progressing' ? 'NodesUpgrading' : phase === 'Waiting' ? 'OutsideMaintenanceWindow' : phase, summary),
+    condition('Paused', paused ? 'True' : 'False', pausedByBudget ? 'FailureBudgetExceeded' : paused ? 'PausedBySpec' : 'NotPaused',
       pausedByBudget ? `${counts.failed} node(s) failed (budget ${spec.failureBudget}); set spec.paused=false to resume` : paused ? 'spec.paused is true' : ''),
-    condition(prev, now, 'FailureBudgetExceeded', budgetSpent || pausedByBudget ? 'True' : 'False', budgetSpent || pausedByBudget ? 'TooManyFailures' : 'WithinBudget',
+    condition('FailureBudgetExceeded', budgetSpent || pausedByBudget ? 'True' : 'False', budgetSpent || pausedByBudget ? 'TooManyFailures' : 'WithinBudget',
       `${counts.failed - acknowledged} failure(s) since the last resume, budget ${spec.failureBudget}`),
-    condition(prev, now, 'Complete', complete ? 'True' : 'False', complete ? (counts.failed > 0 ? 'CompleteWithFailures' : 'AllNodesUpgraded') : 'InProgress',
+    condition('Complete', complete ? 'True' : 'False', complete ? (counts.failed > 0 ? 'CompleteWithFailures' : 'AllNodesUpgraded') : 'InProgress',
       `${counts.done} done, ${counts.failed} failed of ${counts.total}`),
   ];
 
@@ -346,6 +381,7 @@ export function planRollout(rollout: Rollout, cluster: ClusterState, now: number
       nodesOmitted: results.length - nodes.length,
       conditions,
     },
+    waiting,
     wakeAt,
   };
 }

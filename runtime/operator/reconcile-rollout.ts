@@ -5,7 +5,7 @@
  */
 import { isKubeosError, KubeosError } from '../core/errors.js';
 import type { EventInput, KubeApi } from './kube-api.js';
-import { readNodeView, readPodView, type NodeView } from './node-protocol.js';
+import { planVersionLabels, readNodeView, readPodView, type NodeView } from './node-protocol.js';
 import { readRollout, rolloutAnnotations, type OSUpgradeObject, type OSUpgradeStatus } from './osupgrade.js';
 import { nodePatchFor, planRollout, type RolloutAction, type RolloutPlan } from './plan-rollout.js';
 
@@ -47,7 +47,9 @@ async function observeNodes(api: KubeApi, rollout: string): Promise<NodeView[]> 
   return views;
 }
 
-function eventFor(rollout: string, action: RolloutAction): EventInput | undefined {
+type EventDraft = Omit<EventInput, 'uid'>;
+
+function eventFor(rollout: string, action: RolloutAction): EventDraft | undefined {
   switch (action.type) {
     case 'cordon':
       return { kind: 'Node', name: action.node, type: 'Normal', reason: 'KubeosDraining', message: `cordoned and draining for OSUpgrade ${rollout} (version ${action.record.version})` };
@@ -88,8 +90,10 @@ export async function reconcileRollout(object: OSUpgradeObject, options: Reconci
   const component = options.component ?? 'kubeos-operator';
   const recorded = options.recorded ?? new Set<string>();
 
-  const record = async (event: EventInput) => {
+  const uids = new Map<string, string | undefined>();
+  const record = async (draft: EventDraft) => {
     if (options.dryRun) return;
+    const event: EventInput = { ...draft, uid: draft.kind === 'OSUpgrade' ? object.metadata?.uid : uids.get(draft.name) };
     try {
       guard();
       await api.recordEvent(event, component, options.now());
@@ -106,10 +110,17 @@ export async function reconcileRollout(object: OSUpgradeObject, options: Reconci
     if (!isKubeosError(error, 'E_OSUPGRADE_INVALID')) throw error;
     report.invalid = error;
     const now = options.now();
+    const observedGeneration = object.metadata?.generation ?? 0;
+    const at = new Date(now).toISOString();
     const status: Partial<OSUpgradeStatus> = {
-      observedGeneration: object.metadata?.generation ?? 0,
+      observedGeneration,
       phase: 'Invalid',
-      conditions: [{ type: 'Invalid', status: 'True', reason: 'SpecInvalid', message: error.message, lastTransitionTime: new Date(now).toISOString() }],
+      conditions: [
+        { type: 'Ready', status: 'False', reason: 'SpecInvalid', message: error.message, lastTransitionTime: at, observedGeneration },
+        { type: 'Stalled', status: 'True', reason: 'SpecInvalid', message: error.message, lastTransitionTime: at, observedGeneration },
+        { type: 'Reconciling', status: 'False', reason: 'SpecInvalid', message: 'fix the spec; nothing is done until then', lastTransitionTime: at, observedGeneration },
+        { type: 'Invalid', status: 'True', reason: 'SpecInvalid', message: error.message, lastTransitionTime: at, observedGeneration },
+      ],
     };
     if (!options.dryRun && object.status?.phase !== 'Invalid') {
       guard();
@@ -120,6 +131,7 @@ export async function reconcileRollout(object: OSUpgradeObject, options: Reconci
   }
 
   const nodes = await observeNodes(api, name);
+  for (const node of nodes) uids.set(node.name, node.uid);
   const now = options.now();
   const plan = planRollout(rollout, { nodes }, now);
   report.plan = plan;
@@ -177,6 +189,26 @@ export async function reconcileRollout(object: OSUpgradeObject, options: Reconci
     }
   }
   return report;
+}
+
+/**
+ * Keeps the kubeos.io/version label equal to the version each node's agent reports, so
+ * `kubectl get nodes -L kubeos.io/version` and node selectors see it. Returns the failures.
+ */
+export async function syncVersionLabels(options: ReconcileOptions): Promise<KubeosError[]> {
+  const errors: KubeosError[] = [];
+  const patches = planVersionLabels((await options.api.listNodes()).map(readNodeView));
+  if (options.dryRun) return errors;
+  for (const { node, patch } of patches) {
+    try {
+      options.assertLeader?.();
+      await options.api.patchNode(node, patch);
+    } catch (error) {
+      if (isKubeosError(error, 'E_LEADERSHIP_LOST')) throw error;
+      errors.push(asKubeosError(error));
+    }
+  }
+  return errors;
 }
 
 /** Reconciles every OSUpgrade, in name order, each against a fresh view of the nodes. */

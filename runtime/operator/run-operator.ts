@@ -6,7 +6,7 @@
 import { isKubeosError, KubeosError } from '../core/errors.js';
 import { LeaderElector } from './elect-leader.js';
 import type { KubeApi } from './kube-api.js';
-import { reconcileAll, type ReconcileReport } from './reconcile-rollout.js';
+import { reconcileAll, syncVersionLabels, type ReconcileReport } from './reconcile-rollout.js';
 
 export interface OperatorOptions {
   api: KubeApi;
@@ -95,8 +95,10 @@ export async function runOperator(options: OperatorOptions): Promise<void> {
         if (leader && (dirty || now() - lastResync >= options.intervalMs)) {
           dirty = false;
           lastResync = now();
-          const reports = await reconcileAll({ api, now, assertLeader: () => elector.assertLeader(), recorded });
+          const reconcile = { api, now, assertLeader: () => elector.assertLeader(), recorded };
+          const reports = await reconcileAll(reconcile);
           emit({ type: 'reconciled', reports });
+          for (const error of await syncVersionLabels(reconcile)) emit({ type: 'error', error });
           // something moved: look again soon rather than at the next resync
           // (blocked evictions are retried at the resync interval, not in a tight loop)
           if (reports.some((r) => r.applied > 0)) dirty = true;

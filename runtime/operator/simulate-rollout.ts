@@ -127,6 +127,7 @@ export function simulateRollout(options: SimOptions): SimResult {
   for (const n of options.nodes) {
     const view: NodeView = {
       name: n.name,
+      uid: undefined,
       labels: n.labels,
       unschedulable: n.unschedulable ?? false,
       ready: n.ready ?? true,

@@ -172,6 +172,16 @@ test.serial('a rollout drains, upgrades and uncordons every node through the nod
   t.like(s, { observedGeneration: 1, targetVersion: '2.0.0', counts: { total: 3, done: 3, failed: 0, pending: 0 } });
   t.true(s.conditions.some((c: { type: string; status: string }) => c.type === 'Complete' && c.status === 'True'));
   for (const reason of ['KubeosDraining', 'KubeosUpgradeRequested', 'KubeosUpgraded', 'KubeosUpgradeDone']) t.true(reasons('node-a').has(reason), reason);
+
+  // what kubectl users see: the Ready condition, the events on the node, the version label
+  const wait = await cluster.plane.kubectl(['wait', '--for=condition=Ready', '--timeout=30s', 'osupgrade/fleet']);
+  t.is(wait.exitCode, 0, wait.stderr);
+  t.like(s.conditions.find((c: { type: string }) => c.type === 'Ready'), { status: 'True', reason: 'AllNodesUpgraded', observedGeneration: 1 });
+  t.like(s.conditions.find((c: { type: string }) => c.type === 'Stalled'), { status: 'False' });
+  const described = await cluster.plane.kubectlOk(['describe', 'node', 'node-a']);
+  for (const reason of ['KubeosDraining', 'KubeosUpgradeRequested', 'KubeosUpgraded', 'KubeosUpgradeDone']) t.regex(described, new RegExp(`Normal\\s+${reason}\\s`), reason);
+  await waitFor('the version labels', () => ['node-a', 'node-b', 'node-c'].every((n) => cluster.mirror.node(n)['metadata'].labels?.['kubeos.io/version'] === '2.0.0'));
+  t.regex(await cluster.plane.kubectlOk(['get', 'nodes', '-L', 'kubeos.io/version']), /^node-a\s.*\s2\.0\.0$/m);
 });
 
 test.serial('an eviction refused by a real PodDisruptionBudget is retried until the budget allows it', async (t) => {
@@ -215,6 +225,9 @@ test.serial('a node that never comes back is marked failed and the failure budge
   t.true(status().counts.pending >= 1);
   t.true(status().conditions.some((c: { type: string; status: string }) => c.type === 'FailureBudgetExceeded' && c.status === 'True'));
   await waitFor('the events', () => reasons('fleet').has('FailureBudgetExceeded') && reasons('node-a').has('KubeosUpgradeNodeTimeout'));
+  t.regex(await cluster.plane.kubectlOk(['describe', 'osupgrade', 'fleet']), /Warning\s+FailureBudgetExceeded\s/);
+  t.like(status().conditions.find((c: { type: string }) => c.type === 'Stalled'), { status: 'True', reason: 'FailureBudgetExceeded' });
+  t.like(status().conditions.find((c: { type: string }) => c.type === 'Ready'), { status: 'False' });
   const startedWhenPaused = h.upgrades.length;
   const reconciled = () => h.operatorEvents.filter((e) => e.type === 'reconciled').length;
   const before = reconciled();

@@ -1,7 +1,8 @@
 /** Planner, spec and handshake rules, case by case. */
 import test from 'ava';
 import { isWithinWindow } from '../../runtime/operator/maintenance-window.js';
-import { annotations, type NodeView, type PodView } from '../../runtime/operator/node-protocol.js';
+import { formatAge } from '../../builder/cli/format-age.js';
+import { annotations, planVersionLabels, versionLabel, type NodeView, type PodView } from '../../runtime/operator/node-protocol.js';
 import { parseOSUpgradeSpec, resolveMaxUnavailable, type Rollout } from '../../runtime/operator/osupgrade.js';
 import { planRollout } from '../../runtime/operator/plan-rollout.js';
 import { decideAgentAction } from '../../runtime/operator/run-node-agent.js';
@@ -9,7 +10,7 @@ import { decideAgentAction } from '../../runtime/operator/run-node-agent.js';
 const t0 = Date.UTC(2025, 0, 6, 12, 0); // a Monday
 
 function node(name: string, extra: Partial<NodeView> = {}): NodeView {
-  return { name, labels: {}, unschedulable: false, ready: true, readySince: t0 - 3_600_000, desiredVersion: undefined, currentVersion: '1.0.0', agentState: 'idle', stateVersion: undefined, lastError: undefined, record: undefined, ...extra };
+  return { name, uid: undefined, labels: {}, unschedulable: false, ready: true, readySince: t0 - 3_600_000, desiredVersion: undefined, currentVersion: '1.0.0', agentState: 'idle', stateVersion: undefined, lastError: undefined, record: undefined, ...extra };
 }
 
 function rollout(spec: Record<string, unknown> = {}): Rollout {
@@ -49,7 +50,51 @@ test('outside every window nothing starts and the rollout waits for the next one
   t.deepEqual(plan.actions, []);
   t.is(plan.status.phase, 'Waiting');
   t.is(plan.wakeAt, Date.UTC(2025, 0, 11, 1, 0));
+  t.is(plan.waiting, 'outside every maintenance window; next opens Sat 01:00 UTC');
+  t.like(plan.status.conditions.find((c) => c.type === 'Reconciling'), { status: 'True', reason: 'OutsideMaintenanceWindow' });
 });
+
+const waitingCase = test.macro((t, spec: Record<string, unknown>, nodes: NodeView[], expected: string | undefined) => {
+  t.is(planRollout(rollout(spec), { nodes }, t0).waiting, expected);
+});
+
+test('waiting: paused by spec', waitingCase, { paused: true }, [node('a')], 'paused: spec.paused is true');
+test('waiting: no pending node is Ready', waitingCase, {}, [node('a', { ready: false })], '1 pending node(s), none Ready and schedulable');
+test('waiting: maxUnavailable reached', waitingCase, {}, [node('a', { ready: false, currentVersion: '2.0.0' }), node('b')], 'maxUnavailable 1 reached: 1 selected node(s) unavailable');
+test('waiting: no node selected', waitingCase, { nodeSelector: { pool: 'gpu' } }, [node('a')], 'no node matches spec.nodeSelector {"pool":"gpu"}');
+test('waiting: nothing to explain when a node starts', waitingCase, {}, [node('a')], undefined);
+
+test('Ready, Reconciling and Stalled follow the rollout, each with the generation it is about', (t) => {
+  const running = planRollout(rollout(), { nodes: [node('a')] }, t0).status.conditions;
+  t.like(running.find((c) => c.type === 'Ready'), { status: 'False', reason: 'NodesUpgrading', observedGeneration: 3 });
+  t.like(running.find((c) => c.type === 'Reconciling'), { status: 'True', observedGeneration: 3 });
+  t.like(running.find((c) => c.type === 'Stalled'), { status: 'False' });
+  const done = planRollout(rollout(), { nodes: [node('a', { currentVersion: '2.0.0' })] }, t0).status.conditions;
+  t.like(done.find((c) => c.type === 'Ready'), { status: 'True', reason: 'AllNodesUpgraded' });
+  t.like(done.find((c) => c.type === 'Reconciling'), { status: 'False' });
+  const failedRecord = { rollout: 'fleet', version: '2.0.0', phase: 'failed' as const, since: t0, reason: 'FellBack' };
+  const withFailure = planRollout({ ...rollout({ paused: true }), pausedBy: 'failure-budget' }, { nodes: [node('a', { record: failedRecord }), node('b')] }, t0);
+  t.like(withFailure.status.conditions.find((c) => c.type === 'Stalled'), { status: 'True', reason: 'FailureBudgetExceeded' });
+  t.like(withFailure.status.conditions.find((c) => c.type === 'Ready'), { status: 'False', reason: 'FailureBudgetExceeded' });
+  t.regex(withFailure.waiting ?? '', /^paused by the failure budget: 1 node\(s\) failed, budget 1/);
+});
+
+test('the version label follows what each agent reports, and label-safe', (t) => {
+  t.deepEqual(planVersionLabels([
+    node('a', { currentVersion: '2.0.0', labels: { [versionLabel]: '2.0.0' } }),
+    node('b', { currentVersion: '2.0.0', labels: { [versionLabel]: '1.0.0' } }),
+    node('c', { currentVersion: '2.0.0+build.7' }),
+    node('d', { currentVersion: undefined }),
+  ]), [
+    { node: 'b', patch: { metadata: { labels: { [versionLabel]: '2.0.0' } } } },
+    { node: 'c', patch: { metadata: { labels: { [versionLabel]: '2.0.0_build.7' } } } },
+  ]);
+});
+
+const age = test.macro((t, ms: number, expected: string) => t.is(formatAge(ms), expected));
+for (const [ms, text] of [[0, '0s'], [45_000, '45s'], [119_000, '119s'], [330_000, '5m30s'], [600_000, '10m'], [179 * 60_000, '179m'], [3 * 3_600_000 + 5 * 60_000, '3h5m'], [30 * 3_600_000, '30h'], [(2 * 24 + 4) * 3_600_000, '2d4h'], [400 * 86_400_000, '400d'], [(3 * 365 + 10) * 86_400_000, '3y10d']] as const) {
+  test(`an age of ${ms} ms prints as ${text}, as kubectl prints it`, age, ms, text);
+}
 
 test('a drain leaves DaemonSet, mirror and finished pods alone and evicts the rest', (t) => {
   const draining = node('a', {

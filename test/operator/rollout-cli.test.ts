@@ -10,6 +10,7 @@ import { readNodeView } from '../../runtime/operator/node-protocol.js';
 import { readRollout } from '../../runtime/operator/osupgrade.js';
 import { renderProgressLine, renderTable } from '../../builder/cli/commands/rollout.js';
 import { cliPath, kubeos as runCli } from '../helpers/cli.js';
+import { makeTempDir } from '../helpers/temp-dir.js';
 import { OperatorCluster } from './cluster-fixture.js';
 
 const test = anyTest as TestFn<unknown>;
@@ -50,7 +51,7 @@ test.serial('rollout status prints a node table and a progress line', async (t) 
   const { code, stdout, stderr } = await kubeos(['rollout', 'status', 'fleet', '--kubeconfig', kubeconfig]);
   t.is(code, 0, stderr);
   t.regex(stdout, /^NODE\s+PHASE/m);
-  t.regex(stdout, /node-a\s+draining/);
+  t.regex(stdout, /node-a\s+draining\s+\d+s$/m, 'ages as kubectl prints them');
   t.regex(stdout, /0\/3 on 2\.0\.0 · 2 draining · Progressing/);
 });
 
@@ -92,6 +93,33 @@ test.serial('operator run --dry-run prints the plan and writes nothing', async (
   t.true(requests.length > 0, 'the dry run read the cluster as the operator');
   t.deepEqual(requests.filter((e) => !['get', 'list', 'watch'].includes(e['verb'])).map((e) => `${e['verb']} ${e['requestURI']}`), []);
   t.true(requests.every((e) => e['responseStatus']?.code === 200), 'RBAC allowed every read');
+});
+
+test.serial('operator run --dry-run says why nothing starts outside every maintenance window', async (t) => {
+  for (const n of ['node-a', 'node-b']) await cluster.addNode(n);
+  const tomorrow = new Date(Date.now() + 86_400_000);
+  const day = (['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'] as const)[tomorrow.getUTCDay()]!;
+  await cluster.addOSUpgrade('fleet', { version: '2.0.0', maintenanceWindows: [{ days: [day], start: '22:00', end: '23:00' }] });
+  await cluster.mirror.waitFor('the fleet', () => cluster.mirror.get('osupgrades', 'fleet') !== undefined);
+  const { code, stdout, stderr } = await kubeos(['operator', 'run', '--dry-run', '--kubeconfig', cluster.operatorKubeconfig]);
+  t.is(code, 0, stderr);
+  t.is(stdout.trim(), `fleet: nothing starts: outside every maintenance window; next opens ${day} 22:00 UTC`);
+});
+
+test.serial('a kubeconfig that does not exist is named in the error', async (t) => {
+  const { code, stdout } = await kubeos(['rollout', 'status', 'fleet', '--kubeconfig', '/nonexistent/kubeconfig', '--json']);
+  t.is(code, 1);
+  const error = (JSON.parse(stdout) as { error: { code: string; details: { kubeconfig: string } } }).error;
+  t.is(error.code, 'E_KUBECONFIG_MISSING');
+  t.is(error.details.kubeconfig, '/nonexistent/kubeconfig');
+});
+
+test.serial('no kubeconfig anywhere fails with E_KUBECONFIG_MISSING and says where it looked', async (t) => {
+  const home = await makeTempDir(t, 'kubeos-home-');
+  const result = await runCli(['operator', 'run', '--dry-run'], { env: { HOME: home, KUBECONFIG: '', KUBERNETES_SERVICE_HOST: '' } });
+  t.is(result.exitCode, 1);
+  t.regex(result.stderr, /error E_KUBECONFIG_MISSING/);
+  t.true(result.stderr.includes(`${home}/.kube/config`), result.stderr);
 });
 
 test('the progress line and table render from status alone', (t) => {

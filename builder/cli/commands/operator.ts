@@ -25,6 +25,7 @@ function describeReport(r: ReconcileReport): string[] {
     lines.push(`${r.rollout}: ${s.phase} ${s.counts.done}/${s.counts.total} on ${s.targetVersion}, ${s.counts.draining} draining, ${s.counts.upgrading} upgrading, ${s.counts.verifying} verifying, ${s.counts.failed} failed; ${r.applied} action(s)`);
   }
   for (const a of r.plan?.actions ?? []) if (a.type !== 'evict') lines.push(`  ${a.type} ${'node' in a ? a.node : r.rollout}`);
+  if (r.plan?.waiting !== undefined && r.applied === 0) lines.push(`${r.rollout}: nothing starts: ${r.plan.waiting}`);
   for (const b of r.blocked) lines.push(`  eviction of ${b.pod} on ${b.node} blocked: ${b.message}`);
   for (const e of r.errors) lines.push(`  error ${e.code}: ${e.message}`);
   return lines;
@@ -66,8 +67,8 @@ const run: CommandModule<GlobalArgs, RunArgs> = {
     const api = KubeApi.connect({ kubeconfig: args.kubeconfig, context: args.context }, args.identity);
     if (args['dry-run']) {
       const reports = await reconcileAll({ api, now: Date.now, dryRun: true });
-      const value = reports.map((r) => ({ rollout: r.rollout, invalid: r.invalid?.toJSON(), actions: r.plan?.actions ?? [], status: r.plan?.status }));
-      printResult(args, value, () => reports.map((r) => [...describeReport({ ...r, applied: r.plan?.actions.length ?? 0 })].join('\n') || `${r.rollout}: nothing to do`).join('\n') || 'no OSUpgrades');
+      const value = reports.map((r) => ({ rollout: r.rollout, invalid: r.invalid?.toJSON(), actions: r.plan?.actions ?? [], waiting: r.plan?.waiting ?? null, status: r.plan?.status }));
+      printResult(args, value, () => reports.map((r) => [...describeReport({ ...r, applied: r.plan?.actions.length ?? 0 })].join('\n') || `${r.rollout}: nothing to do (${r.plan?.status.phase ?? 'invalid'})`).join('\n') || 'no OSUpgrades');
       return;
     }
     const abort = new AbortController();

@@ -1,0 +1,146 @@
+/**
+ * deploy/ against a REAL API server, through the kubectl of the same release: what
+ * `kubectl apply -k deploy/` installs, what the CRD's schema and CEL rules refuse, and what the
+ * operator's and the agent's credentials may and may not do (RBAC, and the agent's
+ * ValidatingAdmissionPolicy with a token bound to a pod on its node).
+ */
+import anyTest, { type TestFn } from 'ava';
+import { readFile } from 'node:fs/promises';
+import { versionPattern } from '../../runtime/core/compare-versions.js';
+import { annotations } from '../../runtime/operator/node-protocol.js';
+import { OperatorCluster, systemNamespace } from './cluster-fixture.js';
+
+const test = anyTest as TestFn<unknown>;
+let cluster: OperatorCluster;
+let agentOnA: string;
+
+test.before(async () => {
+  cluster = await OperatorCluster.start({ controllerManager: false });
+  for (const node of ['node-a', 'node-b']) await cluster.addNode(node, { 'kubeos.io/managed': 'true' });
+  await cluster.core.createNamespacedPod({
+    namespace: systemNamespace,
+    body: {
+      metadata: { name: 'kubeos-agent-a' },
+      spec: { nodeName: 'node-a', serviceAccountName: 'kubeos-agent', containers: [{ name: 'agent', image: 'registry.invalid/kubeos:test' }] },
+    },
+  });
+  agentOnA = await cluster.plane.serviceAccountKubeconfig(systemNamespace, 'kubeos-agent', { boundPod: { namespace: systemNamespace, name: 'kubeos-agent-a' } });
+});
+test.after.always(async () => {
+  await cluster?.stop();
+});
+
+const osupgrade = (name: string, spec: Record<string, unknown>) => JSON.stringify({ apiVersion: 'kubeos.io/v1alpha1', kind: 'OSUpgrade', metadata: { name }, spec });
+
+test('kubectl apply -k deploy/ installs everything in one go, and applying it again would change nothing', async (t) => {
+  // the server-side dry run of a second apply finds nothing to change (exit 0: no differences)
+  const diff = await cluster.plane.kubectl(['diff', '-k', 'deploy/']);
+  t.is(diff.exitCode, 0, diff.stdout + diff.stderr);
+  t.is(diff.stdout, '');
+  for (const [kind, name] of [
+    ['namespace', 'kubeos-system'], ['crd', 'osupgrades.kubeos.io'], ['clusterrole', 'kubeos-operator'], ['clusterrole', 'kubeos-agent'],
+    ['validatingadmissionpolicy', 'kubeos-agent-own-node'], ['validatingadmissionpolicybinding', 'kubeos-agent-own-node'],
+  ] as const) {
+    t.is((await cluster.plane.kubectl(['get', kind, name])).exitCode, 0, `${kind}/${name}`);
+  }
+  for (const [kind, name] of [['daemonset', 'kubeos-agent'], ['deployment', 'kubeos-operator'], ['serviceaccount', 'kubeos-operator'], ['pdb', 'kubeos-operator']] as const) {
+    t.is((await cluster.plane.kubectl(['get', '-n', systemNamespace, kind, name])).exitCode, 0, `${kind}/${name}`);
+  }
+  t.is((await cluster.plane.kubectl(['get', 'osupgrades'])).stderr.trim(), 'No resources found', 'applying deploy/ starts no rollout');
+});
+
+test('kubectl get osupgrades shows the rollout columns and kubectl explain documents the spec', async (t) => {
+  await cluster.plane.kubectlOk(['apply', '-f', '-'], { input: osupgrade('columns', { version: '1.4.0', maxUnavailable: '10%' }) });
+  t.teardown(() => cluster.plane.kubectl(['delete', 'osupgrade', 'columns']));
+  const table = await cluster.plane.kubectlOk(['get', 'osupgrades']);
+  t.regex(table, /^NAME\s+VERSION\s+PHASE\s+DONE\s+TOTAL\s+UPGRADING\s+FAILED\s+AGE$/m);
+  t.regex(table, /^columns\s+1\.4\.0\s/m);
+  t.regex(await cluster.plane.kubectlOk(['get', 'osup', '-o', 'wide']), /MAX-UNAVAILABLE\s+PAUSED/, 'the short name and the wide columns');
+  const explained = await cluster.plane.kubectlOk(['explain', 'osupgrade.spec.maxUnavailable']);
+  t.regex(explained, /a count or a percentage/);
+  t.regex(await cluster.plane.kubectlOk(['explain', 'osupgrade.spec']), /maintenanceWindows/);
+});
+
+const refused = test.macro(async (t, spec: Record<string, unknown>, field: string) => {
+  const result = await cluster.plane.kubectl(['apply', '-f', '-'], { input: osupgrade('bad', spec) });
+  t.is(result.exitCode, 1, result.stdout);
+  t.true(result.stderr.includes(field), result.stderr);
+  t.is((await cluster.plane.kubectl(['get', 'osupgrade', 'bad'])).exitCode, 1, 'nothing was stored');
+});
+
+test('the API server refuses a version that is not semver', refused, { version: 'latest' }, 'spec.version');
+test('the API server refuses maxUnavailable "abc"', refused, { version: '1.4.0', maxUnavailable: 'abc' }, 'spec.maxUnavailable');
+test('the API server refuses maxUnavailable 0', refused, { version: '1.4.0', maxUnavailable: 0 }, 'spec.maxUnavailable');
+test('the API server refuses an unknown day', refused, { version: '1.4.0', maintenanceWindows: [{ days: ['Someday'], start: '22:00', end: '04:00' }] }, 'spec.maintenanceWindows[0].days[0]');
+test('the API server refuses a time that is not HH:MM', refused, { version: '1.4.0', maintenanceWindows: [{ days: ['Mon'], start: '25:00', end: '04:00' }] }, 'spec.maintenanceWindows[0].start');
+
+test('the CRD checks spec.version with the pattern kubeos uses everywhere', async (t) => {
+  const crd = await readFile(new URL('../../deploy/crd-osupgrade.yaml', import.meta.url), 'utf8');
+  const pattern = /version:\n\s+type: string\n\s+pattern: '([^']+)'/.exec(crd)?.[1];
+  t.is(pattern, versionPattern.source);
+});
+
+/** kubectl auth can-i; "pods/eviction" names a subresource, "leases/NAME" an object. */
+const can = async (kubeconfig: string, verb: string, resource: string, namespace?: string) => {
+  const [kind = '', sub] = resource.split('/');
+  const subresource = sub === 'eviction' || sub === 'status' ? ['--subresource', sub] : [];
+  const target = subresource.length > 0 ? kind : resource;
+  return (await cluster.plane.kubectl(['auth', 'can-i', verb, target, ...subresource, ...(namespace ? ['-n', namespace] : [])], { kubeconfig })).stdout.trim();
+};
+
+test('the operator may do what it does and nothing else', async (t) => {
+  const op = cluster.operatorKubeconfig;
+  for (const [verb, resource, ns] of [
+    ['patch', 'nodes'], ['watch', 'nodes'], ['list', 'pods'], ['create', 'pods/eviction'], ['create', 'events'],
+    ['patch', 'osupgrades.kubeos.io'], ['patch', 'osupgrades.kubeos.io/status'], ['create', 'leases.coordination.k8s.io', systemNamespace],
+    ['update', 'leases.coordination.k8s.io/kubeos-operator', systemNamespace],
+  ] as const) t.is(await can(op, verb, resource, ns), 'yes', `${verb} ${resource}`);
+  for (const [verb, resource, ns] of [
+    ['delete', 'pods'], ['delete', 'nodes'], ['create', 'osupgrades.kubeos.io'], ['get', 'secrets', 'default'],
+    ['update', 'leases.coordination.k8s.io/other-lease', systemNamespace], ['patch', 'daemonsets.apps', systemNamespace],
+    ['update', 'osupgrades.kubeos.io/status'], ['create', 'pods'],
+  ] as const) t.is(await can(op, verb, resource, ns), 'no', `${verb} ${resource}`);
+  // and for real: the API server refuses it
+  const result = await cluster.plane.kubectl(['delete', 'node', 'node-b', '--dry-run=server'], { kubeconfig: op });
+  t.is(result.exitCode, 1);
+  t.regex(result.stderr, /forbidden/);
+});
+
+const agentPatch = async (node: string, patch: Record<string, unknown>) =>
+  cluster.plane.kubectl(['patch', 'node', node, '--type=merge', '-p', JSON.stringify(patch)], { kubeconfig: agentOnA });
+
+test('the agent with a token bound to its pod on node-a may set its own annotations on node-a', async (t) => {
+  const result = await agentPatch('node-a', { metadata: { annotations: { [annotations.state]: 'idle', [annotations.currentVersion]: '1.0.0' } } });
+  t.is(result.exitCode, 0, result.stderr);
+  const node = await cluster.core.readNode({ name: 'node-a' });
+  t.is(node.metadata?.annotations?.[annotations.state], 'idle');
+});
+
+test('the agent may not patch another node', async (t) => {
+  const result = await agentPatch('node-b', { metadata: { annotations: { [annotations.state]: 'idle' } } });
+  t.is(result.exitCode, 1);
+  t.regex(result.stderr, /kubeos-agent-own-node/);
+  t.regex(result.stderr, /only patch its own Node/);
+});
+
+test('the agent may not set the operator\'s annotations, labels or spec on its own node', async (t) => {
+  for (const patch of [
+    { metadata: { annotations: { [annotations.desiredVersion]: '9.9.9' } } },
+    { metadata: { labels: { 'kubeos.io/managed': 'false' } } },
+    { spec: { unschedulable: true } },
+  ]) {
+    const result = await agentPatch('node-a', patch);
+    t.is(result.exitCode, 1, JSON.stringify(patch));
+    t.regex(result.stderr, /only change the kubeos\.io annotations it owns/, JSON.stringify(patch));
+  }
+  const node = await cluster.core.readNode({ name: 'node-a' });
+  t.is(node.metadata?.annotations?.[annotations.desiredVersion], undefined);
+  t.not(node.spec?.unschedulable, true);
+});
+
+test('a token of the agent\'s service account that is not bound to a pod may patch no node', async (t) => {
+  const unbound = await cluster.plane.serviceAccountKubeconfig(systemNamespace, 'kubeos-agent');
+  const result = await cluster.plane.kubectl(['patch', 'node', 'node-a', '--type=merge', '-p', JSON.stringify({ metadata: { annotations: { [annotations.state]: 'idle' } } })], { kubeconfig: unbound });
+  t.is(result.exitCode, 1);
+  t.regex(result.stderr, /only patch its own Node/);
+});
