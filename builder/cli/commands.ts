@@ -5,6 +5,7 @@ import { buildCommand } from './commands/build.js';
 import { bundleCommand } from './commands/bundle.js';
 import { channelCommand } from './commands/channel.js';
 import { keygenCommand } from './commands/keygen.js';
+import { ociCommand } from './commands/oci.js';
 import { operatorCommand } from './commands/operator.js';
 import { publishCommand } from './commands/publish.js';
 import { qemuCommand } from './commands/qemu.js';
@@ -20,4 +21,5 @@ export const commands: CommandModule<any, any>[] = [
   agentCommand,
   operatorCommand,
   rolloutCommand,
+  ociCommand,
 ];

@@ -42,6 +42,10 @@ export const toolPackages = {
   'sha256sum': 'coreutils',
   'dd': 'coreutils',
   'ldd': 'libc-bin',
+  'openssl': 'openssl',
+  'skopeo': 'skopeo',
+  'umoci': 'umoci',
+  'chroot': 'coreutils',
 } as const;
 
 export type Tool = keyof typeof toolPackages;

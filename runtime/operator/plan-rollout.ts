@@ -45,7 +45,7 @@ export interface PodRef {
 export type NodeAction =
   | { type: 'cordon'; node: string; record: NodeRecord }
   | { type: 'evict'; node: string; pods: PodRef[] }
-  | { type: 'set-desired-version'; node: string; version: string; channel: string; record: NodeRecord }
+  | { type: 'set-desired-version'; node: string; version: string; channel: string; record: NodeRecord; drainStarted: number }
   | { type: 'uncordon'; node: string; record: NodeRecord }
   | { type: 'mark-done'; node: string; record: NodeRecord }
   | { type: 'mark-failed'; node: string; record: NodeRecord; uncordon: boolean };
@@ -150,7 +150,7 @@ function advanceInFlight(rollout: Rollout, node: NodeView, rec: NodeRecord, now:
       const record: NodeRecord = { rollout: rec.rollout, version: spec.version, phase: 'upgrading', since: now };
       return {
         phase: 'upgrading',
-        action: { type: 'set-desired-version', node: node.name, version: spec.version, channel: spec.channel, record },
+        action: { type: 'set-desired-version', node: node.name, version: spec.version, channel: spec.channel, record, drainStarted: rec.since },
         record,
         unschedulable: node.unschedulable,
         wakeAt: now + spec.nodeTimeoutSeconds * 1000,

@@ -32,6 +32,8 @@ export interface ReconcileReport {
   plan: RolloutPlan | undefined;
   invalid: KubeosError | undefined;
   applied: number;
+  /** The plan's actions that were written (evictions not counted). */
+  appliedActions: RolloutAction[];
   blocked: BlockedEviction[];
   /** Writes that failed; the next reconcile retries them from the cluster's state. */
   errors: KubeosError[];
@@ -85,7 +87,7 @@ function asKubeosError(error: unknown): KubeosError {
 export async function reconcileRollout(object: OSUpgradeObject, options: ReconcileOptions): Promise<ReconcileReport> {
   const { api } = options;
   const name = object.metadata?.name ?? '';
-  const report: ReconcileReport = { rollout: name, plan: undefined, invalid: undefined, applied: 0, blocked: [], errors: [] };
+  const report: ReconcileReport = { rollout: name, plan: undefined, invalid: undefined, applied: 0, appliedActions: [], blocked: [], errors: [] };
   const guard = options.assertLeader ?? (() => {});
   const component = options.component ?? 'kubeos-operator';
   const recorded = options.recorded ?? new Set<string>();
@@ -169,6 +171,7 @@ export async function reconcileRollout(object: OSUpgradeObject, options: Reconci
         if (patch !== undefined) await api.patchNode(action.node, patch);
       }
       report.applied++;
+      report.appliedActions.push(action);
       await record(eventFor(name, action)!);
     } catch (error) {
       if (isKubeosError(error, 'E_LEADERSHIP_LOST')) throw error;

@@ -3,6 +3,7 @@
  * Node or an OSUpgrade changes (watches), until the signal aborts. Reports go to a callback; the
  * CLI decides what to print.
  */
+import { performance } from 'node:perf_hooks';
 import { isKubeosError, KubeosError } from '../core/errors.js';
 import { LeaderElector } from './elect-leader.js';
 import type { KubeApi } from './kube-api.js';
@@ -24,12 +25,14 @@ export interface OperatorOptions {
   /** Give the lease up when stopping (default true); false behaves like a crash. */
   releaseOnExit?: boolean;
   onEvent?: (event: OperatorEvent) => void;
+  /** Called at every turn of the loop with whether the API server answered (for /healthz and /readyz). */
+  heartbeat?: (apiReachable: boolean) => void;
 }
 
 export type OperatorEvent =
   | { type: 'leading' }
   | { type: 'following'; holder?: string }
-  | { type: 'reconciled'; reports: ReconcileReport[] }
+  | { type: 'reconciled'; reports: ReconcileReport[]; seconds: number }
   | { type: 'error'; error: KubeosError };
 
 function asKubeosError(error: unknown): KubeosError {
@@ -42,6 +45,7 @@ export async function runOperator(options: OperatorOptions): Promise<void> {
   const durationSeconds = options.leaseDurationSeconds ?? 15;
   const debounceMs = options.debounceMs ?? 500;
   const emit = options.onEvent ?? (() => {});
+  const heartbeat = options.heartbeat ?? (() => {});
   const elector = new LeaderElector({ api, namespace: options.namespace, name: options.leaseName, identity: options.identity, durationSeconds, now });
   const recorded = new Set<string>();
   // Renew well within the lease duration even when the resync interval is long.
@@ -96,15 +100,19 @@ export async function runOperator(options: OperatorOptions): Promise<void> {
           dirty = false;
           lastResync = now();
           const reconcile = { api, now, assertLeader: () => elector.assertLeader(), recorded };
+          const started = performance.now();
           const reports = await reconcileAll(reconcile);
-          emit({ type: 'reconciled', reports });
+          emit({ type: 'reconciled', reports, seconds: (performance.now() - started) / 1000 });
           for (const error of await syncVersionLabels(reconcile)) emit({ type: 'error', error });
           // something moved: look again soon rather than at the next resync
           // (blocked evictions are retried at the resync interval, not in a tight loop)
           if (reports.some((r) => r.applied > 0)) dirty = true;
         }
+        heartbeat(true);
       } catch (error) {
-        emit({ type: 'error', error: asKubeosError(error) });
+        const failure = asKubeosError(error);
+        heartbeat(failure.code !== 'E_KUBERNETES' || failure.details?.['status'] !== undefined);
+        emit({ type: 'error', error: failure });
       }
       if (signal.aborted) break;
       const wait = dirty && leading ? debounceMs : tick;

@@ -11,6 +11,7 @@ import { annotations } from '../../runtime/operator/node-protocol.js';
 import { OperatorCluster, systemNamespace } from './cluster-fixture.js';
 
 const test = anyTest as TestFn<unknown>;
+const packageVersion = (JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 let cluster: OperatorCluster;
 let agentOnA: string;
 
@@ -25,6 +26,16 @@ test.before(async () => {
     },
   });
   agentOnA = await cluster.plane.serviceAccountKubeconfig(systemNamespace, 'kubeos-agent', { boundPod: { namespace: systemNamespace, name: 'kubeos-agent-a' } });
+  // A new ValidatingAdmissionPolicy is enforced once the API server's admission plugin has loaded
+  // it, a moment after it is created: wait for that like for the server's readiness, with a
+  // server-side dry run that the policy must refuse.
+  const probe = ['patch', 'node', 'node-b', '--dry-run=server', '--type=merge', '-p', JSON.stringify({ metadata: { annotations: { [annotations.state]: 'idle' } } })];
+  for (let deadline = Date.now() + 60_000; ; ) {
+    const result = await cluster.plane.kubectl(probe, { kubeconfig: agentOnA });
+    if (result.exitCode !== 0 && result.stderr.includes('kubeos-agent-own-node')) break;
+    if (Date.now() > deadline) throw new Error(`the admission policy was not enforced within 60 s: ${result.stderr}`);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
 });
 test.after.always(async () => {
   await cluster?.stop();
@@ -46,7 +57,10 @@ test('kubectl apply -k deploy/ installs everything in one go, and applying it ag
   for (const [kind, name] of [['daemonset', 'kubeos-agent'], ['deployment', 'kubeos-operator'], ['serviceaccount', 'kubeos-operator'], ['pdb', 'kubeos-operator']] as const) {
     t.is((await cluster.plane.kubectl(['get', '-n', systemNamespace, kind, name])).exitCode, 0, `${kind}/${name}`);
   }
-  t.is((await cluster.plane.kubectl(['get', 'osupgrades'])).stderr.trim(), 'No resources found', 'applying deploy/ starts no rollout');
+  const rendered = await cluster.plane.kubectlOk(['kustomize', 'deploy/']);
+  t.false(/^kind: OSUpgrade$/m.test(rendered), 'applying deploy/ starts no rollout');
+  t.true(rendered.indexOf('kind: Namespace') < rendered.indexOf('kind: CustomResourceDefinition'), 'the namespace first, then the CRD');
+  t.deepEqual([...new Set([...rendered.matchAll(/^\s+image: (\S+)$/gm)].map((m) => m[1]))], [`ghcr.io/kubeos/kubeos:${packageVersion}`], 'one image, pinned to the project version');
 });
 
 test('kubectl get osupgrades shows the rollout columns and kubectl explain documents the spec', async (t) => {

@@ -10,12 +10,15 @@
 import anyTest, { type TestFn } from 'ava';
 import { EventEmitter, setMaxListeners } from 'node:events';
 import { readFile } from 'node:fs/promises';
+import { createInterface } from 'node:readline';
+import { execa } from 'execa';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { KubeApi } from '../../runtime/operator/kube-api.js';
 import { annotations, decodeRecord } from '../../runtime/operator/node-protocol.js';
 import { reconcileRollout } from '../../runtime/operator/reconcile-rollout.js';
 import { runNodeAgent, type NodeAgentEvent, type UpgradeOutcome, type UpgradeProgress } from '../../runtime/operator/run-node-agent.js';
 import { runOperator, type OperatorEvent } from '../../runtime/operator/run-operator.js';
+import { cliPath } from '../helpers/cli.js';
 import { FaultProxy } from '../helpers/fault-proxy.js';
 import { OperatorCluster, systemNamespace } from './cluster-fixture.js';
 
@@ -284,6 +287,63 @@ test.serial('two replicas on one Lease never act at once', async (t) => {
   const writers = new Set(['node-a', 'node-b', 'node-c'].flatMap((n) => cluster.managers(n)).filter((m) => m.startsWith('op-')));
   t.is(writers.size, 1, `writes from ${[...writers].join(', ')}`);
   t.true(h.operatorEvents.some((e) => e.type === 'leading'));
+});
+
+/** `kubeos operator run --json` as a subprocess, its JSON log lines collected as they come. */
+function operatorProcess(identity: string) {
+  const lines: Array<Record<string, any>> = [];
+  const activity = new EventEmitter();
+  const child = execa('node', [cliPath, 'operator', 'run', '--kubeconfig', cluster.operatorKubeconfig, '--namespace', systemNamespace, '--identity', identity,
+    '--lease-duration', '2', '--interval', '0.2', '--metrics-address', '127.0.0.1:0', '--json'], { reject: false, buffer: false, timeout: 180_000 });
+  createInterface({ input: child.stdout! }).on('line', (line) => {
+    try {
+      lines.push(JSON.parse(line) as Record<string, any>);
+      activity.emit('change');
+    } catch {
+      // not a log line
+    }
+  });
+  return { child, lines, activity, identity, url: () => lines.find((l) => l['type'] === 'serving')?.['url'] as string | undefined, leading: () => lines.some((l) => l['type'] === 'leading') };
+}
+
+const httpGet = async (url: string) => {
+  const response = await fetch(url);
+  return { status: response.status, text: await response.text() };
+};
+
+test.serial('two operator processes on one Lease: one acts, SIGKILL hands over within the lease duration, nothing is done twice', async (t) => {
+  const h = await harness(t, { 'node-a': 'ok', 'node-b': 'ok', 'node-c': 'ok', 'node-d': 'ok' }, baseSpec, 300);
+  const both = new EventEmitter();
+  const ops = [operatorProcess('op-1'), operatorProcess('op-2')];
+  for (const op of ops) op.activity.on('change', () => both.emit('change'));
+  t.teardown(() => {
+    for (const op of ops) op.child.kill('SIGKILL');
+  });
+  await waitFor('one operator to lead', () => ops.some((op) => op.leading()), 30_000, both);
+  const leader = ops.find((op) => op.leading())!;
+  const follower = ops.find((op) => op !== leader)!;
+  await waitFor('both to serve their probes', () => ops.every((op) => op.url() !== undefined), 30_000, both);
+  for (const op of ops) t.is((await httpGet(`${op.url()!}/readyz`)).status, 200, `${op.identity} ready`);
+  t.is((await httpGet(`${leader.url()!}/healthz`)).status, 200);
+  t.regex((await httpGet(`${leader.url()!}/metrics`)).text, new RegExp(`^kubeos_operator_leader\\{identity="${leader.identity}"\\} 1$`, 'm'));
+  t.regex((await httpGet(`${follower.url()!}/metrics`)).text, new RegExp(`^kubeos_operator_leader\\{identity="${follower.identity}"\\} 0$`, 'm'));
+
+  const names = ['node-a', 'node-b', 'node-c', 'node-d'];
+  await waitFor('the first node to be done', () => names.some((n) => record(n)?.phase === 'done'), 60_000);
+  t.false(follower.leading(), 'the follower did not act while the leader lived');
+  t.false(names.some((n) => cluster.managers(n).includes(follower.identity)), 'no write from the follower');
+  const killedAt = Date.now();
+  leader.child.kill('SIGKILL'); // a crash: the lease is not released
+  await waitFor('the follower to take over', () => follower.leading(), 30_000, both);
+  const handover = Date.now() - killedAt;
+  t.log(`handover after ${handover} ms (lease duration 2000 ms)`);
+  t.true(handover <= 2000 + 1000, `handover took ${handover} ms`);
+
+  await waitFor('the rollout to complete', () => status().phase === 'Complete', 60_000);
+  t.deepEqual(h.upgrades.sort(), names.map((n) => `${n}:2.0.0:beta`), 'every node upgraded exactly once');
+  const metrics = (await httpGet(`${follower.url()!}/metrics`)).text;
+  t.regex(metrics, /^kubeos_rollout_nodes\{rollout="fleet",phase="done"\} 4$/m);
+  t.regex(metrics, /^kubeos_reconcile_duration_seconds_count \d+$/m);
 });
 
 test.serial('a failed API call is reported as E_KUBERNETES and retried on the next reconcile', async (t) => {

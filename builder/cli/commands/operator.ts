@@ -3,7 +3,9 @@ import { hostname } from 'node:os';
 import type { Argv, CommandModule } from 'yargs';
 import { KubeosError } from '../../../runtime/core/errors.js';
 import { reconcileAll, type ReconcileReport } from '../../../runtime/operator/reconcile-rollout.js';
+import { OperatorMetrics } from '../../../runtime/operator/operator-metrics.js';
 import { runOperator, type OperatorEvent } from '../../../runtime/operator/run-operator.js';
+import { serveHealth, type HealthState } from '../../../runtime/operator/serve-health.js';
 import { printResult, type GlobalArgs } from '../output.js';
 
 interface RunArgs extends GlobalArgs {
@@ -14,6 +16,7 @@ interface RunArgs extends GlobalArgs {
   identity: string;
   interval: number;
   'lease-duration': number;
+  'metrics-address': string;
   'dry-run'?: boolean;
 }
 
@@ -31,14 +34,15 @@ function describeReport(r: ReconcileReport): string[] {
   return lines;
 }
 
-function log(args: GlobalArgs, event: OperatorEvent): void {
+function log(args: GlobalArgs, event: OperatorEvent | { type: 'serving'; url: string }): void {
   if (args.json) {
     const value = event.type === 'error' ? { type: 'error', error: event.error.toJSON() } : event;
     process.stdout.write(`${JSON.stringify({ time: new Date().toISOString(), ...value })}\n`);
     return;
   }
   const at = new Date().toISOString();
-  const lines = event.type === 'leading' ? ['leading: reconciling OSUpgrades']
+  const lines = event.type === 'serving' ? [`serving /metrics, /healthz and /readyz on ${event.url}`]
+    : event.type === 'leading' ? ['leading: reconciling OSUpgrades']
     : event.type === 'following' ? ['not leading: another replica holds the lease']
     : event.type === 'error' ? [`error ${event.error.code}: ${event.error.message}`]
     : event.reports.flatMap(describeReport);
@@ -57,7 +61,11 @@ const run: CommandModule<GlobalArgs, RunArgs> = {
       .option('identity', { type: 'string', default: process.env['POD_NAME'] ?? hostname(), description: 'this replica in the Lease (the pod name)' })
       .option('interval', { type: 'number', default: 10, description: 'resync period in seconds (changes are seen at once through watches)' })
       .option('lease-duration', { type: 'number', default: 15, description: 'seconds another replica waits before taking over a silent leader' })
-      .option('dry-run', { type: 'boolean', description: 'plan once against the cluster, print the actions (--json for all of it), change nothing' }) as Argv<RunArgs>,
+      .option('metrics-address', { type: 'string', default: '127.0.0.1:8080', description: 'HOST:PORT for /metrics (Prometheus), /healthz and /readyz; port 0 picks one; "off" serves none' })
+      .option('dry-run', { type: 'boolean', description: 'plan once against the cluster, print the actions (--json for all of it), change nothing' })
+      .example('kubeos operator run --kubeconfig ~/.kube/config', 'lead (or wait to lead) and roll every OSUpgrade out')
+      .example('kubeos operator run --dry-run', 'what the next reconcile would do, and why nothing starts if nothing does')
+      .example('kubeos operator run --metrics-address 0.0.0.0:8080 --json', 'as in deploy/operator-deployment.yaml: JSON log lines, probes and metrics on the pod IP') as Argv<RunArgs>,
   handler: async (args) => {
     if (!(args.interval > 0) || !(args['lease-duration'] >= 1)) {
       throw new KubeosError('E_USAGE', `--interval must be > 0 and --lease-duration >= 1, got ${args.interval} and ${args['lease-duration']}`);
@@ -75,16 +83,32 @@ const run: CommandModule<GlobalArgs, RunArgs> = {
     const stop = () => abort.abort();
     process.once('SIGINT', stop);
     process.once('SIGTERM', stop);
-    await runOperator({
-      api,
-      namespace: args.namespace,
-      leaseName: args['lease-name'],
-      identity: args.identity,
-      intervalMs: args.interval * 1000,
-      leaseDurationSeconds: Math.round(args['lease-duration']),
-      signal: abort.signal,
-      onEvent: (event) => log(args, event),
-    });
+    const metrics = new OperatorMetrics(args.identity);
+    const health: HealthState = { lastLoopAt: Date.now(), apiReachable: false };
+    const intervalMs = args.interval * 1000;
+    const tickMs = Math.min(intervalMs, (args['lease-duration'] * 1000) / 3);
+    const server = args['metrics-address'] === 'off'
+      ? undefined
+      : await serveHealth(args['metrics-address'], metrics, health, Math.max(60_000, 10 * tickMs));
+    if (server !== undefined) log(args, { type: 'serving', url: server.url });
+    try {
+      await runOperator({
+        api,
+        namespace: args.namespace,
+        leaseName: args['lease-name'],
+        identity: args.identity,
+        intervalMs,
+        leaseDurationSeconds: Math.round(args['lease-duration']),
+        signal: abort.signal,
+        onEvent: (event) => {
+          metrics.observe(event);
+          log(args, event);
+        },
+        heartbeat: (apiReachable) => Object.assign(health, { lastLoopAt: Date.now(), apiReachable }),
+      });
+    } finally {
+      await server?.close();
+    }
   },
 };
 

@@ -1,0 +1,226 @@
+/**
+ * The container image the manifests in deploy/ run (the operator Deployment and the agent
+ * DaemonSet), built the way kubeos builds everything: no container engine, no root, reproducible.
+ * One layer holds Node.js with the shared libraries it loads (per ldd), the whole `kubeos` CLI
+ * bundled into one file, CA certificates and a passwd for the non-root user; the result is an OCI
+ * image layout (and optionally the same layout as one tar archive) whose bytes depend only on the
+ * inputs and SOURCE_DATE_EPOCH.
+ */
+import { createHash } from 'node:crypto';
+import { createReadStream, createWriteStream, existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { PassThrough, type Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { createGzip } from 'node:zlib';
+import tar from 'tar-stream';
+import { KubeosError } from '../../runtime/core/errors.js';
+import { run } from '../../runtime/core/exec.js';
+import { parseLdd } from '../rootfs/copy-binary.js';
+import { bundleProgram } from '../rootfs/bundle-agent.js';
+
+export const imageRepository = 'ghcr.io/kubeos/kubeos';
+
+export interface OciBuildOptions {
+  out: string;
+  /** The tag in index.json (org.opencontainers.image.ref.name); the project version by default. */
+  tag: string;
+  /** Also write the layout as one tar (skopeo's oci-archive:). */
+  archive?: string;
+  /** Seconds since 1970 for every mtime and the image's created time. */
+  epoch: number;
+  signal?: AbortSignal;
+  onProgress?: (step: string) => void;
+}
+
+export interface OciBuildResult {
+  out: string;
+  reference: string;
+  /** The manifest digest: what `image: REPO@sha256:...` pins. */
+  digest: string;
+  config: string;
+  layers: Array<{ digest: string; size: number; diffId: string }>;
+  archive: string | undefined;
+}
+
+interface LayerFile {
+  path: string;
+  mode: number;
+  /** A file on the host, or literal content. */
+  source: string | Buffer;
+}
+
+const caBundle = '/etc/ssl/certs/ca-certificates.crt';
+const nonRoot = 65532;
+
+function sha256(data: Buffer | string): string {
+  return `sha256:${createHash('sha256').update(data).digest('hex')}`;
+}
+
+/** What goes into the layer, sorted so the tar is the same every time. */
+async function planLayer(bundle: string, signal?: AbortSignal): Promise<LayerFile[]> {
+  const node = process.execPath;
+  const { stdout } = await run('ldd', [node], { signal, timeoutMs: 30_000 });
+  const files: LayerFile[] = [
+    { path: 'usr/bin/node', mode: 0o755, source: node },
+    ...parseLdd(stdout).map((lib) => ({ path: lib.slice(1), mode: 0o755, source: lib })),
+    { path: 'usr/lib/kubeos/kubeos.mjs', mode: 0o644, source: bundle },
+    { path: 'etc/passwd', mode: 0o644, source: Buffer.from(`root:x:0:0:root:/root:/sbin/nologin\nkubeos:x:${nonRoot}:${nonRoot}:kubeos:/tmp:/sbin/nologin\n`) },
+    { path: 'etc/group', mode: 0o644, source: Buffer.from(`root:x:0:\nkubeos:x:${nonRoot}:\n`) },
+  ];
+  if (existsSync(caBundle)) files.push({ path: caBundle.slice(1), mode: 0o644, source: caBundle });
+  return files.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+}
+
+/** The layer tar: parent directories first, fixed owner and mtime, then the files. */
+function packLayer(files: LayerFile[], epoch: number): tar.Pack {
+  const pack = tar.pack();
+  const mtime = new Date(epoch * 1000);
+  void (async () => {
+    const dirs = new Set<string>(['tmp']);
+    for (const file of files) for (let d = dirname(file.path); d !== '.'; d = dirname(d)) dirs.add(d);
+    for (const dir of [...dirs].sort()) {
+      await new Promise<void>((resolve, reject) => pack.entry({ name: `${dir}/`, type: 'directory', mode: dir === 'tmp' ? 0o1777 : 0o755, mtime, uid: 0, gid: 0 }, (e) => (e ? reject(e) : resolve())));
+    }
+    for (const file of files) {
+      if (Buffer.isBuffer(file.source)) {
+        await new Promise<void>((resolve, reject) => pack.entry({ name: file.path, mode: file.mode, mtime, uid: 0, gid: 0 }, file.source as Buffer, (e) => (e ? reject(e) : resolve())));
+      } else {
+        const size = (await stat(file.source)).size;
+        await pipeline(createReadStream(file.source), pack.entry({ name: file.path, size, mode: file.mode, mtime, uid: 0, gid: 0 }));
+      }
+    }
+    pack.finalize();
+  })().catch((error: unknown) => pack.destroy(error as Error));
+  return pack;
+}
+
+/** Writes a blob from a stream into blobs/sha256, returning its digest and size. */
+async function writeBlobStream(blobs: string, source: Readable): Promise<{ digest: string; size: number }> {
+  const temp = join(blobs, `.incoming-${process.pid}`);
+  const hash = createHash('sha256');
+  let size = 0;
+  const tap = new PassThrough();
+  tap.on('data', (chunk: Buffer) => {
+    hash.update(chunk);
+    size += chunk.length;
+  });
+  await pipeline(source, tap, createWriteStream(temp));
+  const digest = `sha256:${hash.digest('hex')}`;
+  await rename(temp, join(blobs, digest.slice('sha256:'.length)));
+  return { digest, size };
+}
+
+async function writeBlob(blobs: string, data: Buffer): Promise<{ digest: string; size: number }> {
+  const digest = sha256(data);
+  await writeFile(join(blobs, digest.slice('sha256:'.length)), data);
+  return { digest, size: data.length };
+}
+
+function json(value: unknown): Buffer {
+  return Buffer.from(JSON.stringify(value));
+}
+
+/** A directory tree as a reproducible tar (for the oci-archive form of the layout). */
+async function writeArchive(root: string, entries: string[], out: string, epoch: number): Promise<void> {
+  const pack = tar.pack();
+  const mtime = new Date(epoch * 1000);
+  const done = pipeline(pack, createWriteStream(out));
+  for (const entry of entries) {
+    if (entry.endsWith('/')) {
+      await new Promise<void>((resolve, reject) => pack.entry({ name: entry, type: 'directory', mode: 0o755, mtime, uid: 0, gid: 0 }, (e) => (e ? reject(e) : resolve())));
+      continue;
+    }
+    const size = (await stat(join(root, entry))).size;
+    await pipeline(createReadStream(join(root, entry)), pack.entry({ name: entry, size, mode: 0o644, mtime, uid: 0, gid: 0 }));
+  }
+  pack.finalize();
+  await done;
+}
+
+export async function buildOciImage(options: OciBuildOptions): Promise<OciBuildResult> {
+  const progress = options.onProgress ?? (() => {});
+  if (existsSync(options.out) && !existsSync(join(options.out, 'oci-layout'))) {
+    throw new KubeosError('E_USAGE', `--out ${options.out} exists and is not an OCI image layout`, { hint: 'name a new directory, or remove this one', details: { out: options.out } });
+  }
+  const work = await mkdtemp(join(tmpdir(), 'kubeos-oci-'));
+  // a fresh layout next to the target, moved into place at the end: a failed build leaves the old one
+  const staging = `${options.out}.partial-${process.pid}`;
+  try {
+    progress('bundling the kubeos CLI');
+    const bundle = join(work, 'kubeos.mjs');
+    await bundleProgram('builder/cli/main.ts', bundle);
+    const files = await planLayer(bundle, options.signal);
+
+    await rm(staging, { recursive: true, force: true });
+    const blobs = join(staging, 'blobs', 'sha256');
+    await mkdir(blobs, { recursive: true });
+
+    progress('writing the layer');
+    // the diff_id is the digest of the uncompressed tar, the blob the gzip of it
+    const diffHash = createHash('sha256');
+    const tarStream = packLayer(files, options.epoch);
+    const counted = new PassThrough();
+    counted.on('data', (chunk: Buffer) => diffHash.update(chunk));
+    const gzip = createGzip({ level: 9 });
+    const layerDone = writeBlobStream(blobs, gzip);
+    await pipeline(tarStream, counted, gzip);
+    const layer = await layerDone;
+    const diffId = `sha256:${diffHash.digest('hex')}`;
+
+    const created = new Date(options.epoch * 1000).toISOString();
+    const config = await writeBlob(blobs, json({
+      created,
+      architecture: 'amd64',
+      os: 'linux',
+      config: {
+        Entrypoint: ['/usr/bin/node', '/usr/lib/kubeos/kubeos.mjs'],
+        Cmd: ['--help'],
+        Env: ['PATH=/usr/bin:/bin', 'NODE_ENV=production'],
+        WorkingDir: '/tmp',
+        Labels: { 'org.opencontainers.image.title': 'kubeos', 'org.opencontainers.image.version': options.tag },
+      },
+      rootfs: { type: 'layers', diff_ids: [diffId] },
+      history: [{ created, created_by: 'kubeos oci build' }],
+    }));
+    const manifest = await writeBlob(blobs, json({
+      schemaVersion: 2,
+      mediaType: 'application/vnd.oci.image.manifest.v1+json',
+      config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: config.digest, size: config.size },
+      layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: layer.digest, size: layer.size }],
+      annotations: { 'org.opencontainers.image.created': created },
+    }));
+    await writeFile(join(staging, 'oci-layout'), json({ imageLayoutVersion: '1.0.0' }));
+    await writeFile(join(staging, 'index.json'), json({
+      schemaVersion: 2,
+      mediaType: 'application/vnd.oci.image.index.v1+json',
+      manifests: [{
+        mediaType: 'application/vnd.oci.image.manifest.v1+json', digest: manifest.digest, size: manifest.size,
+        platform: { architecture: 'amd64', os: 'linux' },
+        annotations: { 'org.opencontainers.image.ref.name': options.tag },
+      }],
+    }));
+
+    let archive: string | undefined;
+    if (options.archive !== undefined) {
+      progress('writing the archive');
+      const entries = ['blobs/', 'blobs/sha256/', ...[config, layer, manifest].map((b) => `blobs/sha256/${b.digest.slice('sha256:'.length)}`).sort(), 'index.json', 'oci-layout'];
+      await mkdir(dirname(options.archive), { recursive: true });
+      await writeArchive(staging, entries, options.archive, options.epoch);
+      archive = options.archive;
+    }
+    await rm(options.out, { recursive: true, force: true });
+    await mkdir(dirname(options.out), { recursive: true });
+    await rename(staging, options.out);
+    return { out: options.out, reference: `${imageRepository}:${options.tag}`, digest: manifest.digest, config: config.digest, layers: [{ ...layer, diffId }], archive };
+  } finally {
+    await rm(work, { recursive: true, force: true });
+    await rm(staging, { recursive: true, force: true });
+  }
+}
+
+/** The project version from package.json: the tag deploy/ pins. */
+export async function projectVersion(root: string): Promise<string> {
+  return (JSON.parse(await readFile(join(root, 'package.json'), 'utf8')) as { version: string }).version;
+}
