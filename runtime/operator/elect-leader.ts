@@ -20,6 +20,8 @@ export class LeaderElector {
   private observed: { key: string; at: number } | undefined;
   /** Until when (ms, own clock) this replica may act; 0 when it does not hold the lease. */
   private validUntil = 0;
+  /** The holder the lease named when this replica last read it. */
+  holder: string | undefined;
 
   constructor(private readonly options: LeaderElectorOptions) {}
 
@@ -41,8 +43,11 @@ export class LeaderElector {
     const { api, namespace, name, identity, durationSeconds, now } = this.options;
     const started = now();
     const current = await api.readLease(namespace, name);
+    this.holder = current?.holder;
     const write = async (lease: Omit<LeaseRecord, 'resourceVersion'>, expected: string | undefined) => {
       const ok = await api.writeLease(namespace, name, lease, expected);
+      // lost the race: whoever won is the holder now
+      this.holder = ok ? lease.holder : (await api.readLease(namespace, name))?.holder;
       // Count validity from before the read: the lease cannot be older than that.
       this.validUntil = ok ? started + durationSeconds * 1000 : 0;
       return ok;

@@ -78,6 +78,24 @@ function bodyMessage(error: unknown): string {
   return error instanceof Error ? error.message.split('\n')[0] ?? '' : String(error);
 }
 
+/**
+ * Why an eviction was refused, naming the PodDisruptionBudget: the API server puts "The disruption
+ * budget NAME needs N healthy pods and has M currently" in the Status's causes.
+ */
+function evictionRefusal(namespace: string, error: unknown): string {
+  const body = (error as { body?: unknown }).body;
+  let parsed: { message?: unknown; details?: { causes?: Array<{ reason?: unknown; message?: unknown }> } } | undefined;
+  try {
+    parsed = typeof body === 'string' ? JSON.parse(body) as typeof parsed : typeof body === 'object' && body !== null ? body as typeof parsed : undefined;
+  } catch {
+    parsed = undefined;
+  }
+  const cause = parsed?.details?.causes?.find((c) => c.reason === 'DisruptionBudget' && typeof c.message === 'string');
+  const match = typeof cause?.message === 'string' ? /^The disruption budget (\S+) (.*)$/.exec(cause.message) : null;
+  if (match !== null) return `PodDisruptionBudget ${namespace}/${match[1]} ${match[2]}`;
+  return typeof cause?.message === 'string' ? cause.message : bodyMessage(error);
+}
+
 function kubeError(what: string, error: unknown): KubeosError {
   const status = statusOf(error);
   const message = bodyMessage(error);
@@ -215,7 +233,7 @@ export class KubeApi {
         // 500 is what the API server answers when several PDBs match the pod: also "not now".
         const headers = (error as { headers?: Record<string, string> }).headers ?? {};
         const retry = Number.parseInt(headers['retry-after'] ?? '', 10);
-        return { outcome: 'blocked', status, message: bodyMessage(error), retryAfterSeconds: Number.isNaN(retry) ? undefined : retry };
+        return { outcome: 'blocked', status, message: evictionRefusal(namespace, error), retryAfterSeconds: Number.isNaN(retry) ? undefined : retry };
       }
       throw kubeError(`evicting pod ${namespace}/${name}`, error);
     }

@@ -161,9 +161,10 @@ function advanceInFlight(rollout: Rollout, node: NodeView, rec: NodeRecord, now:
         const why = evictionBlocker(p, spec.drain);
         return why === undefined ? [] : [`${p.namespace}/${p.name} ${why}`];
       });
+      const names = remaining.slice(0, 5).map((p) => `${p.namespace}/${p.name}`).join(', ');
       const message = blocked.length > 0
         ? `drain blocked: ${blocked.slice(0, 5).join('; ')}`
-        : `${remaining.length} pod(s) still on the node after ${spec.drain.timeoutSeconds}s (PodDisruptionBudget?)`;
+        : `${remaining.length} pod(s) still on the node after ${spec.drain.timeoutSeconds}s (${names}): ${rec.message ?? 'evictions refused (a PodDisruptionBudget?)'}`;
       return failed(node, rec, now, blocked.length > 0 ? 'DrainBlocked' : 'DrainTimeout', message, true);
     }
     const evict = remaining.filter((p) => !p.terminating && evictionBlocker(p, spec.drain) === undefined);

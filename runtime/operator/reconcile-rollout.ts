@@ -5,7 +5,7 @@
  */
 import { isKubeosError, KubeosError } from '../core/errors.js';
 import type { EventInput, KubeApi } from './kube-api.js';
-import { planVersionLabels, readNodeView, readPodView, type NodeView } from './node-protocol.js';
+import { annotations, encodeRecord, planVersionLabels, readNodeView, readPodView, type NodeView } from './node-protocol.js';
 import { readRollout, rolloutAnnotations, type OSUpgradeObject, type OSUpgradeStatus } from './osupgrade.js';
 import { nodePatchFor, planRollout, type RolloutAction, type RolloutPlan } from './plan-rollout.js';
 
@@ -156,6 +156,15 @@ export async function reconcileRollout(object: OSUpgradeObject, options: Reconci
             recorded.add(key);
             await record({ kind: 'Node', name: action.node, type: 'Warning', reason: 'KubeosEvictionBlocked', message: `evicting ${pod.namespace}/${pod.name}: ${result.message}; retrying` });
           }
+        }
+        // what holds the drain up goes on the node's record: rollout status shows it, and a drain
+        // that times out names it
+        const blocked = report.blocked.filter((b) => b.node === action.node);
+        const current = nodes.find((n) => n.name === action.node)?.record;
+        const message = blocked.length === 0 ? undefined : `blocked: ${blocked.slice(0, 3).map((b) => `${b.pod} by ${b.message}`).join('; ')}`;
+        if (current !== undefined && message !== undefined && current.message !== message) {
+          guard();
+          await api.patchNode(action.node, { metadata: { annotations: { [annotations.rollout]: encodeRecord({ ...current, message }) } } });
         }
         continue;
       }

@@ -79,12 +79,14 @@ export async function runOperator(options: OperatorOptions): Promise<void> {
     watches = undefined;
   };
 
-  let leading = false;
+  // undefined until the first answer, so a replica that starts as a follower says so too
+  let leading: boolean | undefined;
   let lastResync = 0;
   try {
     while (!signal.aborted) {
       try {
         const leader = await elector.tryAcquireOrRenew();
+        heartbeat(true);
         if (leader !== leading) {
           leading = leader;
           if (leader) {
@@ -92,7 +94,7 @@ export async function runOperator(options: OperatorOptions): Promise<void> {
             startWatches();
             dirty = true;
           } else {
-            emit({ type: 'following' });
+            emit({ type: 'following', holder: elector.holder });
             stopWatches();
           }
         }
@@ -108,14 +110,13 @@ export async function runOperator(options: OperatorOptions): Promise<void> {
           // (blocked evictions are retried at the resync interval, not in a tight loop)
           if (reports.some((r) => r.applied > 0)) dirty = true;
         }
-        heartbeat(true);
       } catch (error) {
         const failure = asKubeosError(error);
         heartbeat(failure.code !== 'E_KUBERNETES' || failure.details?.['status'] !== undefined);
         emit({ type: 'error', error: failure });
       }
       if (signal.aborted) break;
-      const wait = dirty && leading ? debounceMs : tick;
+      const wait = dirty && leading === true ? debounceMs : tick;
       await new Promise<void>((resolve) => {
         const done = () => {
           clearTimeout(timer);

@@ -173,7 +173,10 @@ export class OperatorCluster {
   async reset(): Promise<void> {
     for (const o of this.mirror.list('osupgrades')) await this.custom.deleteClusterCustomObject({ ...osupgrades, name: o['metadata'].name }).catch(ignoreMissing);
     for (const n of this.mirror.list('nodes')) await this.core.deleteNode({ name: n['metadata'].name }).catch(ignoreMissing);
-    for (const ns of this.namespaces) await this.core.deleteCollectionNamespacedPod({ namespace: ns, gracePeriodSeconds: 0 }).catch(ignoreMissing);
+    for (const ns of this.namespaces) {
+      await this.core.deleteCollectionNamespacedPod({ namespace: ns, gracePeriodSeconds: 0 }).catch(ignoreMissing);
+      await this.plane.kubectlOk(['delete', 'replicasets,statefulsets,daemonsets', '--all', '-n', ns, '--cascade=orphan', '--ignore-not-found']);
+    }
     for (const p of this.mirror.list('pods').filter((p) => p['metadata'].namespace === systemNamespace)) {
       await this.core.deleteNamespacedPod({ namespace: systemNamespace, name: p['metadata'].name, gracePeriodSeconds: 0 }).catch(ignoreMissing);
     }

@@ -200,7 +200,7 @@ test.serial('an eviction refused by a real PodDisruptionBudget is retried until 
   t.is(record('node-a')?.phase, 'draining');
   t.true(cluster.mirror.node('node-a')['spec'].unschedulable);
   t.deepEqual(h.upgrades, [], 'no upgrade while a pod is still on the node');
-  t.regex(blockedReports()[0]!.message, /disruption budget/i);
+  t.regex(blockedReports()[0]!.message, /^PodDisruptionBudget db\/postgres needs 1 healthy pods/);
   const blocked = cluster.mirror.events('node-a').filter((e) => e['reason'] === 'KubeosEvictionBlocked');
   t.is(blocked.length, 1, 'one Event per blocked pod, not one per retry');
   t.is(blocked[0]?.['type'], 'Warning');
@@ -211,6 +211,25 @@ test.serial('an eviction refused by a real PodDisruptionBudget is retried until 
   await waitFor('the rollout to complete', () => status().phase === 'Complete', 60_000);
   t.deepEqual(h.upgrades, ['node-a:2.0.0:beta']);
   t.is(cluster.mirror.get('pods', 'db/postgres-0'), undefined);
+});
+
+test.serial('a drain held by a PodDisruptionBudget past its timeout fails the node, naming the budget and the pod', async (t) => {
+  const h = await harness(t, { 'node-a': 'ok' }, { ...baseSpec, drain: { ...baseSpec.drain, timeoutSeconds: 3 }, failureBudget: 1 });
+  await cluster.addPod('db', 'postgres-0', 'node-a', { ownerKind: 'StatefulSet' });
+  await cluster.plane.kubectlOk(['create', 'poddisruptionbudget', 'postgres', '-n', 'db', '--selector=app=postgres-0', '--min-available=1']);
+  await waitFor('the PDB status', () => cluster.mirror.get('pdbs', 'db/postgres')?.['status']?.currentHealthy === 1);
+  h.startOperator('op-1');
+  await waitFor('the blocking budget on the node record', () => /PodDisruptionBudget db\/postgres/.test(record('node-a')?.message ?? ''), 30_000);
+  t.is(record('node-a')?.phase, 'draining');
+  await waitFor('node-a to fail', () => record('node-a')?.phase === 'failed', 30_000);
+  const failed = record('node-a')!;
+  t.is(failed.reason, 'DrainTimeout');
+  t.regex(failed.message ?? '', /db\/postgres-0/);
+  t.regex(failed.message ?? '', /PodDisruptionBudget db\/postgres needs 1 healthy pods/);
+  t.not(cluster.mirror.node('node-a')['spec'].unschedulable, true, 'a node whose drain failed is uncordoned');
+  t.deepEqual(h.upgrades, [], 'never upgraded');
+  await waitFor('the status to show it', () => status().nodes?.some((n: { name: string; reason?: string }) => n.name === 'node-a' && n.reason === 'DrainTimeout') === true);
+  t.pass();
 });
 
 test.serial('a node that never comes back is marked failed and the failure budget pauses the rollout', async (t) => {
@@ -322,7 +341,9 @@ test.serial('two operator processes on one Lease: one acts, SIGKILL hands over w
   await waitFor('one operator to lead', () => ops.some((op) => op.leading()), 30_000, both);
   const leader = ops.find((op) => op.leading())!;
   const follower = ops.find((op) => op !== leader)!;
-  await waitFor('both to serve their probes', () => ops.every((op) => op.url() !== undefined), 30_000, both);
+  // a replica is ready once it has heard from the API server: it says so by leading or following
+  await waitFor('both to have read the lease', () => ops.every((op) => op.url() !== undefined && op.lines.some((l) => ['leading', 'following'].includes(l['type']))), 30_000, both);
+  t.is(follower.lines.find((l) => l['type'] === 'following')?.['holder'], leader.identity);
   for (const op of ops) t.is((await httpGet(`${op.url()!}/readyz`)).status, 200, `${op.identity} ready`);
   t.is((await httpGet(`${leader.url()!}/healthz`)).status, 200);
   t.regex((await httpGet(`${leader.url()!}/metrics`)).text, new RegExp(`^kubeos_operator_leader\\{identity="${leader.identity}"\\} 1$`, 'm'));

@@ -43,7 +43,7 @@ function log(args: GlobalArgs, event: OperatorEvent | { type: 'serving'; url: st
   const at = new Date().toISOString();
   const lines = event.type === 'serving' ? [`serving /metrics, /healthz and /readyz on ${event.url}`]
     : event.type === 'leading' ? ['leading: reconciling OSUpgrades']
-    : event.type === 'following' ? ['not leading: another replica holds the lease']
+    : event.type === 'following' ? [`not leading: ${event.holder ? `${event.holder} holds the lease` : 'waiting for the lease'}`]
     : event.type === 'error' ? [`error ${event.error.code}: ${event.error.message}`]
     : event.reports.flatMap(describeReport);
   for (const line of lines) process.stderr.write(`${at} ${line}\n`);
