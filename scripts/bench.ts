@@ -10,6 +10,7 @@ const benches: Record<string, () => Promise<{ bench: Bench }>> = {
   build: () => import('./bench/build.js'),
   agent: () => import('./bench/agent.js'),
   operator: () => import('./bench/operator.js'),
+  'operator-cluster': () => import('./bench/operator-cluster.js'),
   unpack: () => import('./bench/unpack.js'),
 };
 

@@ -8,7 +8,7 @@ import { readFile } from 'node:fs/promises';
 import { createServer, request, type Server } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import type { ControlPlane } from './control-plane.js';
+import type { ControlPlane } from '../../scripts/kube/control-plane.js';
 
 export interface Fault {
   method: string;

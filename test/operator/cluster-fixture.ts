@@ -8,7 +8,7 @@
 import { readFile } from 'node:fs/promises';
 import { AppsV1Api, CoordinationV1Api, CoreV1Api, CustomObjectsApi, PatchStrategy, setHeaderOptions, type V1Pod } from '@kubernetes/client-node';
 import { ClusterMirror } from '../helpers/cluster-mirror.js';
-import { startControlPlane, type ControlPlane } from '../helpers/control-plane.js';
+import { startControlPlane, type ControlPlane } from '../../scripts/kube/control-plane.js';
 
 const mergePatch = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
 export const systemNamespace = 'kubeos-system';

@@ -1,5 +1,5 @@
 /**
- * A REAL Kubernetes control plane for tests, in the spirit of controller-runtime's envtest: etcd and
+ * A REAL Kubernetes control plane for tests and benches, in the spirit of controller-runtime's envtest: etcd and
  * kube-apiserver (and kube-controller-manager on request) of the release that
  * scripts/install-kubernetes.sh pins and builds, on 127.0.0.1 with real authentication (a test CA,
  * client certificates, service-account tokens signed by the API server), the Node and RBAC
@@ -15,11 +15,11 @@ import { request as httpsRequest } from 'node:https';
 import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { execa, type ResultPromise } from 'execa';
 import { CoreV1Api, KubeConfig } from '@kubernetes/client-node';
+import { projectRoot } from '../../builder/project-root.js';
 
-const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
+const repoRoot = projectRoot();
 const keep = process.env['KUBEOS_KEEP_TEST_DIRS'] === '1';
 
 export interface KubectlResult {
