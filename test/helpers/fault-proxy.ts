@@ -4,6 +4,7 @@
  * server's own certificate (valid for 127.0.0.1) and forwards every request, credentials included,
  * to the real server unless a fault matches it first.
  */
+import { EventEmitter } from 'node:events';
 import { readFile } from 'node:fs/promises';
 import { createServer, request, type Server } from 'node:https';
 import type { AddressInfo } from 'node:net';
@@ -24,6 +25,9 @@ export class FaultProxy {
   readonly faults: Fault[] = [];
   /** Requests the proxy failed on purpose. */
   readonly injected: Array<{ method: string; path: string; status: number }> = [];
+  /** Every request it saw; 'change' on `activity` after each, so tests can wait on them. */
+  readonly seen: Array<{ method: string; path: string; watch: boolean }> = [];
+  readonly activity = new EventEmitter();
   private server: Server | undefined;
   url = '';
 
@@ -35,6 +39,8 @@ export class FaultProxy {
     const upstream = new URL(this.plane.url);
     this.server = createServer({ cert: await readFile(join(pki, 'serving.crt')), key: await readFile(join(pki, 'serving.key')) }, (req, res) => {
       const url = new URL(req.url ?? '/', 'https://proxy');
+      this.seen.push({ method: req.method ?? '', path: url.pathname, watch: url.searchParams.get('watch') === 'true' });
+      this.activity.emit('change');
       const fault = this.faults.find((f) => f.times > 0 && f.method === req.method && f.path.test(url.pathname) && (f.fieldManager === undefined || url.searchParams.get('fieldManager') === f.fieldManager));
       if (fault !== undefined) {
         fault.times--;

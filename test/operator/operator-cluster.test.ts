@@ -384,6 +384,39 @@ test.serial('a failed API call is reported as E_KUBERNETES and retried on the ne
   t.like(errors[0]?.details, { status: 500 });
 });
 
+test.serial('an operator whose watches drop opens them again and still acts on the next change', async (t) => {
+  const proxy = new FaultProxy(cluster.plane);
+  await proxy.start();
+  t.teardown(() => proxy.stop());
+  const token = /"token": "([^"]+)"/.exec(await readFile(cluster.operatorKubeconfig, 'utf8'))![1]!;
+  const viaProxy = await cluster.plane.writeKubeconfig('operator-via-proxy', { server: proxy.url, token });
+  const h = await harness(t, { 'node-a': 'ok' });
+  await cluster.patchNode('node-a', { spec: { unschedulable: true } }); // a person cordoned it: no candidate
+  const abort = new AbortController();
+  // a resync interval far beyond the test: only a watch event can make it act
+  const done = runOperator({
+    api: KubeApi.connect({ kubeconfig: viaProxy }, 'op-1'), namespace: systemNamespace, leaseName: 'kubeos-operator', identity: 'op-1',
+    intervalMs: 600_000, leaseDurationSeconds: 1800, debounceMs: 10, signal: abort.signal,
+    onEvent: (e) => {
+      h.operatorEvents.push(e);
+      h.operatorActivity.emit('change');
+    },
+  });
+  t.teardown(async () => {
+    abort.abort();
+    await done;
+  });
+  await waitFor('a first pass with nothing to do', () => h.operatorEvents.some((e) => e.type === 'reconciled' && e.reports.every((r) => r.applied === 0)), 30_000, h.operatorActivity);
+  const watches = () => proxy.seen.filter((r) => r.watch).length;
+  await waitFor('both watches open', () => watches() >= 2, 30_000, proxy.activity);
+  const before = watches();
+  proxy.dropConnections(); // every open watch ends, as when a load balancer cuts idle connections
+  await waitFor('the operator to open its watches again', () => watches() >= before + 2, 30_000, proxy.activity);
+  await cluster.patchNode('node-a', { spec: { unschedulable: null } }); // uncordoned: now a candidate
+  await waitFor('the operator to start the node', () => record('node-a') !== undefined, 30_000);
+  t.is(record('node-a')?.rollout, 'fleet');
+});
+
 test.serial('an invalid OSUpgrade gets an Invalid status listing every problem and touches no node', async (t) => {
   await cluster.addNode('node-a');
   await cluster.addOSUpgrade('fleet', { version: '2.0.0' });
