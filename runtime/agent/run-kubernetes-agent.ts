@@ -1,8 +1,8 @@
 /** `kubeos agent daemon --kubernetes`: the node side of the operator's handshake, driving this host's upgrade. */
 import { KubeosError, isKubeosError } from '../core/errors.js';
 import { runCommand } from '../core/exec.js';
-import { KubeApi } from '../operator/kube-api.js';
-import { runNodeAgent, type LocalStatus } from '../operator/run-node-agent.js';
+import { KubeApi } from '../fleet/kube-api.js';
+import { runNodeAgent, type LocalStatus } from './run-node-agent.js';
 import type { AgentConfig } from './agent-config.js';
 import { status } from './commit-rollback-status.js';
 import { upgrade } from './upgrade.js';

@@ -5,7 +5,7 @@
  * resourceVersion it read, so of two replicas racing for the lease exactly one wins.
  */
 import { KubeosError } from '../core/errors.js';
-import type { KubeApi, LeaseRecord } from './kube-api.js';
+import type { KubeApi, LeaseRecord } from '../fleet/kube-api.js';
 
 export interface LeaderElectorOptions {
   api: KubeApi;

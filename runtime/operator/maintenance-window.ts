@@ -1,5 +1,5 @@
 /** Maintenance windows in UTC. A window that ends at or before its start runs past midnight. */
-import { weekdays, type MaintenanceWindow } from './osupgrade.js';
+import { weekdays, type MaintenanceWindow } from '../fleet/osupgrade.js';
 
 const dayMs = 24 * 60 * 60 * 1000;
 

@@ -4,7 +4,7 @@
  * drain durations, reconcile durations and errors, and whether this replica holds the lease.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { nodePhases } from './node-protocol.js';
+import { nodePhases } from '../fleet/node-protocol.js';
 import type { OperatorEvent } from './run-operator.js';
 
 export class OperatorMetrics {

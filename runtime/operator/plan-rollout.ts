@@ -20,7 +20,7 @@ import {
   type NodeRecord,
   type NodeView,
   type PodView,
-} from './node-protocol.js';
+} from '../fleet/node-protocol.js';
 import {
   matchesSelector,
   resolveMaxUnavailable,
@@ -31,7 +31,7 @@ import {
   type Rollout,
   type RolloutCondition,
   type RolloutPhase,
-} from './osupgrade.js';
+} from '../fleet/osupgrade.js';
 
 export interface ClusterState {
   nodes: readonly NodeView[];

@@ -4,9 +4,9 @@
  * restarted mid-rollout carries on where the cluster says it is.
  */
 import { isKubeosError, KubeosError } from '../core/errors.js';
-import type { EventInput, KubeApi } from './kube-api.js';
-import { annotations, encodeRecord, planVersionLabels, readNodeView, readPodView, type NodeView } from './node-protocol.js';
-import { readRollout, rolloutAnnotations, type OSUpgradeObject, type OSUpgradeStatus } from './osupgrade.js';
+import type { EventInput, KubeApi } from '../fleet/kube-api.js';
+import { annotations, encodeRecord, planVersionLabels, readNodeView, readPodView, type NodeView } from '../fleet/node-protocol.js';
+import { readRollout, rolloutAnnotations, type OSUpgradeObject, type OSUpgradeStatus } from '../fleet/osupgrade.js';
 import { nodePatchFor, planRollout, type RolloutAction, type RolloutPlan } from './plan-rollout.js';
 
 export interface ReconcileOptions {

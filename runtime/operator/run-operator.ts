@@ -6,7 +6,7 @@
 import { performance } from 'node:perf_hooks';
 import { isKubeosError, KubeosError } from '../core/errors.js';
 import { LeaderElector } from './elect-leader.js';
-import type { KubeApi } from './kube-api.js';
+import type { KubeApi } from '../fleet/kube-api.js';
 import { reconcileAll, syncVersionLabels, type ReconcileReport } from './reconcile-rollout.js';
 
 export interface OperatorOptions {

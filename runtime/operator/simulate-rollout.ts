@@ -3,8 +3,8 @@
  * take simulated time to drain, download, reboot and commit. Used by the property tests and by
  * `npm run bench` (1,000 nodes). Time is simulated milliseconds; nothing here sleeps or reads a clock.
  */
-import type { NodeView, PodView } from './node-protocol.js';
-import type { Rollout, OSUpgradeSpec, OSUpgradeStatus } from './osupgrade.js';
+import type { NodeView, PodView } from '../fleet/node-protocol.js';
+import type { Rollout, OSUpgradeSpec, OSUpgradeStatus } from '../fleet/osupgrade.js';
 import { planRollout, type RolloutAction, type RolloutPlan } from './plan-rollout.js';
 
 export interface SimNodeBehavior {

@@ -8,9 +8,9 @@ import { CoreV1Api, CustomObjectsApi, PatchStrategy, setHeaderOptions, Watch, ty
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { KubeApi } from '../../runtime/operator/kube-api.js';
-import { readNodeView } from '../../runtime/operator/node-protocol.js';
-import { readRollout } from '../../runtime/operator/osupgrade.js';
+import { KubeApi } from '../../runtime/fleet/kube-api.js';
+import { readNodeView } from '../../runtime/fleet/node-protocol.js';
+import { readRollout } from '../../runtime/fleet/osupgrade.js';
 import { planRollout } from '../../runtime/operator/plan-rollout.js';
 import { reconcileAll } from '../../runtime/operator/reconcile-rollout.js';
 import { runOperator } from '../../runtime/operator/run-operator.js';

@@ -4,8 +4,8 @@
  * against a linear pass over the same cluster state (JSON.stringify) measured in the same run.
  */
 import { performance } from 'node:perf_hooks';
-import type { NodeView } from '../../runtime/operator/node-protocol.js';
-import type { OSUpgradeSpec, Rollout } from '../../runtime/operator/osupgrade.js';
+import type { NodeView } from '../../runtime/fleet/node-protocol.js';
+import type { OSUpgradeSpec, Rollout } from '../../runtime/fleet/osupgrade.js';
 import { planRollout } from '../../runtime/operator/plan-rollout.js';
 import { simulateRollout, type SimNode } from '../../runtime/operator/simulate-rollout.js';
 import { row, type Bench, type BenchRow } from './measure.js';

@@ -7,7 +7,7 @@
 import anyTest, { type TestFn } from 'ava';
 import { readFile } from 'node:fs/promises';
 import { versionPattern } from '../../runtime/core/compare-versions.js';
-import { annotations } from '../../runtime/operator/node-protocol.js';
+import { annotations } from '../../runtime/fleet/node-protocol.js';
 import { OperatorCluster, systemNamespace } from './cluster-fixture.js';
 
 const test = anyTest as TestFn<unknown>;

@@ -3,8 +3,8 @@
  * simulator, with the invariants checked at every reconcile against oracles written here.
  */
 import test from 'ava';
-import { inFlightPhases, type NodeRecord, type NodeView, type PodView } from '../../runtime/operator/node-protocol.js';
-import { weekdays, type MaintenanceWindow, type OSUpgradeSpec } from '../../runtime/operator/osupgrade.js';
+import { inFlightPhases, type NodeRecord, type NodeView, type PodView } from '../../runtime/fleet/node-protocol.js';
+import { weekdays, type MaintenanceWindow, type OSUpgradeSpec } from '../../runtime/fleet/osupgrade.js';
 import { simulateRollout, type SimNode, type SimStep } from '../../runtime/operator/simulate-rollout.js';
 
 /** mulberry32: small, seeded, good enough to pick clusters. */

@@ -2,10 +2,10 @@
 import test from 'ava';
 import { isWithinWindow } from '../../runtime/operator/maintenance-window.js';
 import { formatAge } from '../../builder/cli/format-age.js';
-import { annotations, planVersionLabels, versionLabel, type NodeView, type PodView } from '../../runtime/operator/node-protocol.js';
-import { parseOSUpgradeSpec, resolveMaxUnavailable, type Rollout } from '../../runtime/operator/osupgrade.js';
+import { annotations, planVersionLabels, versionLabel, type NodeView, type PodView } from '../../runtime/fleet/node-protocol.js';
+import { parseOSUpgradeSpec, resolveMaxUnavailable, type Rollout } from '../../runtime/fleet/osupgrade.js';
 import { planRollout } from '../../runtime/operator/plan-rollout.js';
-import { decideAgentAction } from '../../runtime/operator/run-node-agent.js';
+import { decideAgentAction } from '../../runtime/agent/run-node-agent.js';
 
 const t0 = Date.UTC(2025, 0, 6, 12, 0); // a Monday
 

@@ -6,8 +6,8 @@
 import anyTest, { type TestFn } from 'ava';
 import { execa } from 'execa';
 import { planRollout } from '../../runtime/operator/plan-rollout.js';
-import { readNodeView } from '../../runtime/operator/node-protocol.js';
-import { readRollout } from '../../runtime/operator/osupgrade.js';
+import { readNodeView } from '../../runtime/fleet/node-protocol.js';
+import { readRollout } from '../../runtime/fleet/osupgrade.js';
 import { renderProgressLine, renderTable } from '../../builder/cli/commands/rollout.js';
 import { cliPath, kubeos as runCli } from '../helpers/cli.js';
 import { makeTempDir } from '../helpers/temp-dir.js';

@@ -71,7 +71,7 @@ const run: CommandModule<GlobalArgs, RunArgs> = {
       throw new KubeosError('E_USAGE', `--interval must be > 0 and --lease-duration >= 1, got ${args.interval} and ${args['lease-duration']}`);
     }
     // loaded on use: the Kubernetes client takes most of a second to import
-    const { KubeApi } = await import('../../../runtime/operator/kube-api.js');
+    const { KubeApi } = await import('../../../runtime/fleet/kube-api.js');
     const api = KubeApi.connect({ kubeconfig: args.kubeconfig, context: args.context }, args.identity);
     if (args['dry-run']) {
       const reports = await reconcileAll({ api, now: Date.now, dryRun: true });

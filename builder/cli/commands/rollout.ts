@@ -1,7 +1,7 @@
 /** `kubeos rollout status NAME`: where an OSUpgrade stands, once or following it with --watch. */
 import type { Argv, CommandModule } from 'yargs';
 import { KubeosError } from '../../../runtime/core/errors.js';
-import type { OSUpgradeObject, OSUpgradeStatus } from '../../../runtime/operator/osupgrade.js';
+import type { OSUpgradeObject, OSUpgradeStatus } from '../../../runtime/fleet/osupgrade.js';
 import { formatAge } from '../format-age.js';
 import { makeProgress, printResult, type GlobalArgs } from '../output.js';
 
@@ -71,7 +71,7 @@ const status: CommandModule<GlobalArgs, StatusArgs> = {
       .option('watch', { alias: 'w', type: 'boolean', description: 'follow the rollout; exit 0 when complete, 1 when the failure budget pauses it' }) as Argv<StatusArgs>,
   handler: async (args) => {
     // loaded on use: the Kubernetes client takes most of a second to import
-    const { KubeApi } = await import('../../../runtime/operator/kube-api.js');
+    const { KubeApi } = await import('../../../runtime/fleet/kube-api.js');
     const api = KubeApi.connect({ kubeconfig: args.kubeconfig, context: args.context }, 'kubeos-cli');
     let object = await api.readOSUpgrade(args.name);
     if (args.watch) {

@@ -4,8 +4,8 @@
  * annotations the agent owns (see node-protocol.ts). The disk work itself is the caller's.
  */
 import { isKubeosError, KubeosError } from '../core/errors.js';
-import type { KubeApi } from './kube-api.js';
-import { agentReportPatch, annotations, failedAgentStates, type AgentReport, type AgentState, type NodeLike } from './node-protocol.js';
+import type { KubeApi } from '../fleet/kube-api.js';
+import { agentReportPatch, annotations, failedAgentStates, type AgentReport, type AgentState, type NodeLike } from '../fleet/node-protocol.js';
 
 /** What the agent knows about this node from its own state (boot environment, slots). */
 export interface LocalStatus {

@@ -1,6 +1,7 @@
 /**
- * The one file that talks to the Kubernetes API (@kubernetes/client-node). Everything else in
- * runtime/operator deals in plain objects and patches; API failures become E_KUBERNETES here,
+ * The one runtime file that talks to the Kubernetes API (@kubernetes/client-node), shared by the
+ * operator and the node agent (runtime/fleet is their contract); the rest deals in plain objects
+ * and patches. API failures become E_KUBERNETES here,
  * with the HTTP status and the Status reason in `details`.
  */
 import {
