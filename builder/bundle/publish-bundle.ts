@@ -6,7 +6,7 @@
  */
 import type { KeyObject } from 'node:crypto';
 import { GetObjectCommand, HeadObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
-import { signChannel, verifyChannel, type ChannelSigned } from '../../runtime/core/channel/channel-index.js';
+import { releaseHistoryLimit, releasesOf, signChannel, verifyChannel, type ChannelSigned } from '../../runtime/core/channel/channel-index.js';
 import { bundlePath, channelPath, checkChannelName, objectKey } from '../../runtime/core/channel/layout.js';
 import { keyIdOf, makeTrustedKeys, type TrustedKeys } from '../../runtime/core/crypto/keys.js';
 import { verifyBundleFile } from '../../runtime/core/bundle/verify-bundle-file.js';
@@ -155,6 +155,10 @@ export async function publishBundle(options: PublishOptions): Promise<PublishRes
     compatible: manifest.compatible,
     bundle: { path: bundlePath(verified.sha256), size: verified.size, sha256: verified.sha256 },
   };
+  // the history hosts may be pinned to: this release first, then the ones the channel offered before
+  const current = { version: signed.version, published: signed.published, bundle: signed.bundle };
+  const earlier = previous === undefined ? [] : releasesOf(previous).filter((r) => r.version !== signed.version);
+  signed.releases = [current, ...earlier].slice(0, releaseHistoryLimit);
   const body = Buffer.from(signChannel(signed, options.privateKey));
   progress('channel');
   try {

@@ -5,6 +5,7 @@
 import { readFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import type { Slot } from '../core/boot-env.js';
+import { parseUpdateSource } from '../core/channel/layout.js';
 import { KubeosError } from '../core/errors.js';
 
 /** Where the builder puts it: in the read-only root, so it always matches the booted image. */
@@ -13,10 +14,23 @@ export const defaultConfigPath = '/usr/lib/kubeos/agent.json';
 /** A slot is a GPT partition found by name, or a byte range of a file or device. */
 export type SlotLocation = { partition: string } | { path: string; offset?: number; size?: number };
 
+/** Who decides when this host upgrades: its own daemon following a channel, or the cluster's operator. */
+export const updateModes = ['channel', 'cluster'] as const;
+export type UpdateMode = (typeof updateModes)[number];
+
 export interface AgentConfig {
   compatible: string;
   bootTries: number;
+  /** The image server's base URL (channels/ and bundles/ sit under it), set at build time. */
+  updateServer: string | undefined;
+  /** The channel name the daemon follows (default for `agent upgrade`). */
   channel: string | undefined;
+  /**
+   * `channel`: `agent daemon` polls the channel and upgrades on its own; `cluster`: only the
+   * cluster (the operator, through `agent daemon --kubernetes`) starts upgrades, so a node never
+   * upgrades itself outside a rollout.
+   */
+  updates: UpdateMode;
   /** PEM public keys trusted for bundles and channel indexes. */
   trustedKeys: string[];
   bootEnv: string;
@@ -54,10 +68,15 @@ export async function loadAgentConfig(file = defaultConfigPath): Promise<AgentCo
   const keys = raw['trustedKeys'];
   if (!Array.isArray(keys)) fail(file, 'trustedKeys must list public key files (an empty list trusts no bundle)');
   if (typeof raw['compatible'] !== 'string') fail(file, 'compatible must be a string');
+  const source = parseUpdateSource(`agent config ${file}`, typeof raw['channel'] === 'string' ? raw['channel'] : undefined, typeof raw['updateServer'] === 'string' ? raw['updateServer'] : undefined);
+  const updates = raw['updates'] ?? 'channel';
+  if (!(updateModes as readonly unknown[]).includes(updates)) fail(file, `updates must be ${updateModes.join(' or ')}, got ${JSON.stringify(updates)}`);
   return {
     compatible: raw['compatible'],
     bootTries: typeof raw['bootTries'] === 'number' ? raw['bootTries'] : 3,
-    channel: typeof raw['channel'] === 'string' && raw['channel'] !== '' ? raw['channel'] : undefined,
+    updateServer: source.updateServer,
+    channel: source.channel,
+    updates: updates as UpdateMode,
     trustedKeys: keys.map((k, i) => path(k, `trustedKeys[${i}]`)),
     bootEnv: path(raw['bootEnv'], 'bootEnv', '/boot/efi/EFI/BOOT/grubenv'),
     stateDir: path(raw['stateDir'], 'stateDir', '/persist/.kubeos/agent'),

@@ -7,11 +7,14 @@
  *      sha256; 5. only then point the boot environment at it (tries counted by GRUB); 6. reboot.
  * A failure or a kill at any point leaves an environment that boots what booted before.
  */
-import { pipeline } from 'node:stream/promises';
+import { finished, pipeline } from 'node:stream/promises';
 import { otherSlot, type Slot } from '../core/boot-env.js';
 import { ChunkPool } from '../core/bundle/chunk-pool.js';
 import { readBundle } from '../core/bundle/read-bundle.js';
+import { HashTap } from '../core/bundle/hash-tap.js';
+import { findRelease, releasesOf, type ChannelRelease } from '../core/channel/channel-index.js';
 import { fetchChannel, checkBundleMatchesChannel } from '../core/channel/fetch-channel.js';
+import { channelUrlOf, checkChannelName, parseUpdateSource, resolveBundleUrl } from '../core/channel/layout.js';
 import { loadTrustedKeys } from '../core/crypto/keys.js';
 import { compareVersions } from '../core/compare-versions.js';
 import { isKubeosError, KubeosError } from '../core/errors.js';
@@ -26,7 +29,13 @@ import { readBooted } from './read-booted.js';
 import { takeLock } from './take-lock.js';
 
 export interface UpgradeOptions {
+  /** A channel name under the config's updateServer (or, the older form, the URL of a channel index). */
   channel?: string;
+  /**
+   * Install exactly this release of the channel (an OSUpgrade's version): it must be listed in the
+   * signed index, which is checked before the standby slot is touched. Default: the current release.
+   */
+  version?: string;
   bundle?: string;
   allowDowngrade?: boolean;
   reboot?: boolean;
@@ -68,20 +77,31 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
     progress('verifying');
     let source = options.bundle;
     let channelSigned: Awaited<ReturnType<typeof fetchChannel>>['signed'] | undefined;
+    let release: ChannelRelease | undefined;
     if (options.channel !== undefined) {
-      const fetched = await fetchChannel(options.channel, { trustedKeys, lastSerial: state.channelSerials[options.channel], signal });
+      const { url, name } = resolveChannel(config, options.channel);
+      const fetched = await fetchChannel(url, { trustedKeys, lastSerial: state.channelSerials[url], signal, channel: name });
       channelSigned = fetched.signed;
-      source = fetched.bundleUrl;
-      state.channelSerials[options.channel] = fetched.signed.serial;
+      state.channelSerials[url] = fetched.signed.serial;
       await writeState(config.stateDir, state);
-      const upToDate = decideVersion(fetched.signed.version, booted.version, options.allowDowngrade);
+      // the version is decided from the signed index before a byte of any bundle is read
+      release = options.version === undefined ? releasesOf(fetched.signed)[0]! : findRelease(fetched.signed, options.version);
+      source = resolveBundleUrl(url, release.bundle.path);
+      const upToDate = decideVersion(release.version, booted.version, options.allowDowngrade);
       if (upToDate) return { kind: 'up-to-date', version: booted.version };
+    } else if (options.version !== undefined) {
+      throw new KubeosError('E_USAGE', 'a version to pin needs a channel that lists it (--channel NAME)');
     }
     // chunk buffers go from the verifier to the slot writer and back: the install's memory bound
     const chunkPool = new ChunkPool(installBufferBytes);
-    const bundle = await readBundle(openSource(source as string, { signal, onResume: (offset) => progress(`resuming at byte ${offset}`) }), { trustedKeys, compatible: config.compatible, signal, chunkPool });
+    // the bundle's bytes are counted and hashed on the way in: the index's size and sha256 bind them too
+    const tap = new HashTap(undefined, release !== undefined);
+    const download = openSource(source as string, { signal, onResume: (offset) => progress(`resuming at byte ${offset}`) });
+    download.once('error', (error) => tap.destroy(error));
+    tap.once('close', () => download.destroy());
+    const bundle = await readBundle(download.pipe(tap), { trustedKeys, compatible: config.compatible, signal, chunkPool });
     try {
-      if (channelSigned !== undefined) checkBundleMatchesChannel(bundle, channelSigned);
+      if (channelSigned !== undefined) checkBundleMatchesChannel(bundle, channelSigned, release?.version);
       version = bundle.manifest.version;
       if (decideVersion(version, booted.version, options.allowDowngrade)) {
         bundle.payload.destroy();
@@ -120,6 +140,15 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
         progress(`writing slot ${standby}`, done / uncompressedSize);
       });
       await pipeline(bundle.payload, writer.sink, { signal });
+      if (release !== undefined) {
+        await finished(tap);
+        if (tap.bytes !== release.bundle.size || tap.digest() !== release.bundle.sha256) {
+          throw new KubeosError('E_BUNDLE_INVALID', `bundle ${source} is ${tap.bytes} bytes with sha256 ${tap.digest()}; the signed channel index says ${release.bundle.size} bytes, sha256 ${release.bundle.sha256}`, {
+            hint: 'the server holds another file under that name: republish it; nothing was made bootable',
+            details: { expected: release.bundle, actual: { size: tap.bytes, sha256: tap.digest() } },
+          });
+        }
+      }
       const actual = uncompressedSha256;
       step('read-back');
       state.slots[standby] = { version, sha256: actual, size: uncompressedSize, committed: false };
@@ -147,6 +176,24 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
   } finally {
     await lock.release().catch(() => {});
   }
+}
+
+/**
+ * The index URL for a channel: a name is looked up under the host's own image server; the URL of
+ * an index (the older form, for a person at the host) is taken as it is.
+ */
+export function resolveChannel(config: AgentConfig, channel: string): { url: string; name: string } {
+  if (/^https?:\/\//.test(channel)) {
+    const parsed = parseUpdateSource('--channel', channel, undefined);
+    return { url: channel, name: parsed.channel! };
+  }
+  checkChannelName(channel);
+  if (config.updateServer === undefined) {
+    throw new KubeosError('E_USAGE', `channel ${channel}: this host has no image server (updateServer in its agent config)`, {
+      hint: 'build the image with kubeos build --update-server URL (or pass --channel with the full URL of an index)',
+    });
+  }
+  return { url: channelUrlOf(config.updateServer, channel), name: channel };
 }
 
 /** true: nothing to do. Throws E_DOWNGRADE for an older version unless allowed. */

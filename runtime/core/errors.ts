@@ -39,6 +39,7 @@ export const errorCodes = [
   'E_PLAN_INVALID',
   'E_OSUPGRADE_INVALID',
   'E_OSUPGRADE_NOT_FOUND',
+  'E_VERSION_NOT_OFFERED',
   'E_ROLLOUT_FAILED',
   'E_LEADERSHIP_LOST',
 ] as const;

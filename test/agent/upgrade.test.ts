@@ -170,3 +170,69 @@ test('status says the last boot fell back when GRUB gave up on the new slot', as
   // commit on the good slot changes nothing
   t.like(await commit(host.config), { kind: 'already-committed', slot: 'A' });
 });
+
+test('a channel name is read under the host\'s own image server', async (t) => {
+  const host = await makeHost(t);
+  const site = join(host.dir, 'site');
+  await publishToDir(site, await makeV2(host), host.keys.privateKey, { serial: 1, channel: 'beta' });
+  const server = await startUpdateServer(t, site);
+  const result = await upgrade({ ...host.config, updateServer: `${server.url}/` }, { channel: 'beta', reboot: false });
+  t.like(result, { kind: 'installed', version: '2.0.0' });
+  t.true(server.requests.some((r) => r.path === 'channels/beta.json'));
+});
+
+test('a pinned version listed by the signed channel is installed, not the channel\'s newest', async (t) => {
+  const host = await makeHost(t);
+  const v2 = await makeV2(host);
+  const v3 = await makeV2(host, { version: '3.0.0', name: 'v3' });
+  const site = join(host.dir, 'site');
+  await publishToDir(site, v3, host.keys.privateKey, { serial: 2, earlier: [v2] });
+  const server = await startUpdateServer(t, site);
+  const result = await upgrade({ ...host.config, updateServer: server.url }, { channel: 'stable', version: '2.0.0', reboot: false });
+  t.like(result, { kind: 'installed', version: '2.0.0', slot: 'B' });
+  t.is(sha256(await readSlot(host, 'B', v2.manifest.payload.uncompressedSize)), v2.manifest.payload.uncompressedSha256);
+  t.false(server.requests.some((r) => r.path === `bundles/${v3.sha256}.kubeos`), 'the newer bundle was never fetched');
+});
+
+test('a version the signed channel does not list is refused before any bundle is fetched or the standby slot touched', async (t) => {
+  const host = await makeHost(t);
+  const site = join(host.dir, 'site');
+  await publishToDir(site, await makeV2(host), host.keys.privateKey, { serial: 1 });
+  const server = await startUpdateServer(t, site);
+  const before = await snapshot(host);
+  const standby = sha256(await readSlot(host, 'B'));
+  const error = await t.throwsAsync(upgrade({ ...host.config, updateServer: server.url }, { channel: 'stable', version: '9.9.9', reboot: false }));
+  t.true(isKubeosError(error, 'E_VERSION_NOT_OFFERED'));
+  t.like((error as { details?: Record<string, unknown> }).details, { version: '9.9.9', offered: ['2.0.0'] });
+  t.false(server.requests.some((r) => r.path.startsWith('bundles/')), 'no bundle fetched');
+  t.deepEqual(await snapshot(host), before);
+  t.is(sha256(await readSlot(host, 'B')), standby, 'the standby slot is untouched');
+});
+
+test('a bundle whose bytes are not the size and sha256 the signed index gives is never made bootable', async (t) => {
+  const host = await makeHost(t);
+  const v2 = await makeV2(host);
+  const other = await makeV2(host, { name: 'other' }); // also 2.0.0 and validly signed, but other bytes
+  const site = join(host.dir, 'site');
+  await publishToDir(site, v2, host.keys.privateKey, { serial: 1 });
+  await writeFile(join(site, `bundles/${v2.sha256}.kubeos`), await readFile(other.path)); // the server swapped the file
+  const server = await startUpdateServer(t, site);
+  const before = await snapshot(host);
+  const error = await t.throwsAsync(upgrade({ ...host.config, updateServer: server.url }, { channel: 'stable', version: '2.0.0', reboot: false }));
+  t.true(isKubeosError(error, 'E_BUNDLE_INVALID'), String(error));
+  t.regex((error as Error).message, /the signed channel index says \d+ bytes, sha256/);
+  t.is((await snapshot(host)).slotA, before.slotA);
+  t.deepEqual(await env(host.bootEnv), { good: 'A', trying: undefined, triesLeft: 0, failed: undefined });
+});
+
+test('an agent config from before channel names (a channel URL) still works', async (t) => {
+  const host = await makeHost(t, { channel: 'https://images.example/kubeos/channels/stable.json' });
+  t.is(host.config.updateServer, 'https://images.example/kubeos/');
+  t.is(host.config.channel, 'stable');
+});
+
+test('an agent config whose channel URL is not an index is refused naming the file and the fix', async (t) => {
+  const error = await t.throwsAsync(makeHost(t, { channel: 'https://images.example/kubeos/stable' }));
+  t.true(isKubeosError(error, 'E_USAGE'));
+  t.regex((error as Error).message, /agent config .*agent\.json: channel "https:\/\/images\.example\/kubeos\/stable" is a URL that does not end in channels\/NAME\.json/);
+});

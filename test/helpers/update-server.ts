@@ -86,7 +86,7 @@ export async function startUpdateServer(t: ExecutionContext, root: string): Prom
 }
 
 /** Places a bundle under bundles/ and writes a signed channel index for it, as `kubeos publish` lays out a bucket. */
-export async function publishToDir(root: string, bundle: CreatedBundle, key: KeyObject, options: { channel?: string; serial: number; expires?: Date; published?: Date }): Promise<ChannelSigned> {
+export async function publishToDir(root: string, bundle: CreatedBundle, key: KeyObject, options: { channel?: string; serial: number; expires?: Date; published?: Date; earlier?: CreatedBundle[] }): Promise<ChannelSigned> {
   const channel = options.channel ?? 'stable';
   await mkdir(join(root, 'bundles'), { recursive: true });
   await mkdir(join(root, 'channels'), { recursive: true });
@@ -105,6 +105,11 @@ export async function publishToDir(root: string, bundle: CreatedBundle, key: Key
     compatible: m.compatible,
     bundle: { path: bundlePath(bundle.sha256), size: bundle.size, sha256: bundle.sha256 },
   };
+  if (options.earlier !== undefined) {
+    // the releases the channel offered before, as kubeos publish carries them forward
+    for (const e of options.earlier) await copyFile(e.path, join(root, bundlePath(e.sha256)));
+    signed.releases = [bundle, ...options.earlier].map((b) => ({ version: b.manifest.version, published: signed.published, bundle: { path: bundlePath(b.sha256), size: b.size, sha256: b.sha256 } }));
+  }
   await writeFile(join(root, channelPath(channel)), signChannel(signed, key));
   return signed;
 }

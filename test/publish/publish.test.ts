@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { GetObjectCommand, HeadObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { publishBundle, type PublishOptions } from '../../builder/bundle/publish-bundle.js';
 import { fetchBundle, fetchChannel } from '../../runtime/core/channel/fetch-channel.js';
+import { releaseHistoryLimit } from '../../runtime/core/channel/channel-index.js';
 import { channelUrlOf } from '../../runtime/core/channel/layout.js';
 import { flipByte, makeBundle, makeKeys, member, sha256File } from '../helpers/bundle-fixtures.js';
 import { makeTempDir } from '../helpers/temp-dir.js';
@@ -171,4 +172,18 @@ test('a retry replaces a partial object that a broken server left at the bundle 
   const object = await s3.client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: key }));
   const body = Buffer.from((await object.Body?.transformToByteArray()) ?? []);
   t.is(createHash('sha256').update(body).digest('hex'), created.sha256);
+});
+
+test('each publish lists the releases the channel offered before, newest first and bounded, under the signature', async (t) => {
+  const { dir, keys, publish, channelUrl } = await setup(t);
+  const versions = Array.from({ length: releaseHistoryLimit + 2 }, (_, i) => `2.${i}.0`);
+  const bundles = [];
+  for (const version of versions) bundles.push(await makeBundle(dir, keys, { name: `v${version}`, version, size: 64 * 1024 }));
+  for (const b of bundles) await publish(b.path);
+  await publish(bundles.at(-1)!.path); // the same release again: listed once
+  const { signed } = await fetchChannel(channelUrl, { trustedKeys: keys.trusted });
+  const listed = signed.releases!.map((r) => r.version);
+  t.deepEqual(listed, [...versions].reverse().slice(0, releaseHistoryLimit));
+  const second = signed.releases![1]!;
+  t.like(second.bundle, { sha256: bundles.at(-2)!.sha256, size: bundles.at(-2)!.size, path: `bundles/${bundles.at(-2)!.sha256}.kubeos` });
 });

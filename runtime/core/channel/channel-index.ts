@@ -32,7 +32,19 @@ export interface ChannelSigned {
     size: number;
     sha256: string;
   };
+  /** The current release first, then earlier ones (at most releaseHistoryLimit); absent in indexes published before releases were listed. */
+  releases?: ChannelRelease[];
 }
+
+/** A release a channel offers: what an OSUpgrade may pin a fleet to, bound by the index's signature. */
+export interface ChannelRelease {
+  version: string;
+  published: string;
+  bundle: ChannelSigned['bundle'];
+}
+
+/** How many releases an index lists (the current one and the ones before it, newest first). */
+export const releaseHistoryLimit = 10;
 
 export interface ChannelIndex {
   signed: ChannelSigned;
@@ -57,10 +69,48 @@ export function validateChannelSigned(value: unknown): ChannelSigned {
   if (typeof b['size'] !== 'number' || !Number.isSafeInteger(b['size']) || b['size'] < 0) problems.push('signed.bundle.size must be an integer >= 0');
   if (typeof b['sha256'] !== 'string' || !/^[0-9a-f]{64}$/.test(b['sha256'])) problems.push('signed.bundle.sha256 must be a sha256 hex string');
   else if (path !== null && path[1] !== b['sha256']) problems.push('signed.bundle.path must name signed.bundle.sha256');
+  const releases = s['releases'];
+  if (releases !== undefined) {
+    if (!Array.isArray(releases) || releases.length === 0 || releases.length > releaseHistoryLimit) {
+      problems.push(`signed.releases must list 1 to ${releaseHistoryLimit} releases`);
+    } else {
+      const seen = new Set<string>();
+      for (const [i, r] of (releases as Array<Record<string, unknown>>).entries()) {
+        const rb = (r?.['bundle'] ?? {}) as Record<string, unknown>;
+        const rpath = typeof rb['path'] === 'string' ? bundlePathPattern.exec(rb['path']) : null;
+        if (typeof r?.['version'] !== 'string' || r['version'] === '') problems.push(`signed.releases[${i}].version must be a non-empty string`);
+        else if (seen.has(r['version'])) problems.push(`signed.releases[${i}].version ${r['version']} is listed twice`);
+        else seen.add(r['version']);
+        if (typeof r?.['published'] !== 'string' || !isoUtc.test(r['published'])) problems.push(`signed.releases[${i}].published must be an ISO 8601 UTC time`);
+        if (rpath === null || typeof rb['sha256'] !== 'string' || rpath[1] !== rb['sha256']) problems.push(`signed.releases[${i}].bundle must name a bundles/<sha256>.kubeos path and its sha256`);
+        if (typeof rb['size'] !== 'number' || !Number.isSafeInteger(rb['size']) || rb['size'] < 0) problems.push(`signed.releases[${i}].bundle.size must be an integer >= 0`);
+      }
+      const first = (releases as Array<Record<string, any>>)[0];
+      if (first?.['version'] !== s['version'] || first?.['bundle']?.sha256 !== b['sha256']) problems.push('signed.releases[0] must be the current version and bundle');
+    }
+  }
   if (problems.length > 0) {
     throw new KubeosError('E_CHANNEL_INVALID', `channel index is invalid: ${problems.join('; ')}`, { details: { problems } });
   }
   return value as ChannelSigned;
+}
+
+/** Every release a verified index offers, newest first (an index without a list offers its current one). */
+export function releasesOf(signed: ChannelSigned): ChannelRelease[] {
+  return signed.releases ?? [{ version: signed.version, published: signed.published, bundle: signed.bundle }];
+}
+
+/** The release for `version` in a verified index; E_VERSION_NOT_OFFERED naming what it does offer. */
+export function findRelease(signed: ChannelSigned, version: string): ChannelRelease {
+  const releases = releasesOf(signed);
+  const found = releases.find((r) => r.version === version);
+  if (found === undefined) {
+    throw new KubeosError('E_VERSION_NOT_OFFERED', `channel ${signed.channel} does not offer version ${version} (signed serial ${signed.serial} lists ${releases.map((r) => r.version).join(', ')})`, {
+      hint: `publish ${version} to channel ${signed.channel} first (kubeos publish), or target a version it lists`,
+      details: { channel: signed.channel, version, offered: releases.map((r) => r.version), serial: signed.serial },
+    });
+  }
+  return found;
 }
 
 /** The exact text uploaded as channels/<name>.json. */

@@ -43,12 +43,13 @@ export async function fetchChannel(url: string, options: VerifyChannelOptions & 
   return { signed, bundleUrl: resolveBundleUrl(url, signed.bundle.path) };
 }
 
-/** Refuses a bundle that is not the one the channel index describes. */
-export function checkBundleMatchesChannel(bundle: Pick<OpenedBundle, 'manifest'>, signed: ChannelSigned): void {
+/** Refuses a bundle that is not the one the channel index describes (`version`: the release chosen from it). */
+export function checkBundleMatchesChannel(bundle: Pick<OpenedBundle, 'manifest'>, signed: ChannelSigned, version = signed.version): void {
   const m = bundle.manifest;
-  const mismatched = (['version', 'compatible', 'os', 'arch'] as const).filter((key) => m[key] !== signed[key]);
+  const expected = { version, compatible: signed.compatible, os: signed.os, arch: signed.arch };
+  const mismatched = (['version', 'compatible', 'os', 'arch'] as const).filter((key) => m[key] !== expected[key]);
   if (mismatched.length > 0) {
-    throw new KubeosError('E_BUNDLE_INVALID', `bundle does not match its channel index: ${mismatched.map((k) => `${k} ${m[k]} vs ${signed[k]}`).join(', ')}`, {
+    throw new KubeosError('E_BUNDLE_INVALID', `bundle does not match its channel index: ${mismatched.map((k) => `${k} ${m[k]} vs ${expected[k]}`).join(', ')}`, {
       details: { mismatched },
     });
   }

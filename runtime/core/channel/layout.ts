@@ -41,3 +41,51 @@ export function resolveBundleUrl(channelUrl: string, bundleRelativePath: string)
 export function channelUrlOf(baseUrl: string, channel: string): string {
   return new URL(channelPath(channel), baseUrl.endsWith('/') ? baseUrl : `${baseUrl}/`).toString();
 }
+
+/** Where a host gets its updates: the image server's base URL and a channel name under it. */
+export interface UpdateSource {
+  updateServer: string | undefined;
+  channel: string | undefined;
+}
+
+/**
+ * Reads a channel setting as given in agent.json, image.json or a flag. A channel is a NAME
+ * (`stable`); the older form, the URL of an index (`https://host/kubeos/channels/stable.json`),
+ * still works and is split into its server and name. Anything else is refused, naming `what`.
+ */
+export function parseUpdateSource(what: string, channel: string | undefined, updateServer: string | undefined): UpdateSource {
+  let server = updateServer === undefined || updateServer === '' ? undefined : updateServer;
+  if (server !== undefined && !/^https?:\/\/[^/]/.test(server)) {
+    throw new KubeosError('E_USAGE', `${what}: updateServer ${JSON.stringify(server)} must be an http(s) URL, the base the channels/ and bundles/ folders sit under`, {
+      details: { updateServer: server },
+    });
+  }
+  if (channel === undefined || channel === '') return { updateServer: server === undefined ? undefined : withSlash(server), channel: undefined };
+  if (/^https?:\/\//.test(channel)) {
+    const legacy = /^(https?:\/\/.+\/)channels\/([a-z0-9][a-z0-9._-]{0,62})\.json$/.exec(channel);
+    if (legacy === null) {
+      throw new KubeosError('E_USAGE', `${what}: channel ${JSON.stringify(channel)} is a URL that does not end in channels/NAME.json`, {
+        hint: 'give the channel as a name (stable) and the image server as updateServer (kubeos build --update-server URL)',
+        details: { channel },
+      });
+    }
+    if (server !== undefined && withSlash(server) !== legacy[1]) {
+      throw new KubeosError('E_USAGE', `${what}: channel ${channel} is on another server than updateServer ${server}`, {
+        hint: 'give the channel as a name; the server comes from updateServer alone',
+        details: { channel, updateServer: server },
+      });
+    }
+    server = legacy[1];
+    return { updateServer: server, channel: legacy[2] };
+  }
+  if (!channelNamePattern.test(channel)) {
+    throw new KubeosError('E_USAGE', `${what}: channel ${JSON.stringify(channel)} is not a channel name (${channelNamePattern})`, {
+      hint: 'a channel is a name such as stable or beta', details: { channel },
+    });
+  }
+  return { updateServer: server === undefined ? undefined : withSlash(server), channel };
+}
+
+function withSlash(url: string): string {
+  return url.endsWith('/') ? url : `${url}/`;
+}
