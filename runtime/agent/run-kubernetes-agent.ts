@@ -1,5 +1,6 @@
 /** `kubeos agent daemon --kubernetes`: the node side of the operator's handshake, driving this host's upgrade. */
 import { KubeosError, isKubeosError } from '../core/errors.js';
+import { channelNamePattern } from '../core/channel/layout.js';
 import { runCommand } from '../core/exec.js';
 import { KubeApi } from '../fleet/kube-api.js';
 import { runNodeAgent, type LocalStatus } from './run-node-agent.js';
@@ -23,12 +24,17 @@ export async function runKubernetesAgent(config: AgentConfig, options: { nodeNam
       if (last?.result === 'failed') return { currentVersion: s.version, state: 'failed', stateVersion: last.version, lastError: last.error };
       return { currentVersion: s.version };
     },
-    upgrade: async (version, channel, progress, signal) => {
-      await progress('downloading');
+    upgrade: async (version, channel, progress, signal, { allowDowngrade }) => {
+      // the cluster names a channel; the server is this host's own, never one the cluster picks
+      if (!channelNamePattern.test(channel)) return { state: 'failed', error: `E_USAGE: kubeos.io/desired-channel ${JSON.stringify(channel)} is not a channel name` };
       try {
-        const result = await upgrade(config, { channel, signal, reboot: false });
+        const result = await upgrade(config, {
+          channel, version, allowDowngrade, signal, reboot: false,
+          onBytes: (done, total) => {
+            void progress('installing', { done, total }).catch(() => {});
+          },
+        });
         if (result.kind === 'up-to-date') return { state: 'committed', currentVersion: result.version };
-        if (result.version !== version) return { state: 'failed', error: `channel offers ${result.version}, the operator wants ${version}` };
         await progress('rebooting');
         await runCommand(config.reboot, { timeoutMs: 60_000 });
         return { state: 'rebooting' };

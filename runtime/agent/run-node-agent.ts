@@ -17,7 +17,8 @@ export interface LocalStatus {
   lastError?: string;
 }
 
-export type UpgradeProgress = (state: 'downloading' | 'installing' | 'rebooting') => Promise<void>;
+/** Reports a step; `bytes` while installing (the agent rate-limits what it writes to the Node). */
+export type UpgradeProgress = (state: 'downloading' | 'installing' | 'rebooting', bytes?: { done: number; total: number }) => Promise<void>;
 
 /**
  * `rebooting`: the node is going down into the new slot; the agent on the next boot reports the
@@ -34,10 +35,12 @@ export interface NodeAgentOptions {
   nodeName: string;
   /** Reads this node's LocalStatus; called once at start. */
   status: () => Promise<LocalStatus>;
-  upgrade: (version: string, channel: string, progress: UpgradeProgress, signal: AbortSignal) => Promise<UpgradeOutcome>;
+  upgrade: (version: string, channel: string, progress: UpgradeProgress, signal: AbortSignal, options: { allowDowngrade: boolean }) => Promise<UpgradeOutcome>;
   signal: AbortSignal;
   /** Re-read the Node this often in case a watch event was missed. */
   resyncMs?: number;
+  /** Write install progress to the Node at most this often (default 2 s). */
+  progressEveryMs?: number;
   onEvent?: (event: NodeAgentEvent) => void;
 }
 
@@ -49,7 +52,7 @@ export type NodeAgentEvent =
   | { type: 'idle'; why: string; desiredVersion: string | undefined }
   | { type: 'error'; error: KubeosError };
 
-export type AgentDecision = { type: 'none'; why: string } | { type: 'upgrade'; version: string; channel: string };
+export type AgentDecision = { type: 'none'; why: string } | { type: 'upgrade'; version: string; channel: string; allowDowngrade: boolean };
 
 /** Pure: what to do given the Node's annotations and the local status. */
 export function decideAgentAction(node: NodeLike, local: LocalStatus, busy: boolean): AgentDecision {
@@ -63,7 +66,7 @@ export function decideAgentAction(node: NodeLike, local: LocalStatus, busy: bool
   if (local.stateVersion === desired && local.state !== undefined && failedAgentStates.includes(local.state)) {
     return { type: 'none', why: `the last attempt at ${desired} ended ${local.state}` };
   }
-  return { type: 'upgrade', version: desired, channel: a[annotations.desiredChannel] ?? 'stable' };
+  return { type: 'upgrade', version: desired, channel: a[annotations.desiredChannel] ?? 'stable', allowDowngrade: a[annotations.allowDowngrade] === 'true' };
 }
 
 function asKubeosError(error: unknown): KubeosError {
@@ -74,6 +77,7 @@ export async function runNodeAgent(options: NodeAgentOptions): Promise<void> {
   const { api, nodeName, signal } = options;
   const emit = options.onEvent ?? (() => {});
   const resyncMs = options.resyncMs ?? 30_000;
+  const progressEveryMs = options.progressEveryMs ?? 2000;
   const local: LocalStatus = { ...(await options.status()) };
   let upgrade: { version: string; abort: AbortController; done: Promise<void> } | undefined;
 
@@ -82,13 +86,22 @@ export async function runNodeAgent(options: NodeAgentOptions): Promise<void> {
     emit({ type: 'reported', report: r });
   };
 
-  const runUpgrade = async (version: string, channel: string, abort: AbortController) => {
+  const runUpgrade = async (version: string, channel: string, allowDowngrade: boolean, abort: AbortController) => {
     emit({ type: 'upgrade-started', version, channel });
-    const progress: UpgradeProgress = (state) => report({ state, stateVersion: version, currentVersion: local.currentVersion });
+    // byte counts go up at most every progressEveryMs (and on the last byte): a Node is no log
+    let lastBytesAt = 0;
+    const progress: UpgradeProgress = async (state, bytes) => {
+      if (bytes !== undefined) {
+        const now = Date.now();
+        if (bytes.done < bytes.total && now - lastBytesAt < progressEveryMs) return;
+        lastBytesAt = now;
+      }
+      await report({ state, stateVersion: version, currentVersion: local.currentVersion, ...(bytes === undefined ? {} : { progress: bytes }) });
+    };
     let outcome: UpgradeOutcome;
     try {
       await progress('downloading');
-      outcome = await options.upgrade(version, channel, progress, abort.signal);
+      outcome = await options.upgrade(version, channel, progress, abort.signal, { allowDowngrade });
     } catch (error) {
       outcome = { state: 'failed', error: error instanceof Error ? error.message : String(error) };
     }
@@ -116,7 +129,7 @@ export async function runNodeAgent(options: NodeAgentOptions): Promise<void> {
     const abort = new AbortController();
     const own = { version: decision.version, abort, done: Promise.resolve() };
     upgrade = own;
-    own.done = runUpgrade(decision.version, decision.channel, abort)
+    own.done = runUpgrade(decision.version, decision.channel, decision.allowDowngrade, abort)
       .catch((error: unknown) => emit({ type: 'error', error: asKubeosError(error) }))
       .finally(() => {
         if (upgrade === own) upgrade = undefined;

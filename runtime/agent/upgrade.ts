@@ -41,6 +41,8 @@ export interface UpgradeOptions {
   reboot?: boolean;
   signal?: AbortSignal;
   onProgress?: (step: string, fraction?: number) => void;
+  /** Bytes of the standby slot written so far and in all (for the cluster's progress annotation). */
+  onBytes?: (done: number, total: number) => void;
   /** Test hook: called at each named step (the SIGKILL tests stop the process there). */
   onStep?: (step: UpgradeStep) => void;
 }
@@ -138,6 +140,7 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
       bundle.payload.on('data', (chunk: Buffer) => {
         done += chunk.length;
         progress(`writing slot ${standby}`, done / uncompressedSize);
+        options.onBytes?.(done, uncompressedSize);
       });
       await pipeline(bundle.payload, writer.sink, { signal });
       if (release !== undefined) {

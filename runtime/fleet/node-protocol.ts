@@ -11,6 +11,10 @@
 export const annotations = {
   desiredVersion: 'kubeos.io/desired-version',
   desiredChannel: 'kubeos.io/desired-channel',
+  /** "true" when the rollout allows installing a version older than the running one (a fleet rollback). */
+  allowDowngrade: 'kubeos.io/allow-downgrade',
+  /** The agent's install progress, "DONE/TOTAL" bytes, while it writes the standby slot. */
+  progress: 'kubeos.io/progress',
   currentVersion: 'kubeos.io/current-version',
   state: 'kubeos.io/state',
   stateVersion: 'kubeos.io/state-version',
@@ -77,6 +81,8 @@ export interface NodeView {
   agentState: AgentState | undefined;
   stateVersion: string | undefined;
   lastError: string | undefined;
+  /** The agent's install progress (bytes), while it writes the standby slot. */
+  progress: { done: number; total: number } | undefined;
   record: NodeRecord | undefined;
   /** Pods on the node; only filled in for nodes the operator is draining. */
   pods?: readonly PodView[];
@@ -130,6 +136,14 @@ export function decodeRecord(value: string | undefined): NodeRecord | undefined 
   }
 }
 
+function parseProgress(value: string | undefined): { done: number; total: number } | undefined {
+  const match = /^(\d+)\/(\d+)$/.exec(value ?? '');
+  if (match === null) return undefined;
+  const done = Number(match[1]);
+  const total = Number(match[2]);
+  return total > 0 && done <= total ? { done, total } : undefined;
+}
+
 export function encodeRecord(record: NodeRecord): string {
   return JSON.stringify({ ...record, since: new Date(record.since).toISOString() });
 }
@@ -149,6 +163,7 @@ export function readNodeView(node: NodeLike): NodeView {
     agentState: parseAgentState(a[annotations.state]),
     stateVersion: a[annotations.stateVersion],
     lastError: a[annotations.lastError],
+    progress: parseProgress(a[annotations.progress]),
     record: decodeRecord(a[annotations.rollout]),
   };
 }
@@ -176,6 +191,8 @@ export interface NodePatch {
 /** What the agent reports about itself, as a merge patch of its own Node. */
 export interface AgentReport {
   state: AgentState;
+  /** Bytes of the standby slot written so far and in all, while installing; cleared otherwise. */
+  progress?: { done: number; total: number };
   /** The desired version this state is about. */
   stateVersion?: string;
   currentVersion?: string;
@@ -187,6 +204,7 @@ export function agentReportPatch(report: AgentReport): NodePatch {
   const patch: Record<string, string | null> = {
     [annotations.state]: report.state,
     [annotations.lastError]: report.lastError ?? null,
+    [annotations.progress]: report.progress === undefined ? null : `${report.progress.done}/${report.progress.total}`,
   };
   if (report.stateVersion !== undefined) patch[annotations.stateVersion] = report.stateVersion;
   if (report.currentVersion !== undefined) patch[annotations.currentVersion] = report.currentVersion;

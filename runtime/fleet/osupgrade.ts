@@ -50,6 +50,8 @@ export interface OSUpgradeSpec {
   /** A node that is not back, Ready on the new version, this long after it was told to upgrade has failed. */
   nodeTimeoutSeconds: number;
   paused: boolean;
+  /** Let agents install a version older than the one they run (a fleet rollback); still only a signed release. */
+  allowDowngrade: boolean;
 }
 
 export const rolloutPhases = ['Progressing', 'Waiting', 'Paused', 'Complete', 'Invalid'] as const;
@@ -72,6 +74,8 @@ export interface NodeResult {
   name: string;
   phase: NodePhase;
   agentState?: string;
+  /** "45%" while the agent writes the standby slot. */
+  progress?: string;
   currentVersion?: string;
   reason?: string;
   message?: string;
@@ -225,6 +229,7 @@ export function parseOSUpgradeSpec(raw: unknown, name = 'OSUpgrade'): OSUpgradeS
     failureBudget: int('spec.failureBudget', spec['failureBudget'], defaults.failureBudget, 1),
     nodeTimeoutSeconds: int('spec.nodeTimeoutSeconds', spec['nodeTimeoutSeconds'], defaults.nodeTimeoutSeconds, 1),
     paused: bool('spec.paused', spec['paused'], false),
+    allowDowngrade: bool('spec.allowDowngrade', spec['allowDowngrade'], false),
   };
 
   if (problems.length > 0) {

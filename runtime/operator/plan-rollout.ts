@@ -45,7 +45,7 @@ export interface PodRef {
 export type NodeAction =
   | { type: 'cordon'; node: string; record: NodeRecord }
   | { type: 'evict'; node: string; pods: PodRef[] }
-  | { type: 'set-desired-version'; node: string; version: string; channel: string; record: NodeRecord; drainStarted: number }
+  | { type: 'set-desired-version'; node: string; version: string; channel: string; allowDowngrade: boolean; record: NodeRecord; drainStarted: number }
   | { type: 'uncordon'; node: string; record: NodeRecord }
   | { type: 'mark-done'; node: string; record: NodeRecord }
   | { type: 'mark-failed'; node: string; record: NodeRecord; uncordon: boolean };
@@ -93,6 +93,7 @@ export function nodePatchFor(action: NodeAction): NodePatch | undefined {
             ...record(action.record),
             [annotations.desiredVersion]: action.version,
             [annotations.desiredChannel]: action.channel,
+            [annotations.allowDowngrade]: action.allowDowngrade ? 'true' : null,
           },
         },
       };
@@ -103,7 +104,7 @@ export function nodePatchFor(action: NodeAction): NodePatch | undefined {
     case 'mark-failed': {
       // Withdrawing the desired version is what stops the agent from retrying forever.
       const patch: NodePatch = {
-        metadata: { annotations: { ...record(action.record), [annotations.desiredVersion]: null, [annotations.desiredChannel]: null } },
+        metadata: { annotations: { ...record(action.record), [annotations.desiredVersion]: null, [annotations.desiredChannel]: null, [annotations.allowDowngrade]: null } },
       };
       if (action.uncordon) patch.spec = { unschedulable: null };
       return patch;
@@ -150,7 +151,7 @@ function advanceInFlight(rollout: Rollout, node: NodeView, rec: NodeRecord, now:
       const record: NodeRecord = { rollout: rec.rollout, version: spec.version, phase: 'upgrading', since: now };
       return {
         phase: 'upgrading',
-        action: { type: 'set-desired-version', node: node.name, version: spec.version, channel: spec.channel, record, drainStarted: rec.since },
+        action: { type: 'set-desired-version', node: node.name, version: spec.version, channel: spec.channel, allowDowngrade: spec.allowDowngrade, record, drainStarted: rec.since },
         record,
         unschedulable: node.unschedulable,
         wakeAt: now + spec.nodeTimeoutSeconds * 1000,
@@ -278,6 +279,7 @@ export function planRollout(rollout: Rollout, cluster: ClusterState, now: number
     if (outcome.phase !== 'pending') {
       const r: NodeResult = { name: node.name, phase: outcome.phase };
       if (node.agentState !== undefined) r.agentState = node.agentState;
+      if (node.progress !== undefined && outcome.phase === 'upgrading') r.progress = `${Math.floor((node.progress.done / node.progress.total) * 100)}%`;
       if (node.currentVersion !== undefined) r.currentVersion = node.currentVersion;
       if (outcome.record?.reason !== undefined) r.reason = outcome.record.reason;
       if (outcome.record?.message !== undefined) r.message = outcome.record.message;

@@ -128,6 +128,7 @@ export function simulateRollout(options: SimOptions): SimResult {
     const view: NodeView = {
       name: n.name,
       uid: undefined,
+      progress: undefined,
       labels: n.labels,
       unschedulable: n.unschedulable ?? false,
       ready: n.ready ?? true,

@@ -18,7 +18,7 @@ function spec(maxUnavailable: number, failureBudget: number): OSUpgradeSpec {
   return {
     version: '2.0.0', channel: 'stable', maxUnavailable, nodeSelector: {}, maintenanceWindows: [],
     drain: { timeoutSeconds: 600, force: true, deleteEmptyDirData: true }, healthGate: { readySeconds: gateSeconds },
-    failureBudget, nodeTimeoutSeconds: 1800, paused: false,
+    failureBudget, nodeTimeoutSeconds: 1800, paused: false, allowDowngrade: false,
   };
 }
 
@@ -56,7 +56,7 @@ function midRollout(count: number): NodeView[] {
   return Array.from({ length: count }, (_, i): NodeView => {
     const phase = i < count * 0.4 ? 'done' : i < count * 0.4 + 200 ? (['draining', 'upgrading', 'verifying'] as const)[i % 3]! : undefined;
     return {
-      name: `node-${String(i).padStart(5, '0')}`, uid: undefined, labels: { pool: 'workers' }, unschedulable: phase === 'draining' || phase === 'upgrading', ready: true,
+      name: `node-${String(i).padStart(5, '0')}`, uid: undefined, progress: undefined, labels: { pool: 'workers' }, unschedulable: phase === 'draining' || phase === 'upgrading', ready: true,
       readySince: now - 3_600_000, desiredVersion: phase ? '2.0.0' : undefined, currentVersion: phase === 'done' || phase === 'verifying' ? '2.0.0' : '1.0.0',
       agentState: phase === 'upgrading' ? 'installing' : phase === 'verifying' ? 'committed' : 'idle', stateVersion: phase ? '2.0.0' : undefined, lastError: undefined,
       record: phase ? { rollout: 'bench', version: '2.0.0', phase, since: now - 10_000 } : undefined,

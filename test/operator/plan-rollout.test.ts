@@ -10,7 +10,7 @@ import { decideAgentAction } from '../../runtime/agent/run-node-agent.js';
 const t0 = Date.UTC(2025, 0, 6, 12, 0); // a Monday
 
 function node(name: string, extra: Partial<NodeView> = {}): NodeView {
-  return { name, uid: undefined, labels: {}, unschedulable: false, ready: true, readySince: t0 - 3_600_000, desiredVersion: undefined, currentVersion: '1.0.0', agentState: 'idle', stateVersion: undefined, lastError: undefined, record: undefined, ...extra };
+  return { name, uid: undefined, progress: undefined, labels: {}, unschedulable: false, ready: true, readySince: t0 - 3_600_000, desiredVersion: undefined, currentVersion: '1.0.0', agentState: 'idle', stateVersion: undefined, lastError: undefined, record: undefined, ...extra };
 }
 
 function rollout(spec: Record<string, unknown> = {}): Rollout {

@@ -29,10 +29,10 @@ export function renderProgressLine(object: OSUpgradeObject): string {
 /** The node table: failed and in-flight nodes first (as status lists them). */
 export function renderTable(object: OSUpgradeObject, now = Date.now()): string {
   const s = object.status;
-  const rows = [['NODE', 'PHASE', 'AGENT', 'VERSION', 'AGE', 'REASON']];
+  const rows = [['NODE', 'PHASE', 'AGENT', 'PROGRESS', 'VERSION', 'AGE', 'REASON']];
   for (const n of s?.nodes ?? []) {
     const since = n.since === undefined ? Number.NaN : Date.parse(n.since);
-    rows.push([n.name, n.phase, n.agentState ?? '', n.currentVersion ?? '', Number.isNaN(since) ? '' : formatAge(now - since), [n.reason, n.message].filter(Boolean).join(': ')]);
+    rows.push([n.name, n.phase, n.agentState ?? '', n.progress ?? '', n.currentVersion ?? '', Number.isNaN(since) ? '' : formatAge(now - since), [n.reason, n.message].filter(Boolean).join(': ')]);
   }
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
   const lines = rows.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]!))).join('  ').trimEnd());
