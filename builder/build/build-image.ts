@@ -7,6 +7,7 @@ import { cp, mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { bootEnvToGrub, initialBootEnv } from '../../runtime/core/boot-env.js';
 import { KubeosError } from '../../runtime/core/errors.js';
+import { parseUpdateSource } from '../../runtime/core/channel/layout.js';
 import { versionPattern } from '../../runtime/core/compare-versions.js';
 import { findTool, requireTools, run, type Tool } from '../../runtime/core/exec.js';
 import { encodeGrubEnv } from '../../runtime/core/grubenv.js';
@@ -40,8 +41,12 @@ export interface BuildOptions {
   format?: DiskFormat;
   /** Public keys the image's agent trusts, added to the definition's agent.trustedKeys. */
   trustedKeys?: string[];
-  /** Channel URL the image's agent follows (overrides agent.channel). */
+  /** Channel name the image's agent follows (overrides agent.channel; the older form, an index URL, also sets the server). */
   channel?: string;
+  /** Base URL of the image server (overrides agent.updateServer). */
+  updateServer?: string;
+  /** Who starts upgrades: the host's daemon (`channel`) or only the cluster's operator (`cluster`). */
+  updates?: 'channel' | 'cluster';
   /** Overrides the definition's version (release pipelines stamp it). */
   version?: string;
   sourceDateEpoch?: number;
@@ -132,7 +137,8 @@ export async function buildImage(options: BuildOptions): Promise<BuildResult> {
       step('adding the agent (Node.js, bundled agent, keys)');
       await stageAgent({
         tree: own, compatible: image.compatible, bootTries: plan.bootTries, signal,
-        channel: options.channel ?? image.agent.channel,
+        ...parseUpdateSource('the agent settings', options.channel ?? image.agent.channel, options.updateServer ?? image.agent.updateServer),
+        updates: options.updates ?? image.agent.updates,
         pollSeconds: image.agent.pollSeconds,
         trustedKeys: [...image.agent.trustedKeys, ...(options.trustedKeys ?? [])],
         slotPartitions: { A: names.rootA, B: names.rootB },

@@ -17,7 +17,7 @@ export interface ImageDefinition {
     cmdline: string;
   };
   /** Include Node.js, the bundled agent and its configuration (undefined: no agent). */
-  agent: { channel: string | undefined; trustedKeys: string[]; pollSeconds: number } | undefined;
+  agent: { channel: string | undefined; updateServer: string | undefined; updates: 'channel' | 'cluster'; trustedKeys: string[]; pollSeconds: number } | undefined;
   /** Where the root filesystem comes from (paths absolute); undefined: busybox as userland. */
   rootfs: RootfsSource | undefined;
   /** Directories of files copied over the root in order (absolute after loading). */

@@ -55,7 +55,7 @@ export function validateRootfs(raw: unknown, dir: string, problems: Problems): R
 }
 
 const imageKeys = ['$schema', 'name', 'description', 'version', 'compatible', 'arch', 'layout', 'kernel', 'rootfs', 'files', 'agent'];
-const agentKeys = ['channel', 'trustedKeys', 'pollSeconds'];
+const agentKeys = ['channel', 'updateServer', 'updates', 'trustedKeys', 'pollSeconds'];
 const kernelKeys = ['package', 'modules', 'cmdline'];
 const hint = 'see images/minimal/image.json for a complete example';
 
@@ -127,13 +127,19 @@ export function validateImage(data: unknown, file: string, dir: string): ImageDe
     if (rawAgent !== true && !isObject(rawAgent)) bad('agent', 'true, false or an object with channel, trustedKeys, pollSeconds', rawAgent);
     checkKnownKeys(problems, 'agent', a, agentKeys, 'E_IMAGE_INVALID');
     const channel = a['channel'];
-    if (channel !== undefined && (typeof channel !== 'string' || !/^https?:\/\//.test(channel))) bad('agent.channel', 'an http(s) URL of a channel index', channel);
+    const updateServer = a['updateServer'];
+    if (channel !== undefined && typeof channel !== 'string') bad('agent.channel', 'a channel name such as "stable"', channel);
+    if (updateServer !== undefined && (typeof updateServer !== 'string' || !/^https?:\/\/[^/]/.test(updateServer))) bad('agent.updateServer', 'the http(s) base URL of the image server', updateServer);
+    const updates = a['updates'] ?? 'channel';
+    if (updates !== 'channel' && updates !== 'cluster') bad('agent.updates', '"channel" (the host follows its channel) or "cluster" (only the operator upgrades it)', updates);
     const keys = a['trustedKeys'] ?? [];
     if (!Array.isArray(keys) || !keys.every((k) => typeof k === 'string')) bad('agent.trustedKeys', 'an array of public key files relative to the definition', keys);
     const poll = a['pollSeconds'] ?? 300;
     if (typeof poll !== 'number' || poll < 1) bad('agent.pollSeconds', 'a number of seconds >= 1', poll);
     agent = {
       channel: channel as string | undefined,
+      updateServer: updateServer as string | undefined,
+      updates: updates as 'channel' | 'cluster',
       trustedKeys: Array.isArray(keys) ? (keys as string[]).map((k) => join(dir, k)) : [],
       pollSeconds: poll as number,
     };

@@ -21,7 +21,9 @@ export interface AgentStageInput {
   tree: string;
   compatible: string;
   bootTries: number;
+  updateServer: string | undefined;
   channel: string | undefined;
+  updates: 'channel' | 'cluster';
   pollSeconds: number;
   trustedKeys: string[];
   slotPartitions: { A: string; B: string };
@@ -56,7 +58,9 @@ export async function stageAgent(input: AgentStageInput): Promise<void> {
   await writeFile(join(tree, agentConfigPath), `${JSON.stringify({
     compatible: input.compatible,
     bootTries: input.bootTries,
+    updateServer: input.updateServer ?? '',
     channel: input.channel ?? '',
+    updates: input.updates,
     trustedKeys: keyPaths,
     bootEnv: '/boot/efi/EFI/BOOT/grubenv',
     stateDir: '/persist/.kubeos/agent',

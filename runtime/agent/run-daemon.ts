@@ -36,6 +36,11 @@ export async function runDaemon(config: AgentConfig, options: DaemonOptions): Pr
   const channel = options.channel ?? config.channel;
   const random = options.random ?? Math.random;
   await settleBoot(config, options.log);
+  if (config.updates === 'cluster') {
+    // one updater per node: on a cluster node only a rollout (agent daemon --kubernetes) upgrades
+    options.log('updates come from the cluster (agent config updates: cluster): not following a channel');
+    return;
+  }
   if (channel === undefined) {
     options.log('no channel configured: nothing to poll');
     return;

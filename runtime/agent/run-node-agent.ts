@@ -152,10 +152,10 @@ export async function runNodeAgent(options: NodeAgentOptions): Promise<void> {
   }
 
   let watching = false;
-  const watch = () => {
+  const watch = (resourceVersion: string | undefined) => {
     if (signal.aborted || watching) return;
     watching = true;
-    api.watch({ kind: 'nodes', name: nodeName }, (event) => {
+    api.watch({ kind: 'nodes', name: nodeName, ...(resourceVersion === undefined ? {} : { resourceVersion }) }, (event) => {
       if (event.type === 'ADDED' || event.type === 'MODIFIED') consider(event.object as NodeLike);
     }, () => {
       watching = false;
@@ -166,11 +166,14 @@ export async function runNodeAgent(options: NodeAgentOptions): Promise<void> {
   };
 
   while (!signal.aborted) {
-    watch();
     try {
-      consider(await api.readNode(nodeName));
+      const node = await api.readNode(nodeName);
+      consider(node);
+      // the watch starts where the read left off, so a change made between the two is not missed
+      watch(node.metadata?.resourceVersion);
     } catch (error) {
       emit({ type: 'error', error: asKubeosError(error) });
+      watch(undefined);
     }
     await new Promise<void>((resolve) => {
       const done = () => {

@@ -58,7 +58,7 @@ export type UpgradeResult =
 
 export async function upgrade(config: AgentConfig, options: UpgradeOptions): Promise<UpgradeResult> {
   if ((options.channel === undefined) === (options.bundle === undefined)) {
-    throw new KubeosError('E_USAGE', 'give exactly one of --channel URL or --bundle URL-or-FILE');
+    throw new KubeosError('E_USAGE', 'give exactly one of --channel NAME or --bundle URL-or-FILE');
   }
   const progress = options.onProgress ?? (() => {});
   const step = options.onStep ?? (() => {});

@@ -346,10 +346,12 @@ export class KubeApi {
    * Streams changes to nodes (one node with `name`) or OSUpgrades until the signal aborts or the
    * server ends the watch; `onEnd` then says why (undefined: closed normally).
    */
-  async watch(what: { kind: 'nodes'; name?: string } | { kind: 'osupgrades'; name?: string }, onEvent: (event: WatchEvent) => void, onEnd: (error: unknown) => void, signal: AbortSignal): Promise<void> {
+  async watch(what: { kind: 'nodes' | 'osupgrades'; name?: string; resourceVersion?: string }, onEvent: (event: WatchEvent) => void, onEnd: (error: unknown) => void, signal: AbortSignal): Promise<void> {
     const path = what.kind === 'nodes' ? '/api/v1/nodes' : `/apis/${osUpgradeApi.group}/${osUpgradeApi.version}/${osUpgradeApi.plural}`;
     const query: Record<string, string> = {};
     if (what.name !== undefined) query['fieldSelector'] = `metadata.name=${what.name}`;
+    // from the version a read returned: every change after that read is delivered, none falls in between
+    if (what.resourceVersion !== undefined) query['resourceVersion'] = what.resourceVersion;
     let ended = false;
     let controller: AbortController | undefined;
     const abort = () => controller?.abort();

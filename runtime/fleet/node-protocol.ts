@@ -90,7 +90,7 @@ export interface NodeView {
 
 /** The subset of a v1 Node this module reads; matches both client-node's V1Node and plain JSON. */
 export interface NodeLike {
-  metadata?: { name?: string; uid?: string; labels?: Record<string, string>; annotations?: Record<string, string> };
+  metadata?: { name?: string; uid?: string; resourceVersion?: string; labels?: Record<string, string>; annotations?: Record<string, string> };
   spec?: { unschedulable?: boolean };
   status?: { conditions?: Array<{ type?: string; status?: string; lastTransitionTime?: Date | string }> };
 }

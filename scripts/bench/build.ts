@@ -33,7 +33,7 @@ export const bench: Bench = async () => {
     const tree = join(dir, 'tree');
     await stageRootfs({ image, tree, busybox, vmlinuz: kernel.vmlinuz, initramfs, kernelRelease: kernel.release, buildId: 'bench' });
     if (image.agent !== undefined) {
-      await stageAgent({ tree, compatible: image.compatible, bootTries: 3, channel: undefined, pollSeconds: 300, trustedKeys: [], slotPartitions: { A: 'rootA', B: 'rootB' } });
+      await stageAgent({ tree, compatible: image.compatible, bootTries: 3, updateServer: undefined, channel: undefined, updates: 'channel', pollSeconds: 300, trustedKeys: [], slotPartitions: { A: 'rootA', B: 'rootB' } });
     }
     const treeBytes = await normalizeTimes(tree, epoch);
     let floorSeconds = 0;

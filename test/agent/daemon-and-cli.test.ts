@@ -50,3 +50,18 @@ test('agent upgrade with both --channel and --bundle is a usage error that chang
   t.is(jsonError(result.stdout).code, 'E_USAGE');
   t.deepEqual(await readFile(host.bootEnv), before);
 });
+
+test('on a cluster node the daemon commits the trial boot but follows no channel', async (t) => {
+  const host = await makeHost(t, { channel: 'https://127.0.0.1:9/kubeos/channels/stable.json' });
+  const lines: string[] = [];
+  await runDaemon({ ...host.config, updates: 'cluster' }, { signal: new AbortController().signal, log: (line) => lines.push(line) });
+  t.deepEqual(lines, ['updates come from the cluster (agent config updates: cluster): not following a channel']);
+});
+
+test('agent daemon --kubernetes on a host that follows its channel is refused: one updater per node', async (t) => {
+  const host = await makeHost(t);
+  const result = await kubeos(['agent', 'daemon', '--kubernetes', '--node-name', 'node-a', '--config', host.configPath, '--json']);
+  t.is(result.exitCode, 2);
+  t.is(jsonError(result.stdout).code, 'E_USAGE');
+  t.like(jsonError(result.stdout).details, { updates: 'channel' });
+});

@@ -142,7 +142,7 @@ test('the status carries observedGeneration and keeps a condition\'s transition 
 
 test('the agent upgrades to a new desired version once, and not again after it fell back', (t) => {
   const desired = { metadata: { annotations: { [annotations.desiredVersion]: '2.0.0', [annotations.desiredChannel]: 'beta' } } };
-  t.deepEqual(decideAgentAction(desired, { currentVersion: '1.0.0' }, false), { type: 'upgrade', version: '2.0.0', channel: 'beta' });
+  t.deepEqual(decideAgentAction(desired, { currentVersion: '1.0.0' }, false), { type: 'upgrade', version: '2.0.0', channel: 'beta', allowDowngrade: false });
   t.is(decideAgentAction(desired, { currentVersion: '1.0.0' }, true).type, 'none');
   t.is(decideAgentAction(desired, { currentVersion: '1.0.0', state: 'fell-back', stateVersion: '2.0.0' }, false).type, 'none');
   t.is(decideAgentAction(desired, { currentVersion: '1.0.0', state: 'fell-back', stateVersion: '1.9.0' }, false).type, 'upgrade');

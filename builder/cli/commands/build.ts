@@ -13,6 +13,8 @@ interface BuildArgs extends GlobalArgs {
   imageVersion?: string;
   trustedKey?: string[];
   channel?: string;
+  updateServer?: string;
+  updates?: 'channel' | 'cluster';
 }
 
 export const buildCommand: CommandModule<GlobalArgs, BuildArgs> = {
@@ -24,9 +26,12 @@ export const buildCommand: CommandModule<GlobalArgs, BuildArgs> = {
     .option('layout', { type: 'string', describe: 'Partition layout: a JSON file or a name in layouts/ (default: the image\'s own)' })
     .option('format', { choices: diskFormats, default: 'raw' as DiskFormat, describe: 'Disk image format; qcow2 also keeps disk.img' })
     .option('trusted-key', { type: 'string', array: true, describe: 'Public key (PEM) the image\'s agent trusts for bundles and channels; repeatable' })
-    .option('channel', { type: 'string', describe: 'Channel index URL the image\'s agent follows' })
+    .option('update-server', { type: 'string', describe: 'Base URL of the image server (channels/ and bundles/ under it) the image\'s agent reads' })
+    .option('channel', { type: 'string', describe: 'Channel name the image\'s agent follows, e.g. stable (an index URL also works and sets the server)' })
+    .option('updates', { choices: ['channel', 'cluster'] as const, describe: 'channel: the host\'s daemon upgrades on its own; cluster: only the Kubernetes operator starts upgrades' })
     .option('image-version', { type: 'string', describe: 'Override the image version (e.g. 2.0.0) for this build' })
     .example('$0 build images/minimal --out out/minimal', 'Build the default image')
+    .example('$0 build minimal --update-server https://updates.example/kubeos/ --channel stable --updates cluster', 'A cluster node: upgraded only by the operator, from its own image server')
     .example('SOURCE_DATE_EPOCH=1700000000 $0 build minimal --layout small --json', 'A reproducible build with a small layout, result as JSON')
     .epilogue('Writes disk.img, rootfs.img (the payload of update bundles) and build.json. Set SOURCE_DATE_EPOCH for byte-identical rebuilds.') as any,
   handler: async (args) => {
@@ -37,7 +42,7 @@ export const buildCommand: CommandModule<GlobalArgs, BuildArgs> = {
       if (!Number.isSafeInteger(sourceDateEpoch) || sourceDateEpoch < 0) throw new KubeosError('E_USAGE', `SOURCE_DATE_EPOCH must be a whole number of seconds, got ${JSON.stringify(raw)}`);
     }
     const result = await buildImage({
-      image: args.image, out: args.out, layout: args.layout, format: args.format, version: args.imageVersion, trustedKeys: args.trustedKey, channel: args.channel, sourceDateEpoch,
+      image: args.image, out: args.out, layout: args.layout, format: args.format, version: args.imageVersion, trustedKeys: args.trustedKey, channel: args.channel, updateServer: args.updateServer, updates: args.updates, sourceDateEpoch,
       onProgress: makeProgress(args),
     });
     printResult(args, result, () => [

@@ -1,6 +1,7 @@
 /** `kubeos agent ...`: the host-side commands. Thin: parse, call runtime/agent, print. */
 import type { Argv, CommandModule } from 'yargs';
 import { makeProgress, printResult, type GlobalArgs } from '../../cli/output.js';
+import { KubeosError } from '../../core/errors.js';
 import { defaultConfigPath, loadAgentConfig } from '../agent-config.js';
 import { commit, rollback, status } from '../commit-rollback-status.js';
 import { runDaemon, settleBoot } from '../run-daemon.js';
@@ -30,6 +31,7 @@ const statusCommand: CommandModule<AgentArgs, AgentArgs> = {
 
 interface UpgradeArgs extends AgentArgs {
   channel?: string;
+  version?: string;
   bundle?: string;
   reboot: boolean;
   allowDowngrade: boolean;
@@ -39,17 +41,20 @@ const upgradeCommand: CommandModule<AgentArgs, UpgradeArgs> = {
   command: 'upgrade',
   describe: 'Verify a bundle, write it to the standby slot, and boot it next (with boot counting)',
   builder: (y) => y
-    .option('channel', { type: 'string', describe: 'URL of a signed channel index (…/channels/stable.json)' })
+    .option('channel', { type: 'string', describe: 'Channel name under the host\'s image server (default: the config\'s); the URL of an index also works' })
+    .option('version', { type: 'string', describe: 'Install exactly this release of the channel (it must be listed in the signed index)' })
     .option('bundle', { type: 'string', describe: 'URL or path of a bundle' })
     .option('reboot', { type: 'boolean', default: true, describe: 'Reboot into the new slot when done (--no-reboot to stay)' })
     .option('allow-downgrade', { type: 'boolean', default: false, describe: 'Install a version older than (or equal to) the running one' })
     .conflicts('channel', 'bundle')
-    .example('$0 agent upgrade --channel http://images.example/kubeos/channels/stable.json', 'Follow a channel')
+    .example('$0 agent upgrade --channel stable', 'Install the newest release of channel stable')
+    .example('$0 agent upgrade --channel stable --version 1.4.0', 'Install release 1.4.0, if the signed channel lists it')
     .example('$0 agent upgrade --bundle ./os-2.0.0.kubeos --no-reboot', 'Install a local bundle, reboot later') as any,
   handler: async (args) => {
     const config = await loadAgentConfig(args.config);
     const result = await upgrade(config, {
       channel: args.channel ?? (args.bundle === undefined ? config.channel : undefined),
+      ...(args.version === undefined ? {} : { version: args.version }),
       bundle: args.bundle,
       reboot: args.reboot,
       allowDowngrade: args.allowDowngrade,
@@ -91,7 +96,7 @@ const daemonCommand: CommandModule<AgentArgs, DaemonArgs> = {
   command: 'daemon',
   describe: 'Commit a healthy trial boot, then follow a channel (or the Node\'s desired version with --kubernetes)',
   builder: (y) => y
-    .option('channel', { type: 'string', describe: 'Channel URL (default: the config\'s)' })
+    .option('channel', { type: 'string', describe: 'Channel name (default: the config\'s)' })
     .option('kubernetes', { type: 'boolean', default: false, describe: 'Take the desired version from this Node\'s kubeos.io/desired-version annotation' })
     .option('node-name', { type: 'string', describe: 'This Node\'s name (with --kubernetes; default $NODE_NAME)' })
     .option('kubeconfig', { type: 'string', describe: 'Kubeconfig (default: in-cluster)' }) as any,
@@ -103,6 +108,12 @@ const daemonCommand: CommandModule<AgentArgs, DaemonArgs> = {
     if (!args.kubernetes) {
       await runDaemon(config, { channel: args.channel, signal: controller.signal, log });
       return;
+    }
+    if (config.updates !== 'cluster') {
+      throw new KubeosError('E_USAGE', `this host upgrades itself from its channel (${args.config}: updates is "${config.updates}"); a cluster node must not have two updaters`, {
+        hint: 'build cluster nodes with kubeos build --updates cluster, so only the operator starts upgrades',
+        details: { updates: config.updates },
+      });
     }
     const { runKubernetesAgent } = await import('../run-kubernetes-agent.js');
     await settleBoot(config, log);
