@@ -16,7 +16,7 @@ import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
 import tar from 'tar-stream';
 import { KubeosError } from '../../runtime/core/errors.js';
-import { run } from '../../runtime/core/exec.js';
+import { findTool, run } from '../../runtime/core/exec.js';
 import { parseLdd } from '../rootfs/copy-binary.js';
 import { bundleProgram } from '../rootfs/bundle-agent.js';
 
@@ -65,11 +65,19 @@ async function planLayer(bundle: string, signal?: AbortSignal): Promise<LayerFil
   const files: LayerFile[] = [
     { path: 'usr/bin/node', mode: 0o755, source: node },
     ...parseLdd(stdout).map((lib) => ({ path: lib.slice(1), mode: 0o755, source: lib })),
-    { path: 'usr/lib/kubeos/kubeos.mjs', mode: 0o644, source: bundle },
+    // not under /usr/lib/kubeos: the agent DaemonSet mounts the host's (agent.json, keys) there
+    { path: 'opt/kubeos/kubeos.mjs', mode: 0o644, source: bundle },
     { path: 'etc/passwd', mode: 0o644, source: Buffer.from(`root:x:0:0:root:/root:/sbin/nologin\nkubeos:x:${nonRoot}:${nonRoot}:kubeos:/tmp:/sbin/nologin\n`) },
     { path: 'etc/group', mode: 0o644, source: Buffer.from(`root:x:0:\nkubeos:x:${nonRoot}:\n`) },
   ];
   if (existsSync(caBundle)) files.push({ path: caBundle.slice(1), mode: 0o644, source: caBundle });
+  // the agent DaemonSet reboots the host through PID 1's namespaces (agent daemon --host-namespaces)
+  const nsenter = await findTool('nsenter');
+  if (nsenter === undefined) throw new KubeosError('E_TOOL_MISSING', 'missing host tool: nsenter (Debian package util-linux)', { hint: 'apt-get install util-linux', details: { missing: ['nsenter'], packages: ['util-linux'] } });
+  const { stdout: nsenterLibs } = await run('ldd', [nsenter], { signal, timeoutMs: 30_000 });
+  files.push({ path: 'usr/bin/nsenter', mode: 0o755, source: nsenter }, ...parseLdd(nsenterLibs).map((lib) => ({ path: lib.slice(1), mode: 0o755, source: lib })));
+  const unique = new Map(files.map((f) => [f.path, f]));
+  files.splice(0, files.length, ...unique.values());
   return files.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
 }
 
@@ -175,7 +183,7 @@ export async function buildOciImage(options: OciBuildOptions): Promise<OciBuildR
       architecture: 'amd64',
       os: 'linux',
       config: {
-        Entrypoint: ['/usr/bin/node', '/usr/lib/kubeos/kubeos.mjs'],
+        Entrypoint: ['/usr/bin/node', '/opt/kubeos/kubeos.mjs'],
         Cmd: ['--help'],
         Env: ['PATH=/usr/bin:/bin', 'NODE_ENV=production'],
         WorkingDir: '/tmp',

@@ -17,6 +17,14 @@ import { copyBinary } from './copy-binary.js';
 
 export const agentConfigPath = '/usr/lib/kubeos/agent.json';
 
+/** Where an image's agent keeps its host state (deploy/agent-daemonset.yaml mounts each of these). */
+export const imageAgentPaths = {
+  bootEnv: '/boot/efi/EFI/BOOT/grubenv',
+  stateDir: '/persist/.kubeos/agent',
+  runDir: '/run/kubeos',
+  osRelease: '/usr/lib/os-release',
+} as const;
+
 export interface AgentStageInput {
   tree: string;
   compatible: string;
@@ -62,10 +70,7 @@ export async function stageAgent(input: AgentStageInput): Promise<void> {
     channel: input.channel ?? '',
     updates: input.updates,
     trustedKeys: keyPaths,
-    bootEnv: '/boot/efi/EFI/BOOT/grubenv',
-    stateDir: '/persist/.kubeos/agent',
-    runDir: '/run/kubeos',
-    osRelease: '/usr/lib/os-release',
+    ...imageAgentPaths,
     slots: { A: { partition: input.slotPartitions.A }, B: { partition: input.slotPartitions.B } },
     pollSeconds: input.pollSeconds,
     jitterSeconds: Math.min(60, input.pollSeconds),

@@ -8,7 +8,15 @@ import type { AgentConfig } from './agent-config.js';
 import { status } from './commit-rollback-status.js';
 import { upgrade } from './upgrade.js';
 
-export async function runKubernetesAgent(config: AgentConfig, options: { nodeName: string | undefined; kubeconfig?: string; signal: AbortSignal; log: (line: string) => void }): Promise<void> {
+/**
+ * `hostNamespaces`: the agent runs in a privileged DaemonSet pod with hostPID, so the reboot
+ * command runs in PID 1's namespaces (nsenter), where the host's own reboot lives.
+ */
+export function rebootCommand(config: AgentConfig, hostNamespaces: boolean): string[] {
+  return hostNamespaces ? ['nsenter', '--target', '1', '--mount', '--uts', '--ipc', '--net', '--pid', '--', ...config.reboot] : config.reboot;
+}
+
+export async function runKubernetesAgent(config: AgentConfig, options: { nodeName: string | undefined; kubeconfig?: string; hostNamespaces?: boolean; signal: AbortSignal; log: (line: string) => void }): Promise<void> {
   if (!options.nodeName) throw new KubeosError('E_USAGE', '--kubernetes needs --node-name or $NODE_NAME');
   let lastWhy: string | undefined;
   const api = KubeApi.connect({ kubeconfig: options.kubeconfig }, `kubeos-agent/${options.nodeName}`);
@@ -36,7 +44,7 @@ export async function runKubernetesAgent(config: AgentConfig, options: { nodeNam
         });
         if (result.kind === 'up-to-date') return { state: 'committed', currentVersion: result.version };
         await progress('rebooting');
-        await runCommand(config.reboot, { timeoutMs: 60_000 });
+        await runCommand(rebootCommand(config, options.hostNamespaces === true), { timeoutMs: 60_000 });
         return { state: 'rebooting' };
       } catch (error) {
         return { state: 'failed', error: isKubeosError(error) ? `${error.code}: ${error.message}` : String(error) };

@@ -46,6 +46,7 @@ export const toolPackages = {
   'skopeo': 'skopeo',
   'umoci': 'umoci',
   'chroot': 'coreutils',
+  'nsenter': 'util-linux',
 } as const;
 
 export type Tool = keyof typeof toolPackages;

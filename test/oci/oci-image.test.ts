@@ -54,14 +54,17 @@ test.serial('umoci unpacks it and the root filesystem runs the kubeos CLI', asyn
   const bundle = join(dir, 'bundle');
   await execa('umoci', ['unpack', '--rootless', '--image', `${join(dir, 'one')}:${version}`, bundle], { timeout: 120_000 });
   const config = JSON.parse(await readFile(join(bundle, 'config.json'), 'utf8')) as { process: { args: string[] } };
-  t.deepEqual(config.process.args, ['/usr/bin/node', '/usr/lib/kubeos/kubeos.mjs', '--help']);
+  t.deepEqual(config.process.args, ['/usr/bin/node', '/opt/kubeos/kubeos.mjs', '--help']);
   if (process.getuid?.() !== 0) {
     t.log('not root: the chroot run is skipped');
     return;
   }
   // nothing from the host: only what the image holds
   const chroot = (await findTool('chroot'))!;
-  const run = await execa(chroot, [join(bundle, 'rootfs'), '/usr/bin/node', '/usr/lib/kubeos/kubeos.mjs', 'operator', 'run', '--help'], { reject: false, timeout: 60_000, env: { PATH: '/usr/bin' }, extendEnv: false });
+  const run = await execa(chroot, [join(bundle, 'rootfs'), '/usr/bin/node', '/opt/kubeos/kubeos.mjs', 'operator', 'run', '--help'], { reject: false, timeout: 60_000, env: { PATH: '/usr/bin' }, extendEnv: false });
   t.is(run.exitCode, 0, String(run.stderr));
   t.regex(String(run.stdout), /--metrics-address/);
+  // the agent DaemonSet reboots the host through nsenter: it must run from the image alone too
+  const nsenter = await execa(chroot, [join(bundle, 'rootfs'), '/usr/bin/nsenter', '--version'], { reject: false, timeout: 60_000, env: { PATH: '/usr/bin' }, extendEnv: false });
+  t.is(nsenter.exitCode, 0, String(nsenter.stderr));
 });

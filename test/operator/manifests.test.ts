@@ -6,6 +6,7 @@
  */
 import anyTest, { type TestFn } from 'ava';
 import { readFile } from 'node:fs/promises';
+import { agentConfigPath, imageAgentPaths } from '../../builder/rootfs/stage-agent.js';
 import { versionPattern } from '../../runtime/core/compare-versions.js';
 import { annotations } from '../../runtime/fleet/node-protocol.js';
 import { OperatorCluster, systemNamespace } from './cluster-fixture.js';
@@ -157,4 +158,16 @@ test('a token of the agent\'s service account that is not bound to a pod may pat
   const result = await cluster.plane.kubectl(['patch', 'node', 'node-a', '--type=merge', '-p', JSON.stringify({ metadata: { annotations: { [annotations.state]: 'idle' } } })], { kubeconfig: unbound });
   t.is(result.exitCode, 1);
   t.regex(result.stderr, /only patch its own Node/);
+});
+
+test('the agent DaemonSet mounts every host path the image\'s agent.json names, and runs in cluster mode', async (t) => {
+  const ds = JSON.parse(await cluster.plane.kubectlOk(['get', 'daemonset', '-n', systemNamespace, 'kubeos-agent', '-o', 'json'])) as Record<string, any>;
+  const container = ds['spec'].template.spec.containers[0];
+  const mounts = (container.volumeMounts as Array<{ mountPath: string }>).map((m) => m.mountPath);
+  const covered = (path: string) => mounts.some((m) => path === m || path.startsWith(`${m}/`));
+  for (const path of [...Object.values(imageAgentPaths), agentConfigPath, '/dev']) t.true(covered(path), `${path} is mounted`);
+  t.true(ds['spec'].template.spec.hostPID, 'hostPID: the reboot goes through PID 1');
+  t.true(container.securityContext.privileged);
+  t.deepEqual(container.args.slice(0, 2), ['agent', 'daemon']);
+  t.true(container.args.includes('--kubernetes') && container.args.includes('--host-namespaces'));
 });

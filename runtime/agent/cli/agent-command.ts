@@ -88,6 +88,7 @@ const rollbackCommand: CommandModule<AgentArgs, AgentArgs & { reboot: boolean }>
 interface DaemonArgs extends AgentArgs {
   channel?: string;
   kubernetes: boolean;
+  hostNamespaces: boolean;
   nodeName?: string;
   kubeconfig?: string;
 }
@@ -99,6 +100,7 @@ const daemonCommand: CommandModule<AgentArgs, DaemonArgs> = {
     .option('channel', { type: 'string', describe: 'Channel name (default: the config\'s)' })
     .option('kubernetes', { type: 'boolean', default: false, describe: 'Take the desired version from this Node\'s kubeos.io/desired-version annotation' })
     .option('node-name', { type: 'string', describe: 'This Node\'s name (with --kubernetes; default $NODE_NAME)' })
+    .option('host-namespaces', { type: 'boolean', default: false, describe: 'Reboot through PID 1\'s namespaces (nsenter): for the agent DaemonSet (privileged, hostPID)' })
     .option('kubeconfig', { type: 'string', describe: 'Kubeconfig (default: in-cluster)' }) as any,
   handler: async (args) => {
     const config = await loadAgentConfig(args.config);
@@ -117,7 +119,7 @@ const daemonCommand: CommandModule<AgentArgs, DaemonArgs> = {
     }
     const { runKubernetesAgent } = await import('../run-kubernetes-agent.js');
     await settleBoot(config, log);
-    await runKubernetesAgent(config, { nodeName: args.nodeName ?? process.env['NODE_NAME'], kubeconfig: args.kubeconfig, signal: controller.signal, log });
+    await runKubernetesAgent(config, { nodeName: args.nodeName ?? process.env['NODE_NAME'], kubeconfig: args.kubeconfig, hostNamespaces: args.hostNamespaces, signal: controller.signal, log });
   },
 };
 
