@@ -49,6 +49,8 @@ export interface NodeRecord {
   since: number;
   reason?: string;
   message?: string;
+  /** The version the node ran when the rollout took it: what `kubeos rollout undo` goes back to. */
+  from?: string;
 }
 
 /** A pod as the drain logic needs to see it. */
@@ -130,6 +132,7 @@ export function decodeRecord(value: string | undefined): NodeRecord | undefined 
     const record: NodeRecord = { rollout: raw['rollout'], version: raw['version'], phase: phase as NodeRecord['phase'], since };
     if (typeof raw['reason'] === 'string') record.reason = raw['reason'];
     if (typeof raw['message'] === 'string') record.message = raw['message'];
+    if (typeof raw['from'] === 'string') record.from = raw['from'];
     return record;
   } catch {
     return undefined;

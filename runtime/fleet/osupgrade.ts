@@ -13,7 +13,12 @@ export const osUpgradeApi = { group: 'kubeos.io', version: 'v1alpha1', plural: '
 export const rolloutAnnotations = {
   pausedBy: 'kubeos.io/paused-by',
   failuresAcknowledged: 'kubeos.io/failures-acknowledged',
+  /** Set when the operator (onFailureBudget: rollback) or `kubeos rollout undo` moved spec.version back: the version it came from. */
+  rolledBackFrom: 'kubeos.io/rolled-back-from',
 } as const;
+
+export const failureBudgetActions = ['pause', 'rollback'] as const;
+export type FailureBudgetAction = (typeof failureBudgetActions)[number];
 
 export const weekdays = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'] as const;
 export type Weekday = (typeof weekdays)[number];
@@ -52,6 +57,8 @@ export interface OSUpgradeSpec {
   paused: boolean;
   /** Let agents install a version older than the one they run (a fleet rollback); still only a signed release. */
   allowDowngrade: boolean;
+  /** When the failure budget is spent: pause (a person decides), or roll the upgraded nodes back. */
+  onFailureBudget: FailureBudgetAction;
 }
 
 export const rolloutPhases = ['Progressing', 'Waiting', 'Paused', 'Complete', 'Invalid'] as const;
@@ -109,6 +116,8 @@ export interface Rollout {
   spec: OSUpgradeSpec;
   /** Set when the operator itself paused the rollout. */
   pausedBy: 'failure-budget' | undefined;
+  /** The version a rollback moved this rollout away from, if one did (it rolls back once). */
+  rolledBackFrom: string | undefined;
   /** Failures already accounted for by a resume, for this target version. */
   failuresAcknowledged: number;
   previousStatus: Partial<OSUpgradeStatus> | undefined;
@@ -230,7 +239,13 @@ export function parseOSUpgradeSpec(raw: unknown, name = 'OSUpgrade'): OSUpgradeS
     nodeTimeoutSeconds: int('spec.nodeTimeoutSeconds', spec['nodeTimeoutSeconds'], defaults.nodeTimeoutSeconds, 1),
     paused: bool('spec.paused', spec['paused'], false),
     allowDowngrade: bool('spec.allowDowngrade', spec['allowDowngrade'], false),
+    onFailureBudget: 'pause',
   };
+  const onBudget = spec['onFailureBudget'];
+  if (onBudget !== undefined) {
+    if ((failureBudgetActions as readonly unknown[]).includes(onBudget)) result.onFailureBudget = onBudget as FailureBudgetAction;
+    else problems.push({ path: 'spec.onFailureBudget', expected: failureBudgetActions.join(' or '), actual: onBudget });
+  }
 
   if (problems.length > 0) {
     throw new KubeosError(
@@ -259,6 +274,7 @@ export function readRollout(object: OSUpgradeObject): Rollout {
     generation: object.metadata?.generation ?? 0,
     spec,
     pausedBy: a[rolloutAnnotations.pausedBy] === 'failure-budget' ? 'failure-budget' : undefined,
+    rolledBackFrom: a[rolloutAnnotations.rolledBackFrom],
     failuresAcknowledged,
     previousStatus: object.status,
   };

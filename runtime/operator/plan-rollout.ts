@@ -53,6 +53,8 @@ export type NodeAction =
 export type RolloutAction =
   | NodeAction
   | { type: 'pause-rollout'; reason: 'failure-budget'; failed: number }
+  /** onFailureBudget: rollback: spec.version goes back to what the upgraded nodes ran before. */
+  | { type: 'roll-back'; from: string; to: string; failed: number }
   | { type: 'acknowledge-failures'; version: string; count: number };
 
 export interface RolloutPlan {
@@ -122,8 +124,33 @@ interface NodeOutcome {
   wakeAt: number | undefined;
 }
 
+/**
+ * The version the nodes this rollout upgraded to `version` ran before it (from their records):
+ * what `kubeos rollout undo` and onFailureBudget: rollback go back to. An error when no node was
+ * upgraded, or when they came from different versions.
+ */
+export function previousVersion(rollout: string, version: string, nodes: readonly NodeView[]): { version: string; nodes: string[] } | { error: string } {
+  const from = new Map<string, string[]>();
+  for (const node of nodes) {
+    const rec = node.record;
+    if (rec?.rollout !== rollout || rec.version !== version || rec.from === undefined || rec.from === version || node.currentVersion !== version) continue;
+    from.set(rec.from, [...(from.get(rec.from) ?? []), node.name]);
+  }
+  if (from.size === 0) return { error: `no node was upgraded to ${version} by OSUpgrade ${rollout}: nothing to roll back` };
+  if (from.size > 1) {
+    return { error: `the nodes came from different versions (${[...from].map(([v, n]) => `${v}: ${n.length}`).join(', ')}): roll back with one OSUpgrade per version` };
+  }
+  const [[previous, names]] = [...from] as [[string, string[]]];
+  return { version: previous, nodes: names };
+}
+
+/** Every record of a node carries the version it came from, across its phases. */
+function keepFrom(rec: NodeRecord): { from?: string } {
+  return rec.from === undefined ? {} : { from: rec.from };
+}
+
 function failed(node: NodeView, rec: NodeRecord, now: number, reason: string, message: string, uncordon: boolean): NodeOutcome {
-  const record: NodeRecord = { rollout: rec.rollout, version: rec.version, phase: 'failed', since: now, reason, message };
+  const record: NodeRecord = { rollout: rec.rollout, version: rec.version, phase: 'failed', since: now, reason, message, ...keepFrom(rec) };
   return {
     phase: 'failed',
     action: { type: 'mark-failed', node: node.name, record, uncordon },
@@ -146,9 +173,14 @@ function advanceInFlight(rollout: Rollout, node: NodeView, rec: NodeRecord, now:
     const deadline = rec.since + spec.drain.timeoutSeconds * 1000;
     if (node.pods === undefined) return stay(node, rec, deadline);
     const remaining = podsToMove(node.pods);
+    if (remaining.length === 0 && node.currentVersion === spec.version) {
+      // the target moved to what the node runs (a rollback while it drained): nothing to install
+      const record: NodeRecord = { rollout: rec.rollout, version: spec.version, phase: 'verifying', since: now, ...keepFrom(rec) };
+      return { phase: 'verifying', action: { type: 'uncordon', node: node.name, record }, record, unschedulable: false, wakeAt: now + spec.healthGate.readySeconds * 1000 };
+    }
     if (remaining.length === 0) {
       // A draining record for an older target moves on to the current one.
-      const record: NodeRecord = { rollout: rec.rollout, version: spec.version, phase: 'upgrading', since: now };
+      const record: NodeRecord = { rollout: rec.rollout, version: spec.version, phase: 'upgrading', since: now, ...keepFrom(rec) };
       return {
         phase: 'upgrading',
         action: { type: 'set-desired-version', node: node.name, version: spec.version, channel: spec.channel, allowDowngrade: spec.allowDowngrade, record, drainStarted: rec.since },
@@ -184,7 +216,7 @@ function advanceInFlight(rollout: Rollout, node: NodeView, rec: NodeRecord, now:
 
   if (rec.phase === 'upgrading') {
     if (reported === 'committed' && onTarget) {
-      const record: NodeRecord = { rollout: rec.rollout, version: rec.version, phase: 'verifying', since: now };
+      const record: NodeRecord = { rollout: rec.rollout, version: rec.version, phase: 'verifying', since: now, ...keepFrom(rec) };
       const readyFrom = Math.max(now, node.readySince ?? now);
       return {
         phase: 'verifying',
@@ -208,7 +240,7 @@ function advanceInFlight(rollout: Rollout, node: NodeView, rec: NodeRecord, now:
     const readyFrom = Math.max(rec.since, node.readySince ?? rec.since);
     const gateEnds = readyFrom + spec.healthGate.readySeconds * 1000;
     if (now >= gateEnds) {
-      const record: NodeRecord = { rollout: rec.rollout, version: rec.version, phase: 'done', since: now };
+      const record: NodeRecord = { rollout: rec.rollout, version: rec.version, phase: 'done', since: now, ...keepFrom(rec) };
       return { phase: 'done', action: { type: 'mark-done', node: node.name, record }, record, unschedulable: node.unschedulable, wakeAt: undefined };
     }
     if (now < timeout) return stay(node, rec, Math.min(gateEnds, timeout));
@@ -302,7 +334,12 @@ export function planRollout(rollout: Rollout, cluster: ClusterState, now: number
     pausedByBudget = true;
   }
   const budgetSpent = counts.failed - acknowledged >= spec.failureBudget;
-  if (budgetSpent && !paused) {
+  const back = budgetSpent && !paused && spec.onFailureBudget === 'rollback' && rollout.rolledBackFrom === undefined ? previousVersion(name, spec.version, cluster.nodes) : undefined;
+  if (back !== undefined && 'version' in back) {
+    // halt: nothing new starts on this version; the next plan rolls the upgraded nodes back
+    actions.push({ type: 'roll-back', from: spec.version, to: back.version, failed: counts.failed });
+    paused = true;
+  } else if (budgetSpent && !paused) {
     actions.push({ type: 'pause-rollout', reason: 'failure-budget', failed: counts.failed });
     paused = true;
     pausedByBudget = true;
@@ -330,7 +367,7 @@ export function planRollout(rollout: Rollout, cluster: ClusterState, now: number
   if (!paused && inWindow && candidates.length > 0) {
     candidates.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
     for (const node of candidates.slice(0, room)) {
-      const record: NodeRecord = { rollout: name, version: spec.version, phase: 'draining', since: now };
+      const record: NodeRecord = { rollout: name, version: spec.version, phase: 'draining', since: now, ...(node.currentVersion === undefined ? {} : { from: node.currentVersion }) };
       actions.push({ type: 'cordon', node: node.name, record });
       counts.pending--;
       counts.draining++;

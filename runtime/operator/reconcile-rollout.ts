@@ -63,6 +63,8 @@ function eventFor(rollout: string, action: RolloutAction): EventDraft | undefine
       return { kind: 'Node', name: action.node, type: 'Normal', reason: 'KubeosUpgradeDone', message: `Ready on ${action.record.version} through the health gate` };
     case 'mark-failed':
       return { kind: 'Node', name: action.node, type: 'Warning', reason: `KubeosUpgrade${action.record.reason ?? 'Failed'}`, message: action.record.message ?? 'upgrade failed' };
+    case 'roll-back':
+      return { kind: 'OSUpgrade', name: rollout, type: 'Warning', reason: 'RolledBack', message: `${action.failed} node(s) failed on ${action.from} (onFailureBudget: rollback): rolling the upgraded nodes back to ${action.to}` };
     case 'pause-rollout':
       return { kind: 'OSUpgrade', name: rollout, type: 'Warning', reason: 'FailureBudgetExceeded', message: `${action.failed} node(s) failed; rollout paused (set spec.paused=false to resume)` };
     case 'acknowledge-failures':
@@ -168,7 +170,9 @@ export async function reconcileRollout(object: OSUpgradeObject, options: Reconci
         }
         continue;
       }
-      if (action.type === 'pause-rollout') {
+      if (action.type === 'roll-back') {
+        await api.patchOSUpgrade(name, { metadata: { annotations: { [rolloutAnnotations.rolledBackFrom]: action.from } }, spec: { version: action.to, allowDowngrade: true } });
+      } else if (action.type === 'pause-rollout') {
         // spec.paused and the mark that the budget did it go in one write
         await api.patchOSUpgrade(name, { metadata: { annotations: { [rolloutAnnotations.pausedBy]: 'failure-budget' } }, spec: { paused: true } });
       } else if (action.type === 'acknowledge-failures') {

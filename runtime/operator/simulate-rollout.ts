@@ -150,6 +150,7 @@ export function simulateRollout(options: SimOptions): SimResult {
     generation: 1,
     spec: { ...options.spec },
     pausedBy: undefined,
+    rolledBackFrom: undefined,
     failuresAcknowledged: 0,
     previousStatus: undefined,
   };
@@ -209,6 +210,11 @@ export function simulateRollout(options: SimOptions): SimResult {
   };
 
   const apply = (action: RolloutAction) => {
+    if (action.type === 'roll-back') {
+      rollout.spec = { ...rollout.spec, version: action.to, allowDowngrade: true };
+      rollout.rolledBackFrom = action.from;
+      return;
+    }
     if (action.type === 'pause-rollout') {
       rollout.spec = { ...rollout.spec, paused: true };
       rollout.pausedBy = 'failure-budget';

@@ -18,7 +18,7 @@ import { annotations, decodeRecord } from '../../runtime/fleet/node-protocol.js'
 import { reconcileRollout } from '../../runtime/operator/reconcile-rollout.js';
 import { runNodeAgent, type NodeAgentEvent, type UpgradeOutcome, type UpgradeProgress } from '../../runtime/agent/run-node-agent.js';
 import { runOperator, type OperatorEvent } from '../../runtime/operator/run-operator.js';
-import { cliPath } from '../helpers/cli.js';
+import { cliPath, jsonError, kubeos as runCli } from '../helpers/cli.js';
 import { FaultProxy } from '../helpers/fault-proxy.js';
 import { OperatorCluster, systemNamespace } from './cluster-fixture.js';
 
@@ -49,6 +49,8 @@ const baseSpec = {
 
 interface Harness {
   upgrades: string[];
+  /** Upgrades the operator allowed to go to an older version. */
+  downgrades: string[];
   operatorEvents: OperatorEvent[];
   /** 'change' on every operator event, so waits can depend on them too. */
   operatorActivity: EventEmitter;
@@ -62,6 +64,7 @@ async function harness(t: { teardown: (fn: () => Promise<void> | void) => void }
   const stop = new AbortController();
   setMaxListeners(100, stop.signal);
   const upgrades: string[] = [];
+  const downgrades: string[] = [];
   const operatorEvents: OperatorEvent[] = [];
   const operatorActivity = new EventEmitter();
   const agentEvents: Harness['agentEvents'] = [];
@@ -83,8 +86,9 @@ async function harness(t: { teardown: (fn: () => Promise<void> | void) => void }
       },
     });
     const kubeconfig = await cluster.plane.serviceAccountKubeconfig(systemNamespace, 'kubeos-agent', { boundPod: { namespace: systemNamespace, name: `kubeos-agent-${name}` } });
-    const upgrade = async (version: string, channel: string, progress: UpgradeProgress): Promise<UpgradeOutcome> => {
+    const upgrade = async (version: string, channel: string, progress: UpgradeProgress, _signal: AbortSignal, options: { allowDowngrade: boolean }): Promise<UpgradeOutcome> => {
       upgrades.push(`${name}:${version}:${channel}`);
+      if (options.allowDowngrade) downgrades.push(`${name}:${version}`);
       await progress('installing');
       await sleep(upgradeMs); // the stand-in for writing the slot
       await progress('rebooting');
@@ -136,7 +140,7 @@ async function harness(t: { teardown: (fn: () => Promise<void> | void) => void }
     stop.abort();
     await Promise.allSettled(running);
   });
-  return { upgrades, operatorEvents, operatorActivity, agentEvents, agentActivity, startOperator };
+  return { upgrades, downgrades, operatorEvents, operatorActivity, agentEvents, agentActivity, startOperator };
 }
 
 const record = (node: string) => decodeRecord(cluster.mirror.annotations(node)[annotations.rollout]);
@@ -415,6 +419,38 @@ test.serial('an operator whose watches drop opens them again and still acts on t
   await cluster.patchNode('node-a', { spec: { unschedulable: null } }); // uncordoned: now a candidate
   await waitFor('the operator to start the node', () => record('node-a') !== undefined, 30_000);
   t.is(record('node-a')?.rollout, 'fleet');
+});
+
+test.serial('kubeos rollout undo takes the nodes a rollout upgraded back to the version they ran, through the same rollout', async (t) => {
+  const h = await harness(t, { 'node-a': 'ok', 'node-b': 'ok' });
+  h.startOperator('op-1');
+  await waitFor('the rollout to 2.0.0', () => status().phase === 'Complete' && status().targetVersion === '2.0.0', 60_000);
+  const undo = await runCli(['rollout', 'undo', 'fleet', '--kubeconfig', cluster.plane.adminKubeconfig, '--json']);
+  t.is(undo.exitCode, 0, undo.stderr);
+  t.like(undo.json, { from: '2.0.0', to: '1.0.0', nodes: ['node-a', 'node-b'] });
+  await waitFor('the rollback to complete', () => status().phase === 'Complete' && status().targetVersion === '1.0.0' && status().observedGeneration === 2, 60_000);
+  for (const n of ['node-a', 'node-b']) t.is(cluster.mirror.annotations(n)[annotations.currentVersion], '1.0.0');
+  t.deepEqual(h.downgrades.sort(), ['node-a:1.0.0', 'node-b:1.0.0'], 'the agents were allowed to go back, and only for the rollback');
+  t.is(cluster.osupgrade('fleet')['metadata'].annotations['kubeos.io/rolled-back-from'], '2.0.0');
+  // like kubectl, undoing again would go back to where the rollback started; --dry-run changes nothing
+  const again = await runCli(['rollout', 'undo', 'fleet', '--kubeconfig', cluster.plane.adminKubeconfig, '--dry-run', '--json']);
+  t.like(again.json, { from: '1.0.0', to: '2.0.0', dryRun: true });
+  t.is(cluster.osupgrade('fleet')['spec'].version, '1.0.0');
+  await cluster.addOSUpgrade('untouched', { version: '3.0.0', paused: true });
+  const nothing = await runCli(['rollout', 'undo', 'untouched', '--kubeconfig', cluster.plane.adminKubeconfig, '--json']);
+  t.is(nothing.exitCode, 2, 'no node was upgraded by it: nothing to undo');
+  t.is(jsonError(nothing.stdout).code, 'E_USAGE');
+});
+
+test.serial('onFailureBudget: rollback halts the rollout at its first failure and rolls the upgraded nodes back', async (t) => {
+  const h = await harness(t, { 'node-a': 'ok', 'node-b': 'fell-back', 'node-c': 'ok' }, { ...baseSpec, failureBudget: 1, onFailureBudget: 'rollback' });
+  h.startOperator('op-1');
+  await waitFor('the rollout to roll back and complete', () => status().phase === 'Complete' && status().targetVersion === '1.0.0', 60_000);
+  t.false(h.upgrades.includes('node-c:2.0.0:beta'), 'no node was started after the failure');
+  t.deepEqual(h.downgrades, ['node-a:1.0.0'], 'the one upgraded node went back');
+  for (const n of ['node-a', 'node-b', 'node-c']) t.is(cluster.mirror.annotations(n)[annotations.currentVersion] ?? '1.0.0', '1.0.0', n);
+  await waitFor('the RolledBack event', () => reasons('fleet').has('RolledBack'));
+  t.like(cluster.osupgrade('fleet')['spec'], { version: '1.0.0', allowDowngrade: true });
 });
 
 test.serial('an invalid OSUpgrade gets an Invalid status listing every problem and touches no node', async (t) => {

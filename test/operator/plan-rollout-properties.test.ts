@@ -79,6 +79,7 @@ function randomCluster(seed: number): { nodes: SimNode[]; spec: OSUpgradeSpec; s
   const spec: OSUpgradeSpec = {
     version: '2.0.0',
     allowDowngrade: false,
+    onFailureBudget: 'pause',
     channel: 'stable',
     maxUnavailable: rng.chance(0.5) ? rng.int(1, 5) : `${rng.pick([10, 25, 33, 50])}%`,
     nodeSelector: rng.pick<Record<string, string>>([{}, { role: 'worker' }, { zone: 'b' }, { role: 'infra', zone: 'a' }]),

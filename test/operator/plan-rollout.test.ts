@@ -4,7 +4,7 @@ import { isWithinWindow } from '../../runtime/operator/maintenance-window.js';
 import { formatAge } from '../../builder/cli/format-age.js';
 import { annotations, planVersionLabels, versionLabel, type NodeView, type PodView } from '../../runtime/fleet/node-protocol.js';
 import { parseOSUpgradeSpec, resolveMaxUnavailable, type Rollout } from '../../runtime/fleet/osupgrade.js';
-import { planRollout } from '../../runtime/operator/plan-rollout.js';
+import { planRollout, previousVersion } from '../../runtime/operator/plan-rollout.js';
 import { decideAgentAction } from '../../runtime/agent/run-node-agent.js';
 
 const t0 = Date.UTC(2025, 0, 6, 12, 0); // a Monday
@@ -14,7 +14,7 @@ function node(name: string, extra: Partial<NodeView> = {}): NodeView {
 }
 
 function rollout(spec: Record<string, unknown> = {}): Rollout {
-  return { name: 'fleet', generation: 3, spec: parseOSUpgradeSpec({ version: '2.0.0', ...spec }), pausedBy: undefined, failuresAcknowledged: 0, previousStatus: undefined };
+  return { name: 'fleet', generation: 3, spec: parseOSUpgradeSpec({ version: '2.0.0', ...spec }), pausedBy: undefined, rolledBackFrom: undefined, failuresAcknowledged: 0, previousStatus: undefined };
 }
 
 const pod = (name: string, extra: Partial<PodView> = {}): PodView => ({ namespace: 'apps', name, ownerKind: 'ReplicaSet', mirror: false, emptyDir: false, finished: false, terminating: false, ...extra });
@@ -147,4 +147,20 @@ test('the agent upgrades to a new desired version once, and not again after it f
   t.is(decideAgentAction(desired, { currentVersion: '1.0.0', state: 'fell-back', stateVersion: '2.0.0' }, false).type, 'none');
   t.is(decideAgentAction(desired, { currentVersion: '1.0.0', state: 'fell-back', stateVersion: '1.9.0' }, false).type, 'upgrade');
   t.is(decideAgentAction(desired, { currentVersion: '2.0.0' }, false).type, 'none');
+});
+
+test('previousVersion reads where the upgraded nodes came from, and refuses a mix or nothing', (t) => {
+  const rec = (from: string) => ({ rollout: 'fleet', version: '2.0.0', phase: 'done' as const, since: t0, from });
+  t.deepEqual(previousVersion('fleet', '2.0.0', [node('a', { currentVersion: '2.0.0', record: rec('1.0.0') }), node('b', { currentVersion: '2.0.0', record: rec('1.0.0') }), node('c')]), { version: '1.0.0', nodes: ['a', 'b'] });
+  t.regex((previousVersion('fleet', '2.0.0', [node('a', { currentVersion: '2.0.0', record: rec('1.0.0') }), node('b', { currentVersion: '2.0.0', record: rec('1.1.0') })]) as { error: string }).error, /different versions \(1\.0\.0: 1, 1\.1\.0: 1\)/);
+  t.regex((previousVersion('fleet', '2.0.0', [node('a')]) as { error: string }).error, /nothing to roll back/);
+});
+
+test('onFailureBudget rollback turns a spent budget into a roll-back to the previous version, once', (t) => {
+  const done = node('a', { currentVersion: '2.0.0', record: { rollout: 'fleet', version: '2.0.0', phase: 'done', since: t0, from: '1.0.0' } });
+  const failedNode = node('b', { record: { rollout: 'fleet', version: '2.0.0', phase: 'failed', since: t0, reason: 'FellBack', from: '1.0.0' } });
+  const plan = planRollout(rollout({ onFailureBudget: 'rollback' }), { nodes: [done, failedNode, node('c')] }, t0);
+  t.deepEqual(plan.actions, [{ type: 'roll-back', from: '2.0.0', to: '1.0.0', failed: 1 }]);
+  const again = planRollout({ ...rollout({ onFailureBudget: 'rollback' }), rolledBackFrom: '3.0.0' }, { nodes: [done, failedNode, node('c')] }, t0);
+  t.like(again.actions[0], { type: 'pause-rollout' }, 'a rollout rolls back once, then pauses');
 });

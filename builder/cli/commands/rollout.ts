@@ -110,9 +110,46 @@ const status: CommandModule<GlobalArgs, StatusArgs> = {
   },
 };
 
+interface UndoArgs extends GlobalArgs {
+  name: string;
+  kubeconfig?: string;
+  context?: string;
+  'dry-run'?: boolean;
+}
+
+const undo: CommandModule<GlobalArgs, UndoArgs> = {
+  command: 'undo <name>',
+  describe: 'Roll the nodes an OSUpgrade upgraded back to the version they ran before, through the same rollout (maxUnavailable, windows, drain)',
+  builder: (y: Argv<GlobalArgs>) =>
+    y
+      .positional('name', { type: 'string', demandOption: true, description: 'the OSUpgrade' })
+      .option('kubeconfig', { type: 'string', description: 'kubeconfig file (default: $KUBECONFIG or ~/.kube/config)' })
+      .option('context', { type: 'string', description: 'kubeconfig context' })
+      .option('dry-run', { type: 'boolean', description: 'say what it would do, change nothing' })
+      .example('kubeos rollout undo fleet-1-4-0', 'back to the version the upgraded nodes ran; kubeos rollout status fleet-1-4-0 --watch follows it')
+      .epilogue('The previous version comes from the nodes\' own records, and must still be a release the signed channel lists.') as Argv<UndoArgs>,
+  handler: async (args) => {
+    const { KubeApi } = await import('../../../runtime/fleet/kube-api.js');
+    const { readNodeView } = await import('../../../runtime/fleet/node-protocol.js');
+    const { previousVersion } = await import('../../../runtime/operator/plan-rollout.js');
+    const { rolloutAnnotations } = await import('../../../runtime/fleet/osupgrade.js');
+    const api = KubeApi.connect({ kubeconfig: args.kubeconfig, context: args.context }, 'kubeos-cli');
+    const object = await api.readOSUpgrade(args.name);
+    const version = (object.spec as { version?: unknown } | undefined)?.version;
+    if (typeof version !== 'string') throw new KubeosError('E_OSUPGRADE_INVALID', `${args.name} has no spec.version`);
+    const back = previousVersion(args.name, version, (await api.listNodes()).map(readNodeView));
+    if ('error' in back) throw new KubeosError('E_USAGE', `${args.name}: ${back.error}`, { details: { rollout: args.name, version } });
+    const result = { name: args.name, from: version, to: back.version, nodes: back.nodes, dryRun: args['dry-run'] === true };
+    if (!args['dry-run']) {
+      await api.patchOSUpgrade(args.name, { metadata: { annotations: { [rolloutAnnotations.rolledBackFrom]: version } }, spec: { version: back.version, allowDowngrade: true, paused: false } });
+    }
+    printResult(args, result, () => `${args.name}: ${args['dry-run'] ? 'would roll' : 'rolling'} ${back.nodes.length} node(s) back from ${version} to ${back.version} (${back.nodes.join(', ')}); follow it with: kubeos rollout status ${args.name} --watch`);
+  },
+};
+
 export const rolloutCommand: CommandModule<GlobalArgs, GlobalArgs> = {
   command: 'rollout <command>',
-  describe: 'Follow fleet rollouts (OSUpgrade objects)',
-  builder: (y) => y.command(status).demandCommand(1, 'name a subcommand: kubeos rollout status NAME'),
+  describe: 'Follow fleet rollouts (OSUpgrade objects), and undo one',
+  builder: (y) => y.command(status).command(undo).demandCommand(1, 'name a subcommand: kubeos rollout status NAME, or kubeos rollout undo NAME'),
   handler: () => {},
 };
