@@ -134,5 +134,8 @@ test('the progress line and table render from status alone', (t) => {
     },
   };
   t.is(renderProgressLine(object), '[###############...............] 1/4 on 2.0.0 · 1 upgrading · 1 failed · Progressing');
+  // 2 of 4 finished in the 20 minutes since it was created: the other 2 in about 20 more
+  const created = { ...object, metadata: { ...object.metadata, creationTimestamp: '2026-01-01T10:00:00Z' } };
+  t.is(renderProgressLine(created, Date.parse('2026-01-01T10:20:00Z')), '[###############...............] 1/4 on 2.0.0 · 1 upgrading · 1 failed · Progressing · ETA 20m');
   t.regex(renderTable(object), /n1\s+failed\s+.*FellBack: trial boot failed/);
 });

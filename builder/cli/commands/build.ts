@@ -1,7 +1,7 @@
 /** `kubeos build`: thin yargs wrapper over buildImage. */
 import type { CommandModule } from 'yargs';
+import { parseSourceDateEpoch } from '../../bundle/resolve-metadata.js';
 import { buildImage, diskFormats, type DiskFormat } from '../../build/build-image.js';
-import { KubeosError } from '../../../runtime/core/errors.js';
 import { formatSize } from '../../layout/size.js';
 import { makeProgress, printResult, type GlobalArgs } from '../output.js';
 
@@ -35,12 +35,7 @@ export const buildCommand: CommandModule<GlobalArgs, BuildArgs> = {
     .example('SOURCE_DATE_EPOCH=1700000000 $0 build minimal --layout small --json', 'A reproducible build with a small layout, result as JSON')
     .epilogue('Writes disk.img, rootfs.img (the payload of update bundles) and build.json. Set SOURCE_DATE_EPOCH for byte-identical rebuilds.') as any,
   handler: async (args) => {
-    const raw = process.env['SOURCE_DATE_EPOCH'];
-    let sourceDateEpoch: number | undefined;
-    if (raw !== undefined && raw !== '') {
-      sourceDateEpoch = Number(raw);
-      if (!Number.isSafeInteger(sourceDateEpoch) || sourceDateEpoch < 0) throw new KubeosError('E_USAGE', `SOURCE_DATE_EPOCH must be a whole number of seconds, got ${JSON.stringify(raw)}`);
-    }
+    const sourceDateEpoch = parseSourceDateEpoch(process.env['SOURCE_DATE_EPOCH']);
     const result = await buildImage({
       image: args.image, out: args.out, layout: args.layout, format: args.format, version: args.imageVersion, trustedKeys: args.trustedKey, channel: args.channel, updateServer: args.updateServer, updates: args.updates, sourceDateEpoch,
       onProgress: makeProgress(args),

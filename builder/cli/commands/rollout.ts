@@ -12,8 +12,22 @@ interface StatusArgs extends GlobalArgs {
   watch?: boolean;
 }
 
-/** "[#####.....] 412/1000 on 1.4.0 · 3 upgrading · 1 failed · Progressing" */
-export function renderProgressLine(object: OSUpgradeObject): string {
+/**
+ * When the rest should be done at the pace so far: nodes finished (done or failed) since the
+ * OSUpgrade was created. Undefined before the first node finishes, or once nothing is left.
+ */
+export function estimateRemainingMs(object: OSUpgradeObject, now: number): number | undefined {
+  const c = object.status?.counts;
+  const created = object.metadata?.creationTimestamp === undefined ? Number.NaN : new Date(object.metadata.creationTimestamp).getTime();
+  if (c === undefined || Number.isNaN(created)) return undefined;
+  const finished = c.done + c.failed;
+  const left = c.total - finished;
+  if (finished === 0 || left === 0 || now <= created) return undefined;
+  return ((now - created) / finished) * left;
+}
+
+/** "[#####.....] 412/1000 on 1.4.0 · 3 upgrading · 1 failed · Progressing · ETA 2h10m" */
+export function renderProgressLine(object: OSUpgradeObject, now = Date.now()): string {
   const s = object.status;
   const version = (object.spec as { version?: string } | undefined)?.version ?? '?';
   if (s?.counts === undefined) return `${object.metadata?.name}: ${s?.phase ?? 'not reconciled yet'} (target ${version})`;
@@ -23,6 +37,8 @@ export function renderProgressLine(object: OSUpgradeObject): string {
   const parts = [`[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${c.done}/${c.total} on ${s.targetVersion ?? version}`];
   for (const key of ['draining', 'upgrading', 'verifying', 'failed'] as const) if (c[key] > 0) parts.push(`${c[key]} ${key}`);
   parts.push(s.phase ?? '');
+  const eta = s.phase === 'Progressing' ? estimateRemainingMs(object, now) : undefined;
+  if (eta !== undefined) parts.push(`ETA ${formatAge(eta)}`);
   return parts.join(' · ');
 }
 
@@ -38,7 +54,7 @@ export function renderTable(object: OSUpgradeObject, now = Date.now()): string {
   const lines = rows.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]!))).join('  ').trimEnd());
   if ((s?.nodesOmitted ?? 0) > 0) lines.push(`(${s?.nodesOmitted} more nodes not listed)`);
   const conditions = (s?.conditions ?? []).filter((c) => c.status === 'True').map((c) => `${c.type}: ${c.reason}${c.message ? ` (${c.message})` : ''}`);
-  return [...lines, '', ...conditions, renderProgressLine(object)].join('\n');
+  return [...lines, '', ...conditions, renderProgressLine(object, now)].join('\n');
 }
 
 function outcome(object: OSUpgradeObject): 'done' | 'failed' | 'running' {
