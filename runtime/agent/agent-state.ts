@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import type { AgentState } from './plan-boot-env.js';
 
 export interface StoredState extends AgentState {
-  /** Highest verified serial per channel URL: a lower one later is a replay (E_CHANNEL_ROLLBACK). */
+  /** Highest verified serial per channel name: a lower one later is a replay (E_CHANNEL_ROLLBACK). */
   channelSerials: Record<string, number>;
 }
 

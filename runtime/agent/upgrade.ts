@@ -82,9 +82,11 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
     let release: ChannelRelease | undefined;
     if (options.channel !== undefined) {
       const { url, name } = resolveChannel(config, options.channel);
-      const fetched = await fetchChannel(url, { trustedKeys, lastSerial: state.channelSerials[url], signal, channel: name });
+      // serials are kept per channel name (however its URL is spelled); older state kept them per URL
+      const lastSerial = Math.max(state.channelSerials[name] ?? 0, state.channelSerials[url] ?? 0) || undefined;
+      const fetched = await fetchChannel(url, { trustedKeys, lastSerial, signal, channel: name });
       channelSigned = fetched.signed;
-      state.channelSerials[url] = fetched.signed.serial;
+      state.channelSerials[name] = fetched.signed.serial;
       await writeState(config.stateDir, state);
       // the version is decided from the signed index before a byte of any bundle is read
       release = options.version === undefined ? releasesOf(fetched.signed)[0]! : findRelease(fetched.signed, options.version);

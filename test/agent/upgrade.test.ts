@@ -236,3 +236,59 @@ test('an agent config whose channel URL is not an index is refused naming the fi
   t.true(isKubeosError(error, 'E_USAGE'));
   t.regex((error as Error).message, /agent config .*agent\.json: channel "https:\/\/images\.example\/kubeos\/stable" is a URL that does not end in channels\/NAME\.json/);
 });
+
+test('another channel\'s index served under this channel\'s name is refused, and its serial is not kept', async (t) => {
+  const host = await makeHost(t);
+  const site = join(host.dir, 'site');
+  await publishToDir(site, await makeV2(host), host.keys.privateKey, { serial: 9, channel: 'beta' });
+  await mkdir(join(site, 'channels'), { recursive: true });
+  await writeFile(join(site, 'channels/stable.json'), await readFile(join(site, 'channels/beta.json')));
+  const server = await startUpdateServer(t, site);
+  const before = await snapshot(host);
+  const error = await t.throwsAsync(upgrade({ ...host.config, updateServer: server.url }, { channel: 'stable', reboot: false }));
+  t.true(isKubeosError(error, 'E_CHANNEL_INVALID'), String(error));
+  t.like((error as { details?: Record<string, unknown> }).details, { expected: 'stable', actual: 'beta' });
+  t.deepEqual(await snapshot(host), before);
+  const state = JSON.parse(await readFile(join(host.config.stateDir, 'state.json'), 'utf8').catch(() => '{}')) as { channelSerials?: Record<string, number> };
+  t.deepEqual(state.channelSerials ?? {}, {}, 'no serial stored');
+});
+
+test('a channel\'s serial is kept per channel name, so another spelling of its URL cannot replay an old index', async (t) => {
+  const host = await makeHost(t);
+  const site = join(host.dir, 'site');
+  const v2 = await makeV2(host);
+  await publishToDir(site, v2, host.keys.privateKey, { serial: 5 });
+  const server = await startUpdateServer(t, site);
+  await upgrade(host.config, { channel: `${server.url}/channels/stable.json`, reboot: false });
+  await publishToDir(site, v2, host.keys.privateKey, { serial: 3 });
+  const error = await t.throwsAsync(upgrade(host.config, { channel: `${server.url}/x/../channels/stable.json`, reboot: false }));
+  t.true(isKubeosError(error, 'E_CHANNEL_ROLLBACK'), String(error));
+});
+
+test('a channel index sent without Content-Length is refused once it passes 1 MiB, not buffered', async (t) => {
+  const host = await makeHost(t);
+  const { createServer } = await import('node:http');
+  let sent = 0;
+  const server = createServer((_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json' }); // chunked: no Content-Length
+    const chunk = Buffer.alloc(64 * 1024, 0x20);
+    const pump = () => {
+      // bounded, so a broken client cannot make the test run forever: 64 MiB at most
+      while (sent < 64 * MiB && res.write(chunk)) sent += chunk.length;
+      if (sent >= 64 * MiB) res.end();
+    };
+    res.on('drain', pump);
+    res.on('close', () => res.off('drain', pump));
+    pump();
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => new Promise<void>((resolve) => {
+    server.closeAllConnections();
+    server.close(() => resolve());
+  }));
+  const url = `http://127.0.0.1:${(server.address() as { port: number }).port}/`;
+  const error = await t.throwsAsync(upgrade({ ...host.config, updateServer: url }, { channel: 'stable', reboot: false }));
+  t.true(isKubeosError(error, 'E_CHANNEL_INVALID'), String(error));
+  t.like((error as { details?: Record<string, unknown> }).details, { limit: 1024 * 1024 });
+  t.true(sent < 16 * MiB, `the agent stopped reading early (${sent} bytes sent)`);
+});

@@ -36,9 +36,22 @@ export async function fetchChannel(url: string, options: VerifyChannelOptions & 
   const signal = options.signal === undefined ? AbortSignal.timeout(indexTimeoutMs) : AbortSignal.any([options.signal, AbortSignal.timeout(indexTimeoutMs)]);
   const response = await get(url, signal);
   const length = Number(response.headers.get('content-length') ?? 0);
-  if (length > maxIndexBytes) throw new KubeosError('E_CHANNEL_INVALID', `channel index is ${length} bytes, at most ${maxIndexBytes} allowed`);
-  const body = Buffer.from(await response.arrayBuffer());
-  if (body.length > maxIndexBytes) throw new KubeosError('E_CHANNEL_INVALID', `channel index is over ${maxIndexBytes} bytes`);
+  if (length > maxIndexBytes) {
+    await response.body?.cancel();
+    throw new KubeosError('E_CHANNEL_INVALID', `channel index is ${length} bytes, at most ${maxIndexBytes} allowed`);
+  }
+  // the bound holds while reading too: a body sent without Content-Length is never buffered past it
+  const parts: Uint8Array[] = [];
+  let size = 0;
+  for await (const part of (response.body ?? []) as AsyncIterable<Uint8Array>) {
+    size += part.length;
+    if (size > maxIndexBytes) {
+      await response.body?.cancel().catch(() => {});
+      throw new KubeosError('E_CHANNEL_INVALID', `channel index at ${url} is over ${maxIndexBytes} bytes: refused while reading`, { details: { url, limit: maxIndexBytes } });
+    }
+    parts.push(part);
+  }
+  const body = Buffer.concat(parts);
   const signed = verifyChannel(body, options);
   return { signed, bundleUrl: resolveBundleUrl(url, signed.bundle.path) };
 }
