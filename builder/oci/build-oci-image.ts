@@ -11,12 +11,12 @@ import { createReadStream, createWriteStream, existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { PassThrough, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
 import tar from 'tar-stream';
+import { HashTap } from '../../runtime/core/bundle/hash-tap.js';
 import { KubeosError } from '../../runtime/core/errors.js';
-import { findTool, run } from '../../runtime/core/exec.js';
+import { findTool, requireTools, run } from '../../runtime/core/exec.js';
 import { parseLdd } from '../rootfs/copy-binary.js';
 import { bundleProgram } from '../rootfs/bundle-agent.js';
 
@@ -58,24 +58,26 @@ function sha256(data: Buffer | string): string {
   return `sha256:${createHash('sha256').update(data).digest('hex')}`;
 }
 
+/** A host program and every shared library it loads (per ldd), at the same paths. */
+async function programFiles(source: string, target: string, signal?: AbortSignal): Promise<LayerFile[]> {
+  const { stdout } = await run('ldd', [source], { signal, timeoutMs: 30_000 });
+  return [{ path: target, mode: 0o755, source }, ...parseLdd(stdout).map((lib) => ({ path: lib.slice(1), mode: 0o755, source: lib }))];
+}
+
 /** What goes into the layer, sorted so the tar is the same every time. */
 async function planLayer(bundle: string, signal?: AbortSignal): Promise<LayerFile[]> {
-  const node = process.execPath;
-  const { stdout } = await run('ldd', [node], { signal, timeoutMs: 30_000 });
+  // zstd: the agent decompresses payloads with it; nsenter: the DaemonSet reboots the host through PID 1
+  await requireTools(['zstd', 'nsenter', 'ldd']);
   const files: LayerFile[] = [
-    { path: 'usr/bin/node', mode: 0o755, source: node },
-    ...parseLdd(stdout).map((lib) => ({ path: lib.slice(1), mode: 0o755, source: lib })),
+    ...(await programFiles(process.execPath, 'usr/bin/node', signal)),
+    ...(await programFiles((await findTool('zstd'))!, 'usr/bin/zstd', signal)),
+    ...(await programFiles((await findTool('nsenter'))!, 'usr/bin/nsenter', signal)),
     // not under /usr/lib/kubeos: the agent DaemonSet mounts the host's (agent.json, keys) there
     { path: 'opt/kubeos/kubeos.mjs', mode: 0o644, source: bundle },
     { path: 'etc/passwd', mode: 0o644, source: Buffer.from(`root:x:0:0:root:/root:/sbin/nologin\nkubeos:x:${nonRoot}:${nonRoot}:kubeos:/tmp:/sbin/nologin\n`) },
     { path: 'etc/group', mode: 0o644, source: Buffer.from(`root:x:0:\nkubeos:x:${nonRoot}:\n`) },
   ];
   if (existsSync(caBundle)) files.push({ path: caBundle.slice(1), mode: 0o644, source: caBundle });
-  // the agent DaemonSet reboots the host through PID 1's namespaces (agent daemon --host-namespaces)
-  const nsenter = await findTool('nsenter');
-  if (nsenter === undefined) throw new KubeosError('E_TOOL_MISSING', 'missing host tool: nsenter (Debian package util-linux)', { hint: 'apt-get install util-linux', details: { missing: ['nsenter'], packages: ['util-linux'] } });
-  const { stdout: nsenterLibs } = await run('ldd', [nsenter], { signal, timeoutMs: 30_000 });
-  files.push({ path: 'usr/bin/nsenter', mode: 0o755, source: nsenter }, ...parseLdd(nsenterLibs).map((lib) => ({ path: lib.slice(1), mode: 0o755, source: lib })));
   const unique = new Map(files.map((f) => [f.path, f]));
   files.splice(0, files.length, ...unique.values());
   return files.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
@@ -104,20 +106,15 @@ function packLayer(files: LayerFile[], epoch: number): tar.Pack {
   return pack;
 }
 
-/** Writes a blob from a stream into blobs/sha256, returning its digest and size. */
-async function writeBlobStream(blobs: string, source: Readable): Promise<{ digest: string; size: number }> {
+/** The layer blob: the tar is hashed for its diff_id, gzipped, hashed again for its digest, in one pipeline. */
+async function writeLayer(blobs: string, tarStream: tar.Pack): Promise<{ digest: string; size: number; diffId: string }> {
   const temp = join(blobs, `.incoming-${process.pid}`);
-  const hash = createHash('sha256');
-  let size = 0;
-  const tap = new PassThrough();
-  tap.on('data', (chunk: Buffer) => {
-    hash.update(chunk);
-    size += chunk.length;
-  });
-  await pipeline(source, tap, createWriteStream(temp));
-  const digest = `sha256:${hash.digest('hex')}`;
-  await rename(temp, join(blobs, digest.slice('sha256:'.length)));
-  return { digest, size };
+  const uncompressed = new HashTap();
+  const compressed = new HashTap();
+  await pipeline(tarStream, uncompressed, createGzip({ level: 9 }), compressed, createWriteStream(temp));
+  const digest = `sha256:${compressed.digest()}`;
+  await rename(temp, join(blobs, compressed.digest()));
+  return { digest, size: compressed.bytes, diffId: `sha256:${uncompressed.digest()}` };
 }
 
 async function writeBlob(blobs: string, data: Buffer): Promise<{ digest: string; size: number }> {
@@ -135,6 +132,8 @@ async function writeArchive(root: string, entries: string[], out: string, epoch:
   const pack = tar.pack();
   const mtime = new Date(epoch * 1000);
   const done = pipeline(pack, createWriteStream(out));
+  // a failed entry fails the write too; both are awaited, so neither rejection goes unhandled
+  const write = async () => {
   for (const entry of entries) {
     if (entry.endsWith('/')) {
       await new Promise<void>((resolve, reject) => pack.entry({ name: entry, type: 'directory', mode: 0o755, mtime, uid: 0, gid: 0 }, (e) => (e ? reject(e) : resolve())));
@@ -144,6 +143,12 @@ async function writeArchive(root: string, entries: string[], out: string, epoch:
     await pipeline(createReadStream(join(root, entry)), pack.entry({ name: entry, size, mode: 0o644, mtime, uid: 0, gid: 0 }));
   }
   pack.finalize();
+  };
+  const [written] = await Promise.allSettled([write().catch((error: unknown) => {
+    pack.destroy(error as Error);
+    throw error;
+  }), done]);
+  if (written.status === 'rejected') throw written.reason;
   await done;
 }
 
@@ -166,16 +171,7 @@ export async function buildOciImage(options: OciBuildOptions): Promise<OciBuildR
     await mkdir(blobs, { recursive: true });
 
     progress('writing the layer');
-    // the diff_id is the digest of the uncompressed tar, the blob the gzip of it
-    const diffHash = createHash('sha256');
-    const tarStream = packLayer(files, options.epoch);
-    const counted = new PassThrough();
-    counted.on('data', (chunk: Buffer) => diffHash.update(chunk));
-    const gzip = createGzip({ level: 9 });
-    const layerDone = writeBlobStream(blobs, gzip);
-    await pipeline(tarStream, counted, gzip);
-    const layer = await layerDone;
-    const diffId = `sha256:${diffHash.digest('hex')}`;
+    const { diffId, ...layer } = await writeLayer(blobs, packLayer(files, options.epoch));
 
     const created = new Date(options.epoch * 1000).toISOString();
     const config = await writeBlob(blobs, json({

@@ -30,7 +30,7 @@ export async function takeLock(lockDir: string, what: string): Promise<HeldLock>
     });
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== 'ELOCKED') throw error;
-    const holder = await readFile(holderFile, 'utf8').then((t) => JSON.parse(t) as { pid: number; what: string; since: string }, () => undefined);
+    const holder = await readHolder(holderFile);
     throw new KubeosError('E_LOCKED', `another agent operation holds the lock${holder ? `: ${holder.what} (pid ${holder.pid}, since ${holder.since})` : ''}`, {
       cause: error,
       hint: 'wait for it to finish; a crashed holder\'s lock goes stale after 30 s',
@@ -39,4 +39,15 @@ export async function takeLock(lockDir: string, what: string): Promise<HeldLock>
   }
   await writeFile(holderFile, JSON.stringify({ pid: process.pid, what, since: new Date().toISOString() }));
   return { signal: controller.signal, release: () => release() };
+}
+
+/** Who holds the lock, if its holder file says so; an empty or torn file (a holder killed while writing it) names nobody. */
+async function readHolder(file: string): Promise<{ pid: number; what: string; since: string } | undefined> {
+  try {
+    const parsed = JSON.parse(await readFile(file, 'utf8')) as { pid?: unknown; what?: unknown; since?: unknown };
+    if (typeof parsed.pid === 'number' && typeof parsed.what === 'string' && typeof parsed.since === 'string') return { pid: parsed.pid, what: parsed.what, since: parsed.since };
+  } catch {
+    // unreadable: the lock is held all the same
+  }
+  return undefined;
 }

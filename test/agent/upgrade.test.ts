@@ -292,3 +292,23 @@ test('a channel index sent without Content-Length is refused once it passes 1 Mi
   t.like((error as { details?: Record<string, unknown> }).details, { limit: 1024 * 1024 });
   t.true(sent < 16 * MiB, `the agent stopped reading early (${sent} bytes sent)`);
 });
+
+test('a lock whose holder file is empty still refuses a second upgrade with E_LOCKED', async (t) => {
+  const host = await makeHost(t);
+  const v2 = await makeV2(host);
+  let second: unknown;
+  await upgrade(host.config, {
+    bundle: v2.path,
+    reboot: false,
+    onStep: (step) => {
+      if (step !== 'verified-header') return;
+      // a holder killed while it wrote its name leaves the file empty
+      second = writeFile(join(host.config.runDir, 'agent.holder.json'), '')
+        .then(() => upgrade(host.config, { bundle: v2.path, reboot: false }))
+        .then(() => undefined, (error: unknown) => error);
+    },
+  });
+  const error = await (second as Promise<unknown>);
+  t.true(isKubeosError(error, 'E_LOCKED'), String(error));
+  t.is((error as { details?: { holder?: unknown } }).details?.holder, undefined);
+});

@@ -67,4 +67,7 @@ test.serial('umoci unpacks it and the root filesystem runs the kubeos CLI', asyn
   // the agent DaemonSet reboots the host through nsenter: it must run from the image alone too
   const nsenter = await execa(chroot, [join(bundle, 'rootfs'), '/usr/bin/nsenter', '--version'], { reject: false, timeout: 60_000, env: { PATH: '/usr/bin' }, extendEnv: false });
   t.is(nsenter.exitCode, 0, String(nsenter.stderr));
+  // and the agent decompresses every payload with zstd
+  const zstd = await execa(chroot, [join(bundle, 'rootfs'), '/usr/bin/zstd', '--version'], { reject: false, timeout: 60_000, env: { PATH: '/usr/bin' }, extendEnv: false });
+  t.is(zstd.exitCode, 0, String(zstd.stderr));
 });
