@@ -3,6 +3,7 @@ import { stat } from 'node:fs/promises';
 import { basename, dirname, join, relative, resolve } from 'node:path';
 import { checkKnownKeys, isObject, Problems } from '../config/problems.js';
 import { readJsonFile } from '../config/read-json-file.js';
+import { parseUpdateSource } from '../../runtime/core/channel/layout.js';
 import { versionPattern } from '../../runtime/core/compare-versions.js';
 import { projectRoot } from '../project-root.js';
 import { rootfsSourceTypes, type RootfsSource } from '../source/rootfs-source.js';
@@ -18,7 +19,17 @@ const rootfsKeys: Record<RootfsSource['type'], string[]> = {
 const variants = ['extract', 'custom', 'essential', 'apt', 'required', 'minbase', 'buildd', 'important', 'debootstrap', 'standard'];
 
 /** `rootfs`: one source; relative paths are the definition's. Problems go to `bad`. */
-export function validateRootfs(raw: unknown, dir: string, problems: Problems): RootfsSource | undefined {
+export /** The same rules hosts apply (parseUpdateSource), as a yes/no for the problem list. */
+function isUpdateSource(channel: string | undefined, updateServer: string | undefined): boolean {
+  try {
+    parseUpdateSource('image.json', channel, updateServer);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function validateRootfs(raw: unknown, dir: string, problems: Problems): RootfsSource | undefined {
   const bad = (path: string, expected: string, actual: unknown) => problems.add(path, expected, actual, 'E_IMAGE_INVALID');
   if (raw === undefined) return undefined;
   if (!isObject(raw)) {
@@ -128,8 +139,8 @@ export function validateImage(data: unknown, file: string, dir: string): ImageDe
     checkKnownKeys(problems, 'agent', a, agentKeys, 'E_IMAGE_INVALID');
     const channel = a['channel'];
     const updateServer = a['updateServer'];
-    if (channel !== undefined && typeof channel !== 'string') bad('agent.channel', 'a channel name such as "stable"', channel);
-    if (updateServer !== undefined && (typeof updateServer !== 'string' || !/^https?:\/\/[^/]/.test(updateServer))) bad('agent.updateServer', 'the http(s) base URL of the image server', updateServer);
+    if (channel !== undefined && (typeof channel !== 'string' || !isUpdateSource(channel, undefined))) bad('agent.channel', 'a channel name such as "stable" (or the URL of a channels/NAME.json index)', channel);
+    if (updateServer !== undefined && (typeof updateServer !== 'string' || !isUpdateSource(undefined, updateServer))) bad('agent.updateServer', 'the http(s) base URL of the image server', updateServer);
     const updates = a['updates'] ?? 'channel';
     if (updates !== 'channel' && updates !== 'cluster') bad('agent.updates', '"channel" (the host follows its channel) or "cluster" (only the operator upgrades it)', updates);
     const keys = a['trustedKeys'] ?? [];

@@ -79,11 +79,35 @@ export async function runNodeAgent(options: NodeAgentOptions): Promise<void> {
   const resyncMs = options.resyncMs ?? 30_000;
   const progressEveryMs = options.progressEveryMs ?? 2000;
   const local: LocalStatus = { ...(await options.status()) };
+  /** Resolves after `ms`, or at once when the agent is stopped. */
+  const wait = (ms: number) => new Promise<void>((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener('abort', done, { once: true });
+  });
   let upgrade: { version: string; abort: AbortController; done: Promise<void> } | undefined;
 
-  const report = async (r: AgentReport) => {
-    await api.patchNode(nodeName, agentReportPatch(r));
-    emit({ type: 'reported', report: r });
+  // Reports go out one at a time, in the order made, so a progress write in flight never lands
+  // after the state that follows it; a state that did not get through is sent again at each resync.
+  let chain: Promise<void> = Promise.resolve();
+  let unsent: AgentReport | undefined;
+  const report = (r: AgentReport): Promise<void> => {
+    const sent = chain.then(async () => {
+      try {
+        await api.patchNode(nodeName, agentReportPatch(r));
+      } catch (error) {
+        if (r.progress === undefined) unsent = r;
+        throw error;
+      }
+      if (r.progress === undefined && unsent !== undefined) unsent = undefined;
+      emit({ type: 'reported', report: r });
+    });
+    chain = sent.catch(() => {});
+    return sent;
   };
 
   const runUpgrade = async (version: string, channel: string, allowDowngrade: boolean, abort: AbortController) => {
@@ -147,7 +171,7 @@ export async function runNodeAgent(options: NodeAgentOptions): Promise<void> {
       break;
     } catch (error) {
       emit({ type: 'error', error: asKubeosError(error) });
-      await new Promise((resolve) => setTimeout(resolve, delay));
+      await wait(delay);
     }
   }
 
@@ -166,6 +190,9 @@ export async function runNodeAgent(options: NodeAgentOptions): Promise<void> {
   };
 
   while (!signal.aborted) {
+    if (unsent !== undefined && upgrade === undefined) {
+      await report(unsent).catch((error: unknown) => emit({ type: 'error', error: asKubeosError(error) }));
+    }
     try {
       const node = await api.readNode(nodeName);
       consider(node);
@@ -175,15 +202,7 @@ export async function runNodeAgent(options: NodeAgentOptions): Promise<void> {
       emit({ type: 'error', error: asKubeosError(error) });
       watch(undefined);
     }
-    await new Promise<void>((resolve) => {
-      const done = () => {
-        clearTimeout(timer);
-        signal.removeEventListener('abort', done);
-        resolve();
-      };
-      const timer = setTimeout(done, resyncMs);
-      signal.addEventListener('abort', done, { once: true });
-    });
+    await wait(resyncMs);
   }
   upgrade?.abort.abort();
   await upgrade?.done;

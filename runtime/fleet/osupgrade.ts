@@ -13,9 +13,14 @@ export const osUpgradeApi = { group: 'kubeos.io', version: 'v1alpha1', plural: '
 export const rolloutAnnotations = {
   pausedBy: 'kubeos.io/paused-by',
   failuresAcknowledged: 'kubeos.io/failures-acknowledged',
-  /** Set when the operator (onFailureBudget: rollback) or `kubeos rollout undo` moved spec.version back: the version it came from. */
-  rolledBackFrom: 'kubeos.io/rolled-back-from',
+  /** Set when the operator (onFailureBudget: rollback) or `kubeos rollout undo` moved spec.version back: JSON {from, to}. */
+  rolledBack: 'kubeos.io/rolled-back',
 } as const;
+
+/** The merge patch that moves a rollout back from `from` to `to` (the operator's rollback and `kubeos rollout undo`). */
+export function rollBackPatch(from: string, to: string): Record<string, unknown> {
+  return { metadata: { annotations: { [rolloutAnnotations.rolledBack]: JSON.stringify({ from, to }) } }, spec: { version: to, allowDowngrade: true, paused: false } };
+}
 
 export const failureBudgetActions = ['pause', 'rollback'] as const;
 export type FailureBudgetAction = (typeof failureBudgetActions)[number];
@@ -116,8 +121,8 @@ export interface Rollout {
   spec: OSUpgradeSpec;
   /** Set when the operator itself paused the rollout. */
   pausedBy: 'failure-budget' | undefined;
-  /** The version a rollback moved this rollout away from, if one did (it rolls back once). */
-  rolledBackFrom: string | undefined;
+  /** The rollback that set the current target, if one did: a rollout rolls back once per target. */
+  rolledBack: { from: string; to: string } | undefined;
   /** Failures already accounted for by a resume, for this target version. */
   failuresAcknowledged: number;
   previousStatus: Partial<OSUpgradeStatus> | undefined;
@@ -274,10 +279,21 @@ export function readRollout(object: OSUpgradeObject): Rollout {
     generation: object.metadata?.generation ?? 0,
     spec,
     pausedBy: a[rolloutAnnotations.pausedBy] === 'failure-budget' ? 'failure-budget' : undefined,
-    rolledBackFrom: a[rolloutAnnotations.rolledBackFrom],
+    rolledBack: readRolledBack(a[rolloutAnnotations.rolledBack], spec.version),
     failuresAcknowledged,
     previousStatus: object.status,
   };
+}
+
+/** The rollback mark, only while the target is still the version it rolled back to. */
+function readRolledBack(value: string | undefined, version: string): { from: string; to: string } | undefined {
+  try {
+    const mark = JSON.parse(value ?? 'null') as { from?: unknown; to?: unknown } | null;
+    if (mark !== null && typeof mark.from === 'string' && mark.to === version) return { from: mark.from, to: mark.to };
+  } catch {
+    // an unreadable mark marks nothing
+  }
+  return undefined;
 }
 
 /** maxUnavailable as a node count: percentages of the selected nodes round down, never below 1. */

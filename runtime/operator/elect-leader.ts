@@ -46,10 +46,10 @@ export class LeaderElector {
     this.holder = current?.holder;
     const write = async (lease: Omit<LeaseRecord, 'resourceVersion'>, expected: string | undefined) => {
       const ok = await api.writeLease(namespace, name, lease, expected);
-      // lost the race: whoever won is the holder now
-      this.holder = ok ? lease.holder : (await api.readLease(namespace, name))?.holder;
       // Count validity from before the read: the lease cannot be older than that.
       this.validUntil = ok ? started + durationSeconds * 1000 : 0;
+      // lost the race: whoever won is the holder now (only for the log, so a failed read is no loss)
+      this.holder = ok ? lease.holder : (await api.readLease(namespace, name).catch(() => undefined))?.holder;
       return ok;
     };
 

@@ -334,7 +334,7 @@ export function planRollout(rollout: Rollout, cluster: ClusterState, now: number
     pausedByBudget = true;
   }
   const budgetSpent = counts.failed - acknowledged >= spec.failureBudget;
-  const back = budgetSpent && !paused && spec.onFailureBudget === 'rollback' && rollout.rolledBackFrom === undefined ? previousVersion(name, spec.version, cluster.nodes) : undefined;
+  const back = budgetSpent && !paused && spec.onFailureBudget === 'rollback' && rollout.rolledBack === undefined ? previousVersion(name, spec.version, cluster.nodes) : undefined;
   if (back !== undefined && 'version' in back) {
     // halt: nothing new starts on this version; the next plan rolls the upgraded nodes back
     actions.push({ type: 'roll-back', from: spec.version, to: back.version, failed: counts.failed });

@@ -6,7 +6,7 @@
 import { isKubeosError, KubeosError } from '../core/errors.js';
 import type { EventInput, KubeApi } from '../fleet/kube-api.js';
 import { annotations, encodeRecord, planVersionLabels, readNodeView, readPodView, type NodeView } from '../fleet/node-protocol.js';
-import { readRollout, rolloutAnnotations, type OSUpgradeObject, type OSUpgradeStatus } from '../fleet/osupgrade.js';
+import { readRollout, rollBackPatch, rolloutAnnotations, type OSUpgradeObject, type OSUpgradeStatus } from '../fleet/osupgrade.js';
 import { nodePatchFor, planRollout, type RolloutAction, type RolloutPlan } from './plan-rollout.js';
 
 export interface ReconcileOptions {
@@ -171,7 +171,7 @@ export async function reconcileRollout(object: OSUpgradeObject, options: Reconci
         continue;
       }
       if (action.type === 'roll-back') {
-        await api.patchOSUpgrade(name, { metadata: { annotations: { [rolloutAnnotations.rolledBackFrom]: action.from } }, spec: { version: action.to, allowDowngrade: true } });
+        await api.patchOSUpgrade(name, rollBackPatch(action.from, action.to));
       } else if (action.type === 'pause-rollout') {
         // spec.paused and the mark that the budget did it go in one write
         await api.patchOSUpgrade(name, { metadata: { annotations: { [rolloutAnnotations.pausedBy]: 'failure-budget' } }, spec: { paused: true } });

@@ -150,7 +150,7 @@ export function simulateRollout(options: SimOptions): SimResult {
     generation: 1,
     spec: { ...options.spec },
     pausedBy: undefined,
-    rolledBackFrom: undefined,
+    rolledBack: undefined,
     failuresAcknowledged: 0,
     previousStatus: undefined,
   };
@@ -212,7 +212,7 @@ export function simulateRollout(options: SimOptions): SimResult {
   const apply = (action: RolloutAction) => {
     if (action.type === 'roll-back') {
       rollout.spec = { ...rollout.spec, version: action.to, allowDowngrade: true };
-      rollout.rolledBackFrom = action.from;
+      rollout.rolledBack = { from: action.from, to: action.to };
       return;
     }
     if (action.type === 'pause-rollout') {

@@ -81,7 +81,7 @@ export const bench: Bench = async () => {
   rows.push(simulate('operator: 1,000-node rollout makespan, jittered times, 1% fall back', fleet(1000, () => 0.5 + rand(), 100), 50, 20, perNodeSeconds));
 
   const nodes = midRollout(10_000);
-  const rollout: Rollout = { name: 'bench', generation: 1, spec: { ...spec(200, 50), nodeSelector: { pool: 'workers' } }, pausedBy: undefined, rolledBackFrom: undefined, failuresAcknowledged: 0, previousStatus: undefined };
+  const rollout: Rollout = { name: 'bench', generation: 1, spec: { ...spec(200, 50), nodeSelector: { pool: 'workers' } }, pausedBy: undefined, rolledBack: undefined, failuresAcknowledged: 0, previousStatus: undefined };
   const now = Date.UTC(2025, 0, 1);
   const plan = perCall(() => planRollout(rollout, { nodes }, now), 50);
   const baseline = perCall(() => JSON.stringify(nodes), 50);

@@ -18,6 +18,7 @@ import { join } from 'node:path';
 import { execa, type ResultPromise } from 'execa';
 import { CoreV1Api, KubeConfig } from '@kubernetes/client-node';
 import { projectRoot } from '../../builder/project-root.js';
+import { requireTools } from '../../runtime/core/exec.js';
 
 const repoRoot = projectRoot();
 const keep = process.env['KUBEOS_KEEP_TEST_DIRS'] === '1';
@@ -76,6 +77,7 @@ async function kubernetesBin(): Promise<string> {
 }
 
 async function openssl(args: readonly string[]): Promise<void> {
+  await requireTools(['openssl']);
   await execa('openssl', args, { timeout: 60_000 });
 }
 

@@ -19,6 +19,8 @@ export interface Fault {
   times: number;
   /** Only requests sent with this fieldManager query parameter. */
   fieldManager?: string;
+  /** Let this many matching requests through first. */
+  after?: number;
 }
 
 export class FaultProxy {
@@ -41,7 +43,9 @@ export class FaultProxy {
       const url = new URL(req.url ?? '/', 'https://proxy');
       this.seen.push({ method: req.method ?? '', path: url.pathname, watch: url.searchParams.get('watch') === 'true' });
       this.activity.emit('change');
-      const fault = this.faults.find((f) => f.times > 0 && f.method === req.method && f.path.test(url.pathname) && (f.fieldManager === undefined || url.searchParams.get('fieldManager') === f.fieldManager));
+      const matching = this.faults.find((f) => f.times > 0 && f.method === req.method && f.path.test(url.pathname) && (f.fieldManager === undefined || url.searchParams.get('fieldManager') === f.fieldManager));
+      const fault = matching !== undefined && (matching.after ?? 0) > 0 ? undefined : matching;
+      if (matching !== undefined && fault === undefined) matching.after = (matching.after ?? 0) - 1;
       if (fault !== undefined) {
         fault.times--;
         this.injected.push({ method: req.method ?? '', path: url.pathname, status: fault.status });

@@ -431,7 +431,7 @@ test.serial('kubeos rollout undo takes the nodes a rollout upgraded back to the 
   await waitFor('the rollback to complete', () => status().phase === 'Complete' && status().targetVersion === '1.0.0' && status().observedGeneration === 2, 60_000);
   for (const n of ['node-a', 'node-b']) t.is(cluster.mirror.annotations(n)[annotations.currentVersion], '1.0.0');
   t.deepEqual(h.downgrades.sort(), ['node-a:1.0.0', 'node-b:1.0.0'], 'the agents were allowed to go back, and only for the rollback');
-  t.is(cluster.osupgrade('fleet')['metadata'].annotations['kubeos.io/rolled-back-from'], '2.0.0');
+  t.deepEqual(JSON.parse(cluster.osupgrade('fleet')['metadata'].annotations['kubeos.io/rolled-back']), { from: '2.0.0', to: '1.0.0' });
   // like kubectl, undoing again would go back to where the rollback started; --dry-run changes nothing
   const again = await runCli(['rollout', 'undo', 'fleet', '--kubeconfig', cluster.plane.adminKubeconfig, '--dry-run', '--json']);
   t.like(again.json, { from: '1.0.0', to: '2.0.0', dryRun: true });
@@ -451,6 +451,44 @@ test.serial('onFailureBudget: rollback halts the rollout at its first failure an
   for (const n of ['node-a', 'node-b', 'node-c']) t.is(cluster.mirror.annotations(n)[annotations.currentVersion] ?? '1.0.0', '1.0.0', n);
   await waitFor('the RolledBack event', () => reasons('fleet').has('RolledBack'));
   t.like(cluster.osupgrade('fleet')['spec'], { version: '1.0.0', allowDowngrade: true });
+});
+
+test.serial('an agent whose final report does not get through sends it again, so the operator is not left waiting', async (t) => {
+  const proxy = new FaultProxy(cluster.plane);
+  await proxy.start();
+  t.teardown(() => proxy.stop());
+  await cluster.addNode('node-a');
+  const daemonSet = await cluster.apps.readNamespacedDaemonSet({ namespace: systemNamespace, name: 'kubeos-agent' });
+  await cluster.core.createNamespacedPod({
+    namespace: systemNamespace,
+    body: {
+      metadata: { name: 'kubeos-agent-node-a', ownerReferences: [{ apiVersion: 'apps/v1', kind: 'DaemonSet', name: 'kubeos-agent', uid: daemonSet.metadata!.uid!, controller: true }] },
+      spec: { nodeName: 'node-a', serviceAccountName: 'kubeos-agent', terminationGracePeriodSeconds: 0, containers: [{ name: 'agent', image: 'registry.invalid/kubeos:test' }] },
+    },
+  });
+  const direct = await cluster.plane.serviceAccountKubeconfig(systemNamespace, 'kubeos-agent', { boundPod: { namespace: systemNamespace, name: 'kubeos-agent-node-a' } });
+  const token = /"token": "([^"]+)"/.exec(await readFile(direct, 'utf8'))![1]!;
+  const viaProxy = await cluster.plane.writeKubeconfig('agent-via-proxy', { server: proxy.url, token });
+  // the agent's reports: idle, downloading, installing, then committed: the fourth fails once
+  proxy.faults.push({ method: 'PATCH', path: /^\/api\/v1\/nodes\/node-a$/, status: 500, times: 1, after: 3 });
+  const abort = new AbortController();
+  const running = runNodeAgent({
+    api: KubeApi.connect({ kubeconfig: viaProxy }, 'kubeos-agent/node-a'), nodeName: 'node-a', signal: abort.signal, resyncMs: 200,
+    status: async () => ({ currentVersion: '1.0.0' }),
+    upgrade: async (version, _channel, progress) => {
+      await progress('installing');
+      return { state: 'committed', currentVersion: version };
+    },
+  });
+  t.teardown(async () => {
+    abort.abort();
+    await running;
+  });
+  await waitFor('the agent to report in', () => cluster.mirror.annotations('node-a')[annotations.state] === 'idle');
+  await cluster.patchNode('node-a', { metadata: { annotations: { [annotations.desiredVersion]: '2.0.0', [annotations.desiredChannel]: 'stable' } } });
+  await waitFor('the committed state to arrive after all', () => cluster.mirror.annotations('node-a')[annotations.state] === 'committed', 30_000);
+  t.is(proxy.injected.length, 1, 'the final report failed once');
+  t.like(cluster.mirror.annotations('node-a'), { [annotations.currentVersion]: '2.0.0', [annotations.stateVersion]: '2.0.0' });
 });
 
 test.serial('an invalid OSUpgrade gets an Invalid status listing every problem and touches no node', async (t) => {

@@ -14,7 +14,7 @@ function node(name: string, extra: Partial<NodeView> = {}): NodeView {
 }
 
 function rollout(spec: Record<string, unknown> = {}): Rollout {
-  return { name: 'fleet', generation: 3, spec: parseOSUpgradeSpec({ version: '2.0.0', ...spec }), pausedBy: undefined, rolledBackFrom: undefined, failuresAcknowledged: 0, previousStatus: undefined };
+  return { name: 'fleet', generation: 3, spec: parseOSUpgradeSpec({ version: '2.0.0', ...spec }), pausedBy: undefined, rolledBack: undefined, failuresAcknowledged: 0, previousStatus: undefined };
 }
 
 const pod = (name: string, extra: Partial<PodView> = {}): PodView => ({ namespace: 'apps', name, ownerKind: 'ReplicaSet', mirror: false, emptyDir: false, finished: false, terminating: false, ...extra });
@@ -161,6 +161,6 @@ test('onFailureBudget rollback turns a spent budget into a roll-back to the prev
   const failedNode = node('b', { record: { rollout: 'fleet', version: '2.0.0', phase: 'failed', since: t0, reason: 'FellBack', from: '1.0.0' } });
   const plan = planRollout(rollout({ onFailureBudget: 'rollback' }), { nodes: [done, failedNode, node('c')] }, t0);
   t.deepEqual(plan.actions, [{ type: 'roll-back', from: '2.0.0', to: '1.0.0', failed: 1 }]);
-  const again = planRollout({ ...rollout({ onFailureBudget: 'rollback' }), rolledBackFrom: '3.0.0' }, { nodes: [done, failedNode, node('c')] }, t0);
+  const again = planRollout({ ...rollout({ onFailureBudget: 'rollback' }), rolledBack: { from: '3.0.0', to: '2.0.0' } }, { nodes: [done, failedNode, node('c')] }, t0);
   t.like(again.actions[0], { type: 'pause-rollout' }, 'a rollout rolls back once, then pauses');
 });

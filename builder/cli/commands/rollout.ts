@@ -148,7 +148,7 @@ const undo: CommandModule<GlobalArgs, UndoArgs> = {
     const { KubeApi } = await import('../../../runtime/fleet/kube-api.js');
     const { readNodeView } = await import('../../../runtime/fleet/node-protocol.js');
     const { previousVersion } = await import('../../../runtime/operator/plan-rollout.js');
-    const { rolloutAnnotations } = await import('../../../runtime/fleet/osupgrade.js');
+    const { rollBackPatch } = await import('../../../runtime/fleet/osupgrade.js');
     const api = KubeApi.connect({ kubeconfig: args.kubeconfig, context: args.context }, 'kubeos-cli');
     const object = await api.readOSUpgrade(args.name);
     const version = (object.spec as { version?: unknown } | undefined)?.version;
@@ -157,7 +157,7 @@ const undo: CommandModule<GlobalArgs, UndoArgs> = {
     if ('error' in back) throw new KubeosError('E_USAGE', `${args.name}: ${back.error}`, { details: { rollout: args.name, version } });
     const result = { name: args.name, from: version, to: back.version, nodes: back.nodes, dryRun: args['dry-run'] === true };
     if (!args['dry-run']) {
-      await api.patchOSUpgrade(args.name, { metadata: { annotations: { [rolloutAnnotations.rolledBackFrom]: version } }, spec: { version: back.version, allowDowngrade: true, paused: false } });
+      await api.patchOSUpgrade(args.name, rollBackPatch(version, back.version));
     }
     printResult(args, result, () => `${args.name}: ${args['dry-run'] ? 'would roll' : 'rolling'} ${back.nodes.length} node(s) back from ${version} to ${back.version} (${back.nodes.join(', ')}); follow it with: kubeos rollout status ${args.name} --watch`);
   },
