@@ -3,7 +3,7 @@
  * for kubeos.io/desired-version, run the injected upgrade, and report state and version back in the
  * annotations the agent owns (see node-protocol.ts). The disk work itself is the caller's.
  */
-import { isKubeosError, KubeosError } from '../core/errors.js';
+import { asKubeosError, KubeosError } from '../core/errors.js';
 import type { KubeApi } from '../fleet/kube-api.js';
 import { agentReportPatch, annotations, failedAgentStates, type AgentReport, type AgentState, type NodeLike } from '../fleet/node-protocol.js';
 
@@ -69,9 +69,6 @@ export function decideAgentAction(node: NodeLike, local: LocalStatus, busy: bool
   return { type: 'upgrade', version: desired, channel: a[annotations.desiredChannel] ?? 'stable', allowDowngrade: a[annotations.allowDowngrade] === 'true' };
 }
 
-function asKubeosError(error: unknown): KubeosError {
-  return isKubeosError(error) ? error : new KubeosError('E_KUBERNETES', error instanceof Error ? error.message : String(error), { cause: error });
-}
 
 export async function runNodeAgent(options: NodeAgentOptions): Promise<void> {
   const { api, nodeName, signal } = options;
@@ -154,7 +151,7 @@ export async function runNodeAgent(options: NodeAgentOptions): Promise<void> {
     const own = { version: decision.version, abort, done: Promise.resolve() };
     upgrade = own;
     own.done = runUpgrade(decision.version, decision.channel, decision.allowDowngrade, abort)
-      .catch((error: unknown) => emit({ type: 'error', error: asKubeosError(error) }))
+      .catch((error: unknown) => emit({ type: 'error', error: asKubeosError(error, 'E_KUBERNETES') }))
       .finally(() => {
         if (upgrade === own) upgrade = undefined;
       });
@@ -170,7 +167,7 @@ export async function runNodeAgent(options: NodeAgentOptions): Promise<void> {
       await report(initial);
       break;
     } catch (error) {
-      emit({ type: 'error', error: asKubeosError(error) });
+      emit({ type: 'error', error: asKubeosError(error, 'E_KUBERNETES') });
       await wait(delay);
     }
   }
@@ -185,13 +182,13 @@ export async function runNodeAgent(options: NodeAgentOptions): Promise<void> {
       watching = false;
     }, signal).catch((error: unknown) => {
       watching = false;
-      emit({ type: 'error', error: asKubeosError(error) });
+      emit({ type: 'error', error: asKubeosError(error, 'E_KUBERNETES') });
     });
   };
 
   while (!signal.aborted) {
     if (unsent !== undefined && upgrade === undefined) {
-      await report(unsent).catch((error: unknown) => emit({ type: 'error', error: asKubeosError(error) }));
+      await report(unsent).catch((error: unknown) => emit({ type: 'error', error: asKubeosError(error, 'E_KUBERNETES') }));
     }
     try {
       const node = await api.readNode(nodeName);
@@ -199,7 +196,7 @@ export async function runNodeAgent(options: NodeAgentOptions): Promise<void> {
       // the watch starts where the read left off, so a change made between the two is not missed
       watch(node.metadata?.resourceVersion);
     } catch (error) {
-      emit({ type: 'error', error: asKubeosError(error) });
+      emit({ type: 'error', error: asKubeosError(error, 'E_KUBERNETES') });
       watch(undefined);
     }
     await wait(resyncMs);

@@ -74,3 +74,8 @@ export class KubeosError extends Error {
 export function isKubeosError(error: unknown, code?: ErrorCode): error is KubeosError {
   return error instanceof KubeosError && (code === undefined || error.code === code);
 }
+
+/** Anything thrown, as a KubeosError: itself if it is one, else wrapped with `code` (the message kept, the original as cause). */
+export function asKubeosError(error: unknown, code: ErrorCode): KubeosError {
+  return isKubeosError(error) ? error : new KubeosError(code, error instanceof Error ? error.message : String(error), { cause: error });
+}

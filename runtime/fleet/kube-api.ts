@@ -19,7 +19,7 @@ import { existsSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { KubeosError } from '../core/errors.js';
-import type { NodeLike, NodePatch, PodLike } from './node-protocol.js';
+import { toMs, type NodeLike, type NodePatch, type PodLike } from './node-protocol.js';
 import { osUpgradeApi, type OSUpgradeObject, type OSUpgradeStatus } from './osupgrade.js';
 
 export interface KubeConfigSource {
@@ -107,14 +107,6 @@ function kubeError(what: string, error: unknown): KubeosError {
   });
 }
 
-function toMs(value: unknown): number | undefined {
-  if (value instanceof Date) return value.getTime();
-  if (typeof value === 'string') {
-    const ms = Date.parse(value);
-    return Number.isNaN(ms) ? undefined : ms;
-  }
-  return undefined;
-}
 
 /** Where client-node would look for credentials, in its order; the first that exists wins. */
 function findKubeconfig(): { kind: 'in-cluster' } | { kind: 'files'; files: string[] } | undefined {

@@ -109,8 +109,9 @@ export interface PodLike {
   status?: { phase?: string };
 }
 
-function toMs(value: Date | string | undefined): number | undefined {
-  if (value === undefined) return undefined;
+/** A Kubernetes time (a Date from client-node, or an RFC 3339 string) in ms; undefined when unreadable. */
+export function toMs(value: unknown): number | undefined {
+  if (!(value instanceof Date) && typeof value !== 'string') return undefined;
   const ms = value instanceof Date ? value.getTime() : Date.parse(value);
   return Number.isNaN(ms) ? undefined : ms;
 }

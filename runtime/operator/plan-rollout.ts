@@ -24,6 +24,7 @@ import {
 import {
   matchesSelector,
   resolveMaxUnavailable,
+  weekdays,
   type DrainSpec,
   type NodeResult,
   type OSUpgradeStatus,
@@ -259,12 +260,10 @@ function conditionMaker(previous: readonly RolloutCondition[] | undefined, now: 
   };
 }
 
-const weekdayNames = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'] as const;
-
 /** "Tue 22:00 UTC" */
 export function formatWindowTime(ms: number): string {
   const d = new Date(ms);
-  return `${weekdayNames[d.getUTCDay()]} ${String(d.getUTCHours()).padStart(2, '0')}:${String(d.getUTCMinutes()).padStart(2, '0')} UTC`;
+  return `${weekdays[d.getUTCDay()]} ${String(d.getUTCHours()).padStart(2, '0')}:${String(d.getUTCMinutes()).padStart(2, '0')} UTC`;
 }
 
 const resultOrder: Record<NodePhase, number> = { failed: 0, draining: 1, upgrading: 1, verifying: 1, done: 2, pending: 3 };

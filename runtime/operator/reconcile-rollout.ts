@@ -3,7 +3,7 @@
  * All state comes from the cluster each time (node records, the OSUpgrade's marks), so an operator
  * restarted mid-rollout carries on where the cluster says it is.
  */
-import { isKubeosError, KubeosError } from '../core/errors.js';
+import { asKubeosError, isKubeosError, KubeosError } from '../core/errors.js';
 import type { EventInput, KubeApi } from '../fleet/kube-api.js';
 import { annotations, encodeRecord, planVersionLabels, readNodeView, readPodView, type NodeView } from '../fleet/node-protocol.js';
 import { readRollout, rollBackPatch, rolloutAnnotations, type OSUpgradeObject, type OSUpgradeStatus } from '../fleet/osupgrade.js';
@@ -81,9 +81,6 @@ function canonical(value: unknown): string {
       : v);
 }
 
-function asKubeosError(error: unknown): KubeosError {
-  return isKubeosError(error) ? error : new KubeosError('E_KUBERNETES', String(error), { cause: error });
-}
 
 /** Reconciles one OSUpgrade. Throws only E_LEADERSHIP_LOST; everything else is in the report. */
 export async function reconcileRollout(object: OSUpgradeObject, options: ReconcileOptions): Promise<ReconcileReport> {
@@ -103,7 +100,7 @@ export async function reconcileRollout(object: OSUpgradeObject, options: Reconci
       await api.recordEvent(event, component, options.now());
     } catch (error) {
       if (isKubeosError(error, 'E_LEADERSHIP_LOST')) throw error;
-      report.errors.push(asKubeosError(error)); // events are best effort
+      report.errors.push(asKubeosError(error, 'E_KUBERNETES')); // events are best effort
     }
   };
 
@@ -128,7 +125,7 @@ export async function reconcileRollout(object: OSUpgradeObject, options: Reconci
     };
     if (!options.dryRun && object.status?.phase !== 'Invalid') {
       guard();
-      await api.patchOSUpgradeStatus(name, status as OSUpgradeStatus).catch((e: unknown) => report.errors.push(asKubeosError(e)));
+      await api.patchOSUpgradeStatus(name, status as OSUpgradeStatus).catch((e: unknown) => report.errors.push(asKubeosError(e, 'E_KUBERNETES')));
       await record({ kind: 'OSUpgrade', name, type: 'Warning', reason: 'InvalidSpec', message: error.message });
     }
     return report;
@@ -188,7 +185,7 @@ export async function reconcileRollout(object: OSUpgradeObject, options: Reconci
       await record(eventFor(name, action)!);
     } catch (error) {
       if (isKubeosError(error, 'E_LEADERSHIP_LOST')) throw error;
-      report.errors.push(asKubeosError(error));
+      report.errors.push(asKubeosError(error, 'E_KUBERNETES'));
       if (action.type !== 'cordon') startsAllowed = false;
     }
   }
@@ -201,7 +198,7 @@ export async function reconcileRollout(object: OSUpgradeObject, options: Reconci
       await api.patchOSUpgradeStatus(name, plan.status);
     } catch (error) {
       if (isKubeosError(error, 'E_LEADERSHIP_LOST')) throw error;
-      report.errors.push(asKubeosError(error));
+      report.errors.push(asKubeosError(error, 'E_KUBERNETES'));
     }
   }
   return report;
@@ -221,7 +218,7 @@ export async function syncVersionLabels(options: ReconcileOptions): Promise<Kube
       await options.api.patchNode(node, patch);
     } catch (error) {
       if (isKubeosError(error, 'E_LEADERSHIP_LOST')) throw error;
-      errors.push(asKubeosError(error));
+      errors.push(asKubeosError(error, 'E_KUBERNETES'));
     }
   }
   return errors;

@@ -4,7 +4,7 @@
  * CLI decides what to print.
  */
 import { performance } from 'node:perf_hooks';
-import { isKubeosError, KubeosError } from '../core/errors.js';
+import { asKubeosError, KubeosError } from '../core/errors.js';
 import { LeaderElector } from './elect-leader.js';
 import type { KubeApi } from '../fleet/kube-api.js';
 import { reconcileAll, syncVersionLabels, type ReconcileReport } from './reconcile-rollout.js';
@@ -35,9 +35,6 @@ export type OperatorEvent =
   | { type: 'reconciled'; reports: ReconcileReport[]; seconds: number }
   | { type: 'error'; error: KubeosError };
 
-function asKubeosError(error: unknown): KubeosError {
-  return isKubeosError(error) ? error : new KubeosError('E_KUBERNETES', error instanceof Error ? error.message : String(error), { cause: error });
-}
 
 export async function runOperator(options: OperatorOptions): Promise<void> {
   const { api, signal } = options;
@@ -111,7 +108,7 @@ export async function runOperator(options: OperatorOptions): Promise<void> {
           if (reports.some((r) => r.applied > 0)) dirty = true;
         }
       } catch (error) {
-        const failure = asKubeosError(error);
+        const failure = asKubeosError(error, 'E_KUBERNETES');
         heartbeat(failure.code !== 'E_KUBERNETES' || failure.details?.['status'] !== undefined);
         emit({ type: 'error', error: failure });
       }
