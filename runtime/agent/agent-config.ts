@@ -43,6 +43,8 @@ export interface AgentConfig {
   pollSeconds: number;
   jitterSeconds: number;
   reboot: string[];
+  /** Bounds each channel index fetch, and each stretch of a bundle download without data (seconds). */
+  networkTimeoutSeconds: number;
 }
 
 function fail(file: string, message: string): never {
@@ -86,5 +88,6 @@ export async function loadAgentConfig(file = defaultConfigPath): Promise<AgentCo
     pollSeconds: typeof raw['pollSeconds'] === 'number' ? raw['pollSeconds'] : 300,
     jitterSeconds: typeof raw['jitterSeconds'] === 'number' ? raw['jitterSeconds'] : 60,
     reboot: Array.isArray(raw['reboot']) ? (raw['reboot'] as string[]) : ['reboot'],
+    networkTimeoutSeconds: typeof raw['networkTimeoutSeconds'] === 'number' && raw['networkTimeoutSeconds'] > 0 ? raw['networkTimeoutSeconds'] : 30,
   };
 }

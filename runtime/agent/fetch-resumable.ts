@@ -20,7 +20,14 @@ export interface ResumableOptions {
   /** Called after each reconnect, with the byte offset it resumed from. */
   onResume?: (offset: number, attempt: number) => void;
   backoffMs?: number;
+  /**
+   * A connection that sends no response, or no body bytes while the agent is ready for them, for
+   * this long is dropped and resumed (default 30 s): a stalled server never holds the lock forever.
+   */
+  idleMs?: number;
 }
+
+const defaultIdleMs = 30_000;
 
 const maxRedirects = 5;
 
@@ -35,11 +42,16 @@ export function openSource(source: string, options: ResumableOptions = {}): Read
 }
 
 /** GET with optional headers, following redirects; resolves with the response of the last hop. */
-async function get(url: string, headers: Record<string, string>, signal: AbortSignal | undefined): Promise<IncomingMessage> {
+async function get(url: string, headers: Record<string, string>, signal: AbortSignal | undefined, idleMs = defaultIdleMs): Promise<IncomingMessage> {
   let target = url;
   for (let hop = 0; ; hop++) {
     const response = await new Promise<IncomingMessage>((resolve, reject) => {
-      const request = (target.startsWith('https:') ? httpsGet : httpGet)(target, { headers, signal }, resolve);
+      const request = (target.startsWith('https:') ? httpsGet : httpGet)(target, { headers, signal }, (res) => {
+        // from here the body's own idle timer (below) takes over: a paused body is not idle
+        request.setTimeout(0);
+        resolve(res);
+      });
+      request.setTimeout(idleMs, () => request.destroy(new Error(`no response from ${target} within ${idleMs / 1000} s`)));
       request.once('error', reject);
     });
     const location = response.headers.location;
@@ -104,7 +116,8 @@ class ResumableDownload extends Readable {
       headers['range'] = `bytes=${this.received}-`;
       if (this.etag) headers['if-range'] = this.etag;
     }
-    const response = await get(url, headers, this.options.signal);
+    const idleMs = this.options.idleMs ?? defaultIdleMs;
+    const response = await get(url, headers, this.options.signal, idleMs);
     const status = response.statusCode ?? 0;
     if (this.received > 0 && status !== 206) {
       response.resume();
@@ -120,10 +133,21 @@ class ResumableDownload extends Readable {
       this.total = length === undefined ? undefined : Number(length);
     }
     this.response = response;
+    let idle: NodeJS.Timeout | undefined;
     try {
       await new Promise<void>((resolve, reject) => {
+        // idle only counts while the body flows: paused for backpressure, the wait is ours
+        const arm = () => {
+          clearTimeout(idle);
+          idle = setTimeout(() => {
+            if (!response.isPaused()) response.destroy(new Error(`no data from ${url} for ${idleMs / 1000} s at byte ${this.received}`));
+            else arm();
+          }, idleMs);
+        };
+        arm();
         response.on('data', (piece: Buffer) => {
           this.received += piece.length;
+          arm();
           if (!this.push(piece)) response.pause();
         });
         response.once('end', resolve);
@@ -134,6 +158,7 @@ class ResumableDownload extends Readable {
         });
       });
     } finally {
+      clearTimeout(idle);
       this.response = undefined;
     }
     return this.total === undefined || this.received >= this.total;

@@ -65,6 +65,8 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
   const lock = await takeLock(config.runDir, `upgrade from ${options.channel ?? options.bundle}`);
   const signal = options.signal ? AbortSignal.any([options.signal, lock.signal]) : lock.signal;
   let version: string | undefined;
+  // what broke the download, if it broke: it, not what the half-read stream did to the readers after it, is the reason
+  let sourceFailure: unknown;
   const state = await readState(config.stateDir);
   try {
     step('locked');
@@ -84,7 +86,7 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
       const { url, name } = resolveChannel(config, options.channel);
       // serials are kept per channel name (however its URL is spelled); older state kept them per URL
       const lastSerial = Math.max(state.channelSerials[name] ?? 0, state.channelSerials[url] ?? 0) || undefined;
-      const fetched = await fetchChannel(url, { trustedKeys, lastSerial, signal, channel: name });
+      const fetched = await fetchChannel(url, { trustedKeys, lastSerial, signal, channel: name, timeoutMs: config.networkTimeoutSeconds * 1000 });
       channelSigned = fetched.signed;
       state.channelSerials[name] = fetched.signed.serial;
       await writeState(config.stateDir, state);
@@ -99,9 +101,20 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
     // chunk buffers go from the verifier to the slot writer and back: the install's memory bound
     const chunkPool = new ChunkPool(installBufferBytes);
     // the bundle's bytes are counted and hashed on the way in: the index's size and sha256 bind them too
-    const tap = new HashTap(undefined, release !== undefined);
-    const download = openSource(source as string, { signal, onResume: (offset) => progress(`resuming at byte ${offset}`) });
-    download.once('error', (error) => tap.destroy(error));
+    const expectedSize = release?.bundle.size;
+    const tap = new HashTap((bytes) => {
+      // more than the signed size is never read: a server that keeps sending is cut off
+      if (expectedSize !== undefined && bytes > expectedSize) {
+        const tooLong = new KubeosError('E_BUNDLE_INVALID', `bundle ${source} is longer than the ${expectedSize} bytes the signed channel index gives`, { details: { expected: expectedSize } });
+        sourceFailure ??= tooLong;
+        tap.destroy(tooLong);
+      }
+    }, release !== undefined);
+    const download = openSource(source as string, { signal, idleMs: config.networkTimeoutSeconds * 1000, onResume: (offset) => progress(`resuming at byte ${offset}`) });
+    download.once('error', (error) => {
+      sourceFailure ??= error;
+      tap.destroy(error);
+    });
     tap.once('close', () => download.destroy());
     const bundle = await readBundle(download.pipe(tap), { trustedKeys, compatible: config.compatible, signal, chunkPool });
     try {
@@ -177,7 +190,7 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
       state.lastUpgrade = { version, slot: otherSlot((await readBooted(config.runDir, config.osRelease).catch(() => ({ slot: 'B' as Slot }))).slot), result: 'failed', at: new Date().toISOString(), error: isKubeosError(error) ? error.code : String(error) };
       await writeState(config.stateDir, state).catch(() => {});
     }
-    throw error;
+    throw isKubeosError(sourceFailure) ? sourceFailure : error;
   } finally {
     await lock.release().catch(() => {});
   }

@@ -312,3 +312,77 @@ test('a lock whose holder file is empty still refuses a second upgrade with E_LO
   t.true(isKubeosError(error, 'E_LOCKED'), String(error));
   t.is((error as { details?: { holder?: unknown } }).details?.holder, undefined);
 });
+
+/** A server that serves `site`, but stalls: 'index' never answers at all, 'body' sends half of a bundle and then nothing. */
+async function stallingServer(t: Parameters<typeof makeHost>[0], site: string, stall: 'index' | 'body'): Promise<string> {
+  const { createServer } = await import('node:http');
+  const server = createServer((req, res) => {
+    const path = (req.url ?? '/').replace(/^\/+/, '');
+    if (stall === 'index') return; // accepted, never answered
+    void readFile(join(site, path)).then((data) => {
+      if (!path.startsWith('bundles/')) return res.end(data);
+      const from = Number(/^bytes=(\d+)-$/.exec(req.headers.range ?? '')?.[1] ?? 0);
+      res.writeHead(from > 0 ? 206 : 200, { 'content-length': String(data.length - from), etag: '"x"', 'accept-ranges': 'bytes', ...(from > 0 ? { 'content-range': `bytes ${from}-${data.length - 1}/${data.length}` } : {}) });
+      if (from === 0) res.write(data.subarray(0, data.length >> 1)); // then silence, connection open
+    }, () => res.writeHead(404).end());
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => new Promise<void>((resolve) => {
+    server.closeAllConnections();
+    server.close(() => resolve());
+  }));
+  return `http://127.0.0.1:${(server.address() as { port: number }).port}/`;
+}
+
+const stalls = test.macro(async (t, stall: 'index' | 'body', code: ErrorCode) => {
+  const host = await makeHost(t);
+  const site = join(host.dir, 'site');
+  await publishToDir(site, await makeV2(host), host.keys.privateKey, { serial: 1 });
+  const url = await stallingServer(t, site, stall);
+  const before = await snapshot(host);
+  const config = { ...host.config, updateServer: url, networkTimeoutSeconds: 1 };
+  const error = await t.throwsAsync(upgrade(config, { channel: 'stable', reboot: false }));
+  t.true(isKubeosError(error, code), String(error));
+  t.deepEqual((await snapshot(host)).env, before.env, 'the boot environment is untouched');
+  // the lock was released: the next upgrade gets as far as the network again
+  const again = await t.throwsAsync(upgrade(config, { channel: 'stable', reboot: false }));
+  t.true(isKubeosError(again, code), String(again));
+});
+
+test('a channel server that never answers fails the upgrade with E_FETCH within the network timeout and frees the lock', stalls, 'index', 'E_FETCH');
+test('a bundle download that stalls half way is retried, then fails with E_FETCH and frees the lock', stalls, 'body', 'E_FETCH');
+
+test('a bundle followed by endless data is cut off at the signed size and refused, nothing made bootable', async (t) => {
+  const host = await makeHost(t);
+  const site = join(host.dir, 'site');
+  const v2 = await makeV2(host);
+  await publishToDir(site, v2, host.keys.privateKey, { serial: 1 });
+  const { createServer } = await import('node:http');
+  let sent = 0;
+  const server = createServer((req, res) => {
+    const path = (req.url ?? '/').replace(/^\/+/, '');
+    void readFile(join(site, path)).then((data) => {
+      if (!path.startsWith('bundles/')) return res.end(data);
+      res.writeHead(200); // no Content-Length: the body just goes on
+      res.write(data);
+      const zeros = Buffer.alloc(1 << 20);
+      const pump = () => {
+        while (sent < 256 * MiB && res.write(zeros)) sent += zeros.length; // bounded: a broken agent cannot hang the test
+        if (sent >= 256 * MiB) res.end();
+      };
+      res.on('drain', pump);
+      pump();
+    }, () => res.writeHead(404).end());
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => new Promise<void>((resolve) => {
+    server.closeAllConnections();
+    server.close(() => resolve());
+  }));
+  const before = await snapshot(host);
+  const error = await t.throwsAsync(upgrade({ ...host.config, updateServer: `http://127.0.0.1:${(server.address() as { port: number }).port}/` }, { channel: 'stable', reboot: false }));
+  t.true(isKubeosError(error, 'E_BUNDLE_INVALID'), String(error));
+  t.like((error as { details?: Record<string, unknown> }).details, { expected: v2.size });
+  t.deepEqual((await snapshot(host)).env, before.env);
+  t.true(sent < 128 * MiB, `the agent stopped reading (${sent} bytes of garbage sent)`);
+});

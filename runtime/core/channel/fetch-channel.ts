@@ -32,8 +32,26 @@ async function get(url: string, signal: AbortSignal | undefined): Promise<Respon
   return response;
 }
 
-export async function fetchChannel(url: string, options: VerifyChannelOptions & { signal?: AbortSignal }): Promise<FetchedChannel> {
-  const signal = options.signal === undefined ? AbortSignal.timeout(indexTimeoutMs) : AbortSignal.any([options.signal, AbortSignal.timeout(indexTimeoutMs)]);
+export async function fetchChannel(url: string, options: VerifyChannelOptions & { signal?: AbortSignal; timeoutMs?: number }): Promise<FetchedChannel> {
+  // one deadline for the whole index, body included (a server trickling a byte a second is cut off);
+  // an own timer, as AbortSignal.timeout combined with AbortSignal.any can be collected on Node 20
+  const timeoutMs = options.timeoutMs ?? indexTimeoutMs;
+  const deadline = new AbortController();
+  const timer = setTimeout(() => deadline.abort(new KubeosError('E_FETCH', `GET ${url}: no complete channel index within ${timeoutMs / 1000} s`, { details: { url, timeoutMs } })), timeoutMs);
+  const onAbort = () => deadline.abort(options.signal?.reason);
+  options.signal?.addEventListener('abort', onAbort, { once: true });
+  try {
+    return await readChannel(url, options, deadline.signal);
+  } catch (error) {
+    if (deadline.signal.aborted && deadline.signal.reason instanceof KubeosError) throw deadline.signal.reason;
+    throw error;
+  } finally {
+    clearTimeout(timer);
+    options.signal?.removeEventListener('abort', onAbort);
+  }
+}
+
+async function readChannel(url: string, options: VerifyChannelOptions, signal: AbortSignal): Promise<FetchedChannel> {
   const response = await get(url, signal);
   const length = Number(response.headers.get('content-length') ?? 0);
   if (length > maxIndexBytes) {
