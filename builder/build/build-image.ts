@@ -3,7 +3,7 @@
  * Everything is written into a sibling staging directory that replaces the output directory only
  * when the whole build succeeded, so a failed build leaves no half-written output behind.
  */
-import { cp, mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { cp, mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { bootEnvToGrub, initialBootEnv } from '../../runtime/core/boot-env.js';
 import { KubeosError } from '../../runtime/core/errors.js';
@@ -75,6 +75,24 @@ export function rootfsSize(treeBytes: number, slotSize: number): number {
   return Math.min(wanted, slotSize);
 }
 
+/**
+ * A build replaces its output directory only when it is one kubeos made (it holds a build.json) or
+ * is empty: `--out .` or `--out ~/photos` must never delete what is there. Checked before any work.
+ */
+async function checkReplaceable(out: string): Promise<void> {
+  const entries = await readdir(out).catch((error: NodeJS.ErrnoException) => {
+    if (error.code === 'ENOENT') return undefined;
+    if (error.code === 'ENOTDIR') return null;
+    throw error;
+  });
+  if (entries === undefined || (entries !== null && entries.length === 0)) return;
+  if (entries !== null && entries.includes('build.json')) return;
+  throw new KubeosError('E_USAGE', `--out ${out} ${entries === null ? 'is a file' : `holds ${entries.length} entr${entries.length === 1 ? 'y' : 'ies'} and no build.json`}: a build replaces its output directory, and this one was not made by kubeos build`, {
+    hint: 'name a new or empty directory (or one an earlier kubeos build wrote)',
+    details: { out, entries: entries === null ? null : entries.slice(0, 10) },
+  });
+}
+
 export async function buildImage(options: BuildOptions): Promise<BuildResult> {
   const started = Date.now();
   const step = options.onProgress ?? (() => {});
@@ -98,6 +116,7 @@ export async function buildImage(options: BuildOptions): Promise<BuildResult> {
   const epoch = options.sourceDateEpoch ?? Math.floor(Date.now() / 1000);
 
   const out = resolve(options.out);
+  await checkReplaceable(out);
   await mkdir(dirname(out), { recursive: true });
   const partial = join(dirname(out), `.${basename(out)}.partial-${process.pid}`);
   const work = join(partial, '.work');

@@ -106,15 +106,30 @@ badInputs.forEach(([title, args, extraEnv, code], index) => {
     const parent = join(dir, `bad-${index}`);
     const out = join(parent, 'out');
     await mkdir(out, { recursive: true });
+    // an earlier build's output: the failed build must leave it as it was
+    await writeFile(join(out, 'build.json'), '{}\n');
     await writeFile(join(out, 'keep.txt'), 'earlier build');
     const result = await kubeos(['build', ...args, '--out', out, '--json'], { env: { ...env, ...extraEnv } });
     t.is(result.exitCode, 1);
     const error = jsonError(result.stdout);
     t.is(error.code, code);
-    t.deepEqual(await readdir(out), ['keep.txt']);
+    t.deepEqual((await readdir(out)).sort(), ['build.json', 'keep.txt']);
     t.deepEqual(await readdir(parent), ['out']);
     if (code === 'E_TOOL_MISSING') t.true((error.details?.['packages'] as string[]).includes('e2fsprogs'));
   });
+});
+
+test('a build never replaces a directory kubeos did not make (--out . would have deleted the checkout)', async (t) => {
+  const out = join(dir, 'photos');
+  await mkdir(out, { recursive: true });
+  await writeFile(join(out, 'holiday.jpg'), 'not a build');
+  const result = await kubeos(['build', 'images/minimal', '--layout', 'small', '--out', out, '--json'], { env });
+  t.is(result.exitCode, 2);
+  const error = jsonError(result.stdout);
+  t.is(error.code, 'E_USAGE');
+  t.like(error.details, { out, entries: ['holiday.jpg'] });
+  t.deepEqual(await readdir(out), ['holiday.jpg']);
+  t.is(await readFile(join(out, 'holiday.jpg'), 'utf8'), 'not a build');
 });
 
 test('the malformed image definition error lists every problem', async (t) => {

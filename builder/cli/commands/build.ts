@@ -22,7 +22,7 @@ export const buildCommand: CommandModule<GlobalArgs, BuildArgs> = {
   describe: 'Build a bootable GPT disk image and its rootfs.img from an image definition',
   builder: (y) => y
     .positional('image', { type: 'string', default: 'minimal', describe: 'Image definition: a directory with image.json, or a name in images/' })
-    .option('out', { alias: 'o', type: 'string', default: 'out', describe: 'Output directory (replaced only when the build succeeds)' })
+    .option('out', { alias: 'o', type: 'string', default: 'out', describe: 'Output directory: new, empty, or an earlier build (it holds build.json); replaced only when the build succeeds' })
     .option('layout', { type: 'string', describe: 'Partition layout: a JSON file or a name in layouts/ (default: the image\'s own)' })
     .option('format', { choices: diskFormats, default: 'raw' as DiskFormat, describe: 'Disk image format; qcow2 also keeps disk.img' })
     .option('trusted-key', { type: 'string', array: true, describe: 'Public key (PEM) the image\'s agent trusts for bundles and channels; repeatable' })
