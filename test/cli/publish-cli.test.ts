@@ -41,4 +41,15 @@ test('kubeos publish uploads with credentials from the environment and channel s
 
   const missing = await runCli(['channel', 'show', `${s3.baseUrl}os/channels/beta.json`, '--pubkey', keys.publicPath, '--json']);
   t.is(missing.json.error.code, 'E_FETCH');
+
+  // a channel by name, as hosts name it, under the server they are built with
+  const byName = await runCli(['channel', 'show', 'stable', '--update-server', `${s3.baseUrl}os/`, '--pubkey', keys.publicPath, '--json']);
+  t.is(byName.exitCode, 0, byName.stderr);
+  t.like(byName.json, { channel: 'stable', serial: 1, releases: [{ version: '2.0.0' }] });
+  const noServer = await runCli(['channel', 'show', 'stable', '--pubkey', keys.publicPath, '--json']);
+  t.is(noServer.exitCode, 2, 'a name without --update-server is a usage error, not a crash');
+  t.is(noServer.json.error.code, 'E_USAGE');
+  const badSerial = await runCli(['channel', 'show', url, '--pubkey', keys.publicPath, '--last-serial', 'abc', '--json']);
+  t.is(badSerial.exitCode, 2, '--last-serial abc no longer turns the rollback check off');
+  t.is(badSerial.json.error.code, 'E_USAGE');
 });
