@@ -33,6 +33,8 @@ export interface ServiceAccountToken {
   /** Bind the token to this pod (and so to the node it is scheduled on). */
   boundPod?: { namespace: string; name: string };
   expirationSeconds?: number;
+  /** Another server URL for the kubeconfig (a proxy in front of this API server). */
+  server?: string;
 }
 
 export interface ControlPlane {
@@ -256,7 +258,7 @@ export async function startControlPlane(options: { controllerManager?: boolean }
         });
         const value = response.status?.token;
         if (value === undefined) throw new Error(`TokenRequest for ${namespace}/${name} returned no token`);
-        return writeKubeconfig(`${namespace}-${name}`, { token: value });
+        return writeKubeconfig(`${namespace}-${name}`, { token: value, ...(token.server === undefined ? {} : { server: token.server }) });
       },
       async startControllerManager() {
         const log = join(dir, 'kube-controller-manager.log');

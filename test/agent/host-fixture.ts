@@ -11,6 +11,7 @@ import { encodeGrubEnv } from '../../runtime/core/grubenv.js';
 import { loadAgentConfig, type AgentConfig } from '../../runtime/agent/agent-config.js';
 import { makeBundle, makeKeys, metadata, type TestKeys } from '../helpers/bundle-fixtures.js';
 import { makeTempDir } from '../helpers/temp-dir.js';
+import { publishToDir, startUpdateServer } from '../helpers/update-server.js';
 
 export const MiB = 1024 * 1024;
 export const slotSize = 8 * MiB;
@@ -89,4 +90,13 @@ export async function makeV2(host: Host, options: { version?: string; name?: str
 
 export async function snapshot(host: Host): Promise<{ env: Buffer; slotA: string }> {
   return { env: await readFile(host.bootEnv), slotA: sha256(await readSlot(host, 'A')) };
+}
+
+/** A channel whose current release is 3.0.0 and which still lists 2.0.0, served on 127.0.0.1. */
+export async function serveTwoReleases(t: ExecutionContext, host: Host) {
+  const v2 = await makeV2(host);
+  const v3 = await makeV2(host, { version: '3.0.0', name: 'v3' });
+  const site = join(host.dir, 'site');
+  await publishToDir(site, v3, host.keys.privateKey, { serial: 2, earlier: [v2] });
+  return { v2, v3, server: await startUpdateServer(t, site) };
 }

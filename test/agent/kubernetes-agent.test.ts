@@ -6,12 +6,10 @@
  * channel that is not a name, fail on the node with the reason reported back.
  */
 import anyTest, { type ExecutionContext, type TestFn } from 'ava';
-import { join } from 'node:path';
 import { runKubernetesAgent } from '../../runtime/agent/run-kubernetes-agent.js';
 import { annotations } from '../../runtime/fleet/node-protocol.js';
-import { OperatorCluster, systemNamespace } from '../operator/cluster-fixture.js';
-import { publishToDir, startUpdateServer } from '../helpers/update-server.js';
-import { makeHost, makeV2, readSlot, sha256 } from './host-fixture.js';
+import { OperatorCluster } from '../operator/cluster-fixture.js';
+import { makeHost, readSlot, serveTwoReleases, sha256 } from './host-fixture.js';
 
 const test = anyTest as TestFn<unknown>;
 let cluster: OperatorCluster;
@@ -26,17 +24,9 @@ test.after.always(async () => {
 /** A Node, its agent's pod and token, and a host whose image server offers 3.0.0 (current) and 2.0.0. */
 async function node(t: ExecutionContext, name: string) {
   await cluster.addNode(name);
-  await cluster.core.createNamespacedPod({
-    namespace: systemNamespace,
-    body: { metadata: { name: `kubeos-agent-${name}` }, spec: { nodeName: name, serviceAccountName: 'kubeos-agent', containers: [{ name: 'agent', image: 'registry.invalid/kubeos:test' }] } },
-  });
-  const kubeconfig = await cluster.plane.serviceAccountKubeconfig(systemNamespace, 'kubeos-agent', { boundPod: { namespace: systemNamespace, name: `kubeos-agent-${name}` } });
+  const kubeconfig = await cluster.addAgent(name);
   const host = await makeHost(t);
-  const v2 = await makeV2(host);
-  const v3 = await makeV2(host, { version: '3.0.0', name: 'v3' });
-  const site = join(host.dir, 'site');
-  await publishToDir(site, v3, host.keys.privateKey, { serial: 2, earlier: [v2] });
-  const server = await startUpdateServer(t, site);
+  const { v2, v3, server } = await serveTwoReleases(t, host);
   const abort = new AbortController();
   const log: string[] = [];
   const running = runKubernetesAgent({ ...host.config, updateServer: `${server.url}/`, reboot: ['true'] }, { nodeName: name, kubeconfig, signal: abort.signal, log: (line) => log.push(line) });

@@ -10,7 +10,7 @@ import { upgrade } from '../../runtime/agent/upgrade.js';
 import { commit, rollback, status } from '../../runtime/agent/commit-rollback-status.js';
 import { flipByte, makeKeys, makeRootfs, member, metadata } from '../helpers/bundle-fixtures.js';
 import { publishToDir, startUpdateServer } from '../helpers/update-server.js';
-import { bootInto, makeHost, makeV2, MiB, readSlot, setBootEnv, sha256, snapshot } from './host-fixture.js';
+import { bootInto, makeHost, makeV2, MiB, readSlot, serveTwoReleases, setBootEnv, sha256, snapshot } from './host-fixture.js';
 
 async function env(path: string) {
   return bootEnvFromGrub(decodeGrubEnv(await readFile(path)));
@@ -183,11 +183,7 @@ test('a channel name is read under the host\'s own image server', async (t) => {
 
 test('a pinned version listed by the signed channel is installed, not the channel\'s newest', async (t) => {
   const host = await makeHost(t);
-  const v2 = await makeV2(host);
-  const v3 = await makeV2(host, { version: '3.0.0', name: 'v3' });
-  const site = join(host.dir, 'site');
-  await publishToDir(site, v3, host.keys.privateKey, { serial: 2, earlier: [v2] });
-  const server = await startUpdateServer(t, site);
+  const { v2, v3, server } = await serveTwoReleases(t, host);
   const result = await upgrade({ ...host.config, updateServer: server.url }, { channel: 'stable', version: '2.0.0', reboot: false });
   t.like(result, { kind: 'installed', version: '2.0.0', slot: 'B' });
   t.is(sha256(await readSlot(host, 'B', v2.manifest.payload.uncompressedSize)), v2.manifest.payload.uncompressedSha256);

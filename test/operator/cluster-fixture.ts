@@ -147,6 +147,28 @@ export class OperatorCluster {
     await this.core.patchNode({ name, body: patch }, mergePatch);
   }
 
+  /**
+   * The agent's pod on `node`, as the DaemonSet controller would create it (owned by the DaemonSet
+   * deploy/ installs), and a kubeconfig with a token bound to that pod, and so to the node.
+   */
+  async addAgent(node: string, options: { server?: string } = {}): Promise<string> {
+    const daemonSet = await this.apps.readNamespacedDaemonSet({ namespace: systemNamespace, name: 'kubeos-agent' });
+    const name = `kubeos-agent-${node}`;
+    await this.core.createNamespacedPod({
+      namespace: systemNamespace,
+      body: {
+        metadata: { name, ownerReferences: [{ apiVersion: 'apps/v1', kind: 'DaemonSet', name: 'kubeos-agent', uid: daemonSet.metadata!.uid!, controller: true }] },
+        spec: { nodeName: node, serviceAccountName: 'kubeos-agent', terminationGracePeriodSeconds: 0, containers: [{ name: 'agent', image: 'registry.invalid/kubeos:test' }] },
+      },
+    });
+    return this.plane.serviceAccountKubeconfig(systemNamespace, 'kubeos-agent', { boundPod: { namespace: systemNamespace, name }, ...options });
+  }
+
+  /** The operator's service account again, talking to `server` (a proxy in front of the API server). */
+  operatorKubeconfigVia(server: string): Promise<string> {
+    return this.plane.serviceAccountKubeconfig(systemNamespace, 'kubeos-operator', { server });
+  }
+
   /** Writes status as the operator would (the status subresource). */
   async patchOSUpgradeStatus(name: string, status: unknown): Promise<void> {
     await this.custom.patchClusterCustomObjectStatus({ ...osupgrades, name, body: { status } }, mergePatch);

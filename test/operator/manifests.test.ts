@@ -19,14 +19,7 @@ let agentOnA: string;
 test.before(async () => {
   cluster = await OperatorCluster.start({ controllerManager: false });
   for (const node of ['node-a', 'node-b']) await cluster.addNode(node, { 'kubeos.io/managed': 'true' });
-  await cluster.core.createNamespacedPod({
-    namespace: systemNamespace,
-    body: {
-      metadata: { name: 'kubeos-agent-a' },
-      spec: { nodeName: 'node-a', serviceAccountName: 'kubeos-agent', containers: [{ name: 'agent', image: 'registry.invalid/kubeos:test' }] },
-    },
-  });
-  agentOnA = await cluster.plane.serviceAccountKubeconfig(systemNamespace, 'kubeos-agent', { boundPod: { namespace: systemNamespace, name: 'kubeos-agent-a' } });
+  agentOnA = await cluster.addAgent('node-a');
   // A new ValidatingAdmissionPolicy is enforced once the API server's admission plugin has loaded
   // it, a moment after it is created: wait for that like for the server's readiness, with a
   // server-side dry run that the policy must refuse.

@@ -9,7 +9,6 @@
  */
 import anyTest, { type TestFn } from 'ava';
 import { EventEmitter, setMaxListeners } from 'node:events';
-import { readFile } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import { execa } from 'execa';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -70,22 +69,9 @@ async function harness(t: { teardown: (fn: () => Promise<void> | void) => void }
   const agentEvents: Harness['agentEvents'] = [];
   const agentActivity = new EventEmitter();
   const running: Promise<void>[] = [];
-  const daemonSet = await cluster.apps.readNamespacedDaemonSet({ namespace: systemNamespace, name: 'kubeos-agent' });
-
   for (const [name, behavior] of Object.entries(nodes)) {
     await cluster.addNode(name, { 'kubeos.io/managed': 'true' });
-    // the agent's pod, as the DaemonSet controller would create it
-    await cluster.core.createNamespacedPod({
-      namespace: systemNamespace,
-      body: {
-        metadata: {
-          name: `kubeos-agent-${name}`,
-          ownerReferences: [{ apiVersion: 'apps/v1', kind: 'DaemonSet', name: 'kubeos-agent', uid: daemonSet.metadata!.uid!, controller: true }],
-        },
-        spec: { nodeName: name, serviceAccountName: 'kubeos-agent', terminationGracePeriodSeconds: 0, containers: [{ name: 'agent', image: 'registry.invalid/kubeos:test' }] },
-      },
-    });
-    const kubeconfig = await cluster.plane.serviceAccountKubeconfig(systemNamespace, 'kubeos-agent', { boundPod: { namespace: systemNamespace, name: `kubeos-agent-${name}` } });
+    const kubeconfig = await cluster.addAgent(name);
     const upgrade = async (version: string, channel: string, progress: UpgradeProgress, _signal: AbortSignal, options: { allowDowngrade: boolean }): Promise<UpgradeOutcome> => {
       upgrades.push(`${name}:${version}:${channel}`);
       if (options.allowDowngrade) downgrades.push(`${name}:${version}`);
@@ -375,8 +361,7 @@ test.serial('a failed API call is reported as E_KUBERNETES and retried on the ne
   const proxy = new FaultProxy(cluster.plane);
   await proxy.start();
   t.teardown(() => proxy.stop());
-  const token = /"token": "([^"]+)"/.exec(await readFile(cluster.operatorKubeconfig, 'utf8'))![1]!;
-  const viaProxy = await cluster.plane.writeKubeconfig('operator-via-proxy', { server: proxy.url, token });
+  const viaProxy = await cluster.operatorKubeconfigVia(proxy.url);
   const h = await harness(t, { 'node-a': 'ok' });
   proxy.faults.push({ method: 'PATCH', path: /^\/api\/v1\/nodes\/node-a$/, status: 500, times: 1, fieldManager: 'op-1' });
   h.startOperator('op-1', { kubeconfig: viaProxy });
@@ -392,8 +377,7 @@ test.serial('an operator whose watches drop opens them again and still acts on t
   const proxy = new FaultProxy(cluster.plane);
   await proxy.start();
   t.teardown(() => proxy.stop());
-  const token = /"token": "([^"]+)"/.exec(await readFile(cluster.operatorKubeconfig, 'utf8'))![1]!;
-  const viaProxy = await cluster.plane.writeKubeconfig('operator-via-proxy', { server: proxy.url, token });
+  const viaProxy = await cluster.operatorKubeconfigVia(proxy.url);
   const h = await harness(t, { 'node-a': 'ok' });
   await cluster.patchNode('node-a', { spec: { unschedulable: true } }); // a person cordoned it: no candidate
   const abort = new AbortController();
@@ -458,17 +442,7 @@ test.serial('an agent whose final report does not get through sends it again, so
   await proxy.start();
   t.teardown(() => proxy.stop());
   await cluster.addNode('node-a');
-  const daemonSet = await cluster.apps.readNamespacedDaemonSet({ namespace: systemNamespace, name: 'kubeos-agent' });
-  await cluster.core.createNamespacedPod({
-    namespace: systemNamespace,
-    body: {
-      metadata: { name: 'kubeos-agent-node-a', ownerReferences: [{ apiVersion: 'apps/v1', kind: 'DaemonSet', name: 'kubeos-agent', uid: daemonSet.metadata!.uid!, controller: true }] },
-      spec: { nodeName: 'node-a', serviceAccountName: 'kubeos-agent', terminationGracePeriodSeconds: 0, containers: [{ name: 'agent', image: 'registry.invalid/kubeos:test' }] },
-    },
-  });
-  const direct = await cluster.plane.serviceAccountKubeconfig(systemNamespace, 'kubeos-agent', { boundPod: { namespace: systemNamespace, name: 'kubeos-agent-node-a' } });
-  const token = /"token": "([^"]+)"/.exec(await readFile(direct, 'utf8'))![1]!;
-  const viaProxy = await cluster.plane.writeKubeconfig('agent-via-proxy', { server: proxy.url, token });
+  const viaProxy = await cluster.addAgent('node-a', { server: proxy.url });
   // the agent's reports: idle, downloading, installing, then committed: the fourth fails once
   proxy.faults.push({ method: 'PATCH', path: /^\/api\/v1\/nodes\/node-a$/, status: 500, times: 1, after: 3 });
   const abort = new AbortController();

@@ -3,9 +3,8 @@ import { hostname } from 'node:os';
 import type { Argv, CommandModule } from 'yargs';
 import { KubeosError } from '../../../runtime/core/errors.js';
 import { reconcileAll, type ReconcileReport } from '../../../runtime/operator/reconcile-rollout.js';
-import { OperatorMetrics } from '../../../runtime/operator/operator-metrics.js';
 import { runOperator, type OperatorEvent } from '../../../runtime/operator/run-operator.js';
-import { serveHealth, type HealthState } from '../../../runtime/operator/serve-health.js';
+import type { HealthState } from '../../../runtime/operator/serve-health.js';
 import { printResult, type GlobalArgs } from '../output.js';
 
 interface RunArgs extends GlobalArgs {
@@ -83,6 +82,9 @@ const run: CommandModule<GlobalArgs, RunArgs> = {
     const stop = () => abort.abort();
     process.once('SIGINT', stop);
     process.once('SIGTERM', stop);
+    // loaded on use, like the Kubernetes client: every other command starts without prom-client
+    const { OperatorMetrics } = await import('../../../runtime/operator/operator-metrics.js');
+    const { serveHealth } = await import('../../../runtime/operator/serve-health.js');
     const metrics = new OperatorMetrics(args.identity);
     const health: HealthState = { lastLoopAt: Date.now(), apiReachable: false };
     const intervalMs = args.interval * 1000;
