@@ -2,7 +2,7 @@
  * Debian's kernel package, fetched once with `apt-get download` and unpacked into a cache outside
  * the repository (KUBEOS_CACHE_DIR, else $XDG_CACHE_HOME/kubeos, else ~/.cache/kubeos).
  */
-import { mkdir, readdir, rename, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rename, rm } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { KubeosError } from '../../runtime/core/errors.js';
@@ -63,9 +63,8 @@ export async function fetchKernel(packageName: string, options: { signal?: Abort
   let deb = (await readdir(debs)).find((f) => f.startsWith(`${pkg}_`) && f.endsWith('.deb'));
   if (deb === undefined) {
     options.onStep?.(`downloading ${pkg}`);
-    const staging = join(debs, `.download-${process.pid}-${Date.now()}`);
-    await rm(staging, { recursive: true, force: true });
-    await mkdir(staging, { recursive: true });
+    // mkdtemp, not pid and time: builds in one process (parallel tests) start in the same millisecond
+    const staging = await mkdtemp(join(debs, '.download-'));
     try {
       await run('apt-get', ['download', '-q', pkg], { cwd: staging, timeoutMs: 10 * 60_000, signal: options.signal });
       deb = (await readdir(staging)).find((f) => f.endsWith('.deb'));
@@ -80,8 +79,8 @@ export async function fetchKernel(packageName: string, options: { signal?: Abort
   options.onStep?.(`unpacking ${pkg}`);
   // Several builds may unpack at once (parallel tests, CI): each unpacks into its own directory
   // and renames it into place; the cache entry, once there, is never replaced or removed.
-  const tmp = `${unpacked}.tmp-${process.pid}-${Date.now()}`;
-  await mkdir(tmp, { recursive: true });
+  await mkdir(join(cacheDir(), 'kernels'), { recursive: true });
+  const tmp = await mkdtemp(`${unpacked}.tmp-`);
   try {
     await run('dpkg-deb', ['-x', join(debs, deb), tmp], { timeoutMs: 5 * 60_000, signal: options.signal });
     await rename(tmp, unpacked).catch((error: NodeJS.ErrnoException) => {

@@ -5,7 +5,7 @@
  */
 import { createReadStream } from 'node:fs';
 import { lutimes, mkdir, rename, rm, stat } from 'node:fs/promises';
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { KubeosError } from '../../runtime/core/errors.js';
 import { run } from '../../runtime/core/exec.js';
@@ -46,7 +46,8 @@ async function debianTar(source: Extract<RootfsSource, { type: 'mmdebstrap' }>, 
   if (await stat(file).then((s) => s.isFile(), () => false)) return file;
   options.onStep?.(`building a Debian ${source.suite} root with mmdebstrap (cached in ${dir})`);
   await mkdir(dir, { recursive: true });
-  const partial = `${file}.partial-${process.pid}.tar`;
+  // unique per call: two builds in one process (parallel tests) may fill the same cache entry
+  const partial = `${file}.partial-${randomUUID()}.tar`;
   try {
     // a fixed epoch: the cache must not depend on which build filled it
     await run('mmdebstrap', mmdebstrapArgs(source, partial), { signal: options.signal, timeoutMs: 30 * 60_000, env: { SOURCE_DATE_EPOCH: '0' } });
