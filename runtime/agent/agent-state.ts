@@ -1,6 +1,7 @@
 /** What the agent remembers on persist: each slot's image, the last upgrade, the highest channel serial seen. */
 import { mkdir, open, readFile, rename } from 'node:fs/promises';
 import { join } from 'node:path';
+import { KubeosError } from '../core/errors.js';
 import type { AgentState } from './plan-boot-env.js';
 
 export interface StoredState extends AgentState {
@@ -8,13 +9,32 @@ export interface StoredState extends AgentState {
   channelSerials: Record<string, number>;
 }
 
+/**
+ * No file is a fresh host. A file that does not parse is reported, never read as empty: that would
+ * forget the channel serials seen, and with them the protection against a replayed old index.
+ * (Writes are atomic, so only damage from outside makes one.)
+ */
 export async function readState(stateDir: string): Promise<StoredState> {
+  const file = join(stateDir, 'state.json');
+  let text: string;
   try {
-    const parsed = JSON.parse(await readFile(join(stateDir, 'state.json'), 'utf8')) as Partial<StoredState>;
-    return { slots: parsed.slots ?? {}, lastUpgrade: parsed.lastUpgrade, channelSerials: parsed.channelSerials ?? {} };
-  } catch {
-    return { slots: {}, channelSerials: {} };
+    text = await readFile(file, 'utf8');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return { slots: {}, channelSerials: {} };
+    throw new KubeosError('E_STATE_CORRUPT', `cannot read the agent state ${file}: ${(error as NodeJS.ErrnoException).code ?? String(error)}`, { cause: error });
   }
+  let parsed: Partial<StoredState>;
+  try {
+    parsed = JSON.parse(text) as Partial<StoredState>;
+    if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new Error('not a JSON object');
+  } catch (error) {
+    throw new KubeosError('E_STATE_CORRUPT', `the agent state ${file} is damaged (${text.length} bytes, ${(error as Error).message})`, {
+      cause: error,
+      hint: `move it aside (mv ${file} ${file}.damaged): the agent then starts again from what the slots hold, and accepts any channel serial once`,
+      details: { file, bytes: text.length },
+    });
+  }
+  return { slots: parsed.slots ?? {}, lastUpgrade: parsed.lastUpgrade, channelSerials: parsed.channelSerials ?? {} };
 }
 
 /** Write-then-rename on persist (ext4), synced, so a crash leaves the old or the new state whole. */

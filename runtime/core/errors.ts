@@ -42,6 +42,7 @@ export const errorCodes = [
   'E_VERSION_NOT_OFFERED',
   'E_ROLLOUT_FAILED',
   'E_LEADERSHIP_LOST',
+  'E_STATE_CORRUPT',
 ] as const;
 
 export type ErrorCode = (typeof errorCodes)[number];

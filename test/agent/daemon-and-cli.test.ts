@@ -1,6 +1,6 @@
 /** `kubeos agent daemon` on a file-backed host, and the agent CLI's errors. */
 import test from 'ava';
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { bootEnvFromGrub } from '../../runtime/core/boot-env.js';
 import { decodeGrubEnv } from '../../runtime/core/grubenv.js';
@@ -8,7 +8,8 @@ import { runDaemon } from '../../runtime/agent/run-daemon.js';
 import { upgrade } from '../../runtime/agent/upgrade.js';
 import { jsonError, kubeos } from '../helpers/cli.js';
 import { publishToDir, startUpdateServer } from '../helpers/update-server.js';
-import { bootInto, makeHost, makeV2 } from './host-fixture.js';
+import { status } from '../../runtime/agent/commit-rollback-status.js';
+import { bootInto, makeHost, makeV2, snapshot } from './host-fixture.js';
 
 test('the daemon commits a trial boot, then installs the newer version the channel offers, one log line per change', async (t) => {
   const host = await makeHost(t);
@@ -64,4 +65,46 @@ test('agent daemon --kubernetes on a host that follows its channel is refused: o
   t.is(result.exitCode, 2);
   t.is(jsonError(result.stdout).code, 'E_USAGE');
   t.like(jsonError(result.stdout).details, { updates: 'channel' });
+});
+
+const racing = test.macro(async (t, n: number) => {
+  const host = await makeHost(t);
+  const v2 = await makeV2(host);
+  const site = join(host.dir, 'site');
+  await publishToDir(site, v2, host.keys.privateKey, { serial: 1 });
+  const server = await startUpdateServer(t, site);
+  // the download that holds the lock waits until every other process has ended: they all overlap
+  let ended = 0;
+  let open!: () => void;
+  server.gate = new Promise((resolve) => {
+    open = resolve;
+  });
+  const results = await Promise.all(Array.from({ length: n }, () =>
+    kubeos(['agent', 'upgrade', '--config', host.configPath, '--channel', `${server.url}/channels/stable.json`, '--no-reboot', '--json']).then((r) => {
+      if (++ended === n - 1) open();
+      return r;
+    })));
+  const before = { slotA: host.v1Sha256 };
+  const outcomes = results.map((r) => (r.exitCode === 0 ? 'installed' : `${r.exitCode} ${jsonError(r.stdout).code}`)).sort();
+  t.deepEqual(outcomes, ['installed', ...Array.from({ length: n - 1 }, () => '1 E_LOCKED')].sort(), results.map((r) => r.stderr).join('\n'));
+  t.is((await snapshot(host)).slotA, before.slotA, 'the active slot is untouched');
+  t.is(server.requests.filter((r) => r.path.startsWith('bundles/')).length, 1, 'one download');
+  t.like(await status(host.config), { slots: { B: { state: 'trying', version: '2.0.0' } } });
+});
+for (const n of [2, 3, 5]) test(`${n} agent upgrades started at once: one installs, ${n - 1} get E_LOCKED, none crashes`, racing, n);
+
+test('a damaged state file is reported naming it, never read as a fresh host, and left as it was', async (t) => {
+  const host = await makeHost(t);
+  await upgrade(host.config, { bundle: (await makeV2(host)).path, reboot: false });
+  const file = join(host.dir, 'state', 'state.json');
+  const torn = (await readFile(file)).subarray(0, 40);
+  await writeFile(file, torn);
+  for (const args of [['agent', 'status'], ['agent', 'upgrade', '--bundle', join(host.dir, 'v2.kubeos'), '--no-reboot']]) {
+    const result = await kubeos([...args, '--config', host.configPath, '--json']);
+    t.is(result.exitCode, 1, args.join(' '));
+    const error = jsonError(result.stdout);
+    t.is(error.code, 'E_STATE_CORRUPT');
+    t.true(error.message.includes(file), error.message);
+  }
+  t.deepEqual(await readFile(file), torn);
 });

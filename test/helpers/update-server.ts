@@ -25,6 +25,8 @@ export interface UpdateServer {
   onBundleBytes?: (sent: number) => void;
   /** Throttle bundle bodies to this many bytes per write, waiting for each to drain. */
   slow: boolean;
+  /** Bundle responses wait for this before their first byte (a test holding a download open). */
+  gate?: Promise<void>;
 }
 
 export async function startUpdateServer(t: ExecutionContext, root: string): Promise<UpdateServer> {
@@ -59,6 +61,7 @@ export async function startUpdateServer(t: ExecutionContext, root: string): Prom
       });
       const dropAt = drops.get(path);
       if (dropAt !== undefined) drops.delete(path);
+      if (path.startsWith('bundles/')) await state.gate;
       let sent = 0;
       const stream = createReadStream(file, { start, highWaterMark: state.slow ? 64 * 1024 : 1 << 20 });
       for await (const chunk of stream) {
