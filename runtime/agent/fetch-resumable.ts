@@ -123,6 +123,19 @@ class ResumableDownload extends Readable {
       response.resume();
       throw new KubeosError('E_FETCH', `${url} did not resume at byte ${this.received} (HTTP ${status}); the object may have changed`);
     }
+    if (this.received > 0) {
+      // a 206 must carry the bytes asked for: others would be fed to the decompressor as if they were
+      const range = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(String(response.headers['content-range'] ?? ''));
+      const start = range === null ? undefined : Number(range[1]);
+      const size = range === null || range[3] === '*' ? undefined : Number(range[3]);
+      if (start !== this.received || (this.total !== undefined && size !== undefined && size !== this.total)) {
+        response.resume();
+        throw new KubeosError('E_FETCH', `${url} answered the resume at byte ${this.received} with Content-Range ${JSON.stringify(response.headers['content-range'] ?? '(none)')}`, {
+          hint: 'a proxy or server between this host and the image server mangles range requests',
+          details: { url, requested: this.received, contentRange: response.headers['content-range'] },
+        });
+      }
+    }
     if (this.received === 0 && status !== 200) {
       response.resume();
       throw new KubeosError('E_FETCH', `GET ${url} answered HTTP ${status}`, { details: { status } });
