@@ -76,6 +76,11 @@ export interface DebugfsFixups {
   values: Map<string, Buffer>;
 }
 
+/** The kernel's new_encode_dev: minor's low byte, the 12-bit major, then the minor's upper 12 bits. */
+export function encodeDevice(major: number, minor: number): number {
+  return ((minor & 0xff) | (major << 8) | ((minor & ~0xff) << 12)) >>> 0;
+}
+
 /**
  * debugfs commands that turn what mke2fs -d copied from a tree staged as `staged` into what the
  * MetaList says: owners, setuid and other bits the tree could not hold, device nodes and FIFOs
@@ -95,7 +100,14 @@ export function renderDebugfsFixups(meta: MetaList, staged: { uid: number; gid: 
       const name = rel.slice(slash + 1);
       target = debugfsPath(rel);
       commands.push(`cd ${dir === '' ? '"/"' : debugfsPath(dir)}`, `rm "${name}"`);
-      commands.push(m.kind === 'fifo' ? `mknod "${name}" p` : `mknod "${name}" ${m.kind === 'char' ? 'c' : 'b'} ${m.rdev?.[0] ?? 0} ${m.rdev?.[1] ?? 0}`, 'cd "/"');
+      const [major, minor] = m.rdev ?? [0, 0];
+      // debugfs's mknod takes a minor of at most 16 bits and cuts a major above 4095 silently:
+      // numbers past 255 are written as the kernel's new encoding into i_block[1] instead
+      const small = major < 256 && minor < 256;
+      commands.push(m.kind === 'fifo' ? `mknod "${name}" p` : `mknod "${name}" ${m.kind === 'char' ? 'c' : 'b'} ${small ? `${major} ${minor}` : '0 0'}`, 'cd "/"');
+      if (m.kind !== 'fifo' && !small) {
+        commands.push(`sif ${target} block[0] 0`, `sif ${target} block[1] ${encodeDevice(major, minor)}`);
+      }
       const time = m.mtime ?? epoch;
       for (const field of ['atime', 'mtime', 'ctime']) commands.push(`sif ${target} ${field} @${time}`);
     }

@@ -15,7 +15,7 @@ import type { Readable, Duplex } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import * as tar from 'tar-stream';
 import { KubeosError, isKubeosError } from '../../runtime/core/errors.js';
-import { stagedMode, type FileKind, type FileMeta, type MetaList } from './file-meta.js';
+import { deviceNumberProblem, stagedMode, type FileKind, type FileMeta, type MetaList } from './file-meta.js';
 import { HashTap, openDecompressor, peek } from './open-layer.js';
 import { RewritePax } from './rewrite-pax.js';
 import { checkSymlinkTarget, entrySegments, resolveInRoot } from './safe-path.js';
@@ -168,7 +168,11 @@ async function applyEntry(tree: StagingTree, entry: TarEntry, written: Set<strin
   };
   const xattrs = xattrsOf(header.pax, rel, where);
   if (xattrs !== undefined) meta.xattrs = xattrs;
-  if (kind === 'char' || kind === 'block') meta.rdev = [header.devmajor ?? 0, header.devminor ?? 0];
+  if (kind === 'char' || kind === 'block') {
+    meta.rdev = [header.devmajor ?? 0, header.devminor ?? 0];
+    const problem = deviceNumberProblem(meta.rdev);
+    if (problem !== undefined) throw invalid(`${where}: device node ${header.name}: ${problem}; fix or remove that entry`, where);
+  }
 
   const existing = rel === '' ? await lstat(path) : await lstatOrUndefined(path);
   if (existing !== undefined && !(kind === 'dir' && existing.isDirectory())) await removePath(tree, rel, existing);

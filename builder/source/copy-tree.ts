@@ -6,7 +6,7 @@ import { chmod, copyFile, link, lstat, mkdir, readdir, readlink, symlink, writeF
 import { join } from 'node:path';
 import { KubeosError } from '../../runtime/core/errors.js';
 import { removePath, type StagingTree } from './apply-layer.js';
-import { stagedMode, type FileKind, type FileMeta } from './file-meta.js';
+import { deviceNumberProblem, stagedMode, type FileKind, type FileMeta } from './file-meta.js';
 import { checkSymlinkTarget, resolveInRoot } from './safe-path.js';
 
 export interface CopyOptions {
@@ -54,6 +54,8 @@ export async function copyTreeInto(tree: StagingTree, from: string, options: Cop
         mtime: options.keepTimes ? Math.floor(info.mtimeMs / 1000) : undefined,
       };
       if (kind === 'char' || kind === 'block') meta.rdev = splitRdev(info.rdev);
+      const problem = meta.rdev === undefined ? undefined : deviceNumberProblem(meta.rdev);
+      if (problem !== undefined) throw new KubeosError('E_SOURCE_INVALID', `${join(from, ...rel)}: device node: ${problem}`, { details: { path: join(from, ...rel) } });
       const existing = await lstat(path).catch(() => undefined);
       const mergeable = existing !== undefined && (existing.isDirectory()
         || (existing.isSymbolicLink() && (await lstat(join(tree.root, ...(await resolveInRoot(tree.root, [...parent, name], options.where)))).catch(() => undefined))?.isDirectory() === true));

@@ -20,6 +20,18 @@ export interface FileMeta {
   xattrs?: Record<string, Buffer>;
 }
 
+/** Linux's dev_t holds a 12-bit major and a 20-bit minor. */
+export const maxDeviceMajor = 4095;
+export const maxDeviceMinor = 1048575;
+
+/** Why a device number cannot exist on Linux, or undefined when it can. */
+export function deviceNumberProblem(rdev: [number, number]): string | undefined {
+  const [major, minor] = rdev;
+  if (!Number.isInteger(major) || major < 0 || major > maxDeviceMajor) return `major ${major} is outside Linux's 0-${maxDeviceMajor}`;
+  if (!Number.isInteger(minor) || minor < 0 || minor > maxDeviceMinor) return `minor ${minor} is outside Linux's 0-${maxDeviceMinor}`;
+  return undefined;
+}
+
 /** Physical path relative to the tree root ('' is the root) → its metadata. */
 export type MetaList = Map<string, FileMeta>;
 
