@@ -81,3 +81,18 @@ test('one byte flipped in every region of a small bundle is refused with the cod
   t.log(`${cases.length} flips`);
   t.deepEqual(wrong, []);
 });
+
+const notBundle = test.macro(async (t, make: () => Buffer, message: RegExp) => {
+  const dir = await makeTempDir(t);
+  const keys = await makeKeys(dir);
+  const file = join(dir, 'not-a-bundle');
+  await writeFile(file, make());
+  const error = await t.throwsAsync(verifyBundleFile(file, { trustedKeys: keys.trusted }));
+  t.true(isKubeosError(error, 'E_BUNDLE_INVALID'), String(error));
+  t.regex((error as Error).message, message);
+  t.notRegex((error as Error).message, /Maybe the tar|gunzipped/, 'no tar-stream text');
+});
+test('an empty file is not a bundle, not a truncated one', notBundle, () => Buffer.alloc(0), /the file is empty/);
+test('a short text file is not a bundle, not a truncated one', notBundle, () => Buffer.from('hello\n'), /starts with text \("hello\\n"/);
+test('gzip data is not a bundle, and says so', notBundle, () => Buffer.from([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3]), /starts with gzip data/);
+test('random bytes are not a bundle, without tar-stream\'s words', notBundle, () => Buffer.from(Array.from({ length: 4096 }, (_, i) => (i * 7919) % 251)), /starts with other data/);

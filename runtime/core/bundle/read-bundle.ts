@@ -68,8 +68,25 @@ type Entry = tar.Extract extends AsyncIterable<infer E> ? E : never;
 /** Generous: a slow download of a big image must not be cut off; the caller's signal stops it. */
 const zstdTimeoutMs = 24 * 60 * 60 * 1000;
 
+/** What a file starts with, in words, for an error about something that is not a bundle. */
+function describeStart(head: Buffer): string {
+  if (head.length >= 2 && head[0] === 0x1f && head[1] === 0x8b) return 'gzip data';
+  if (head.length >= 4 && head.readUInt32LE(0) === 0xfd2fb528) return 'zstd data';
+  if (head.length >= 3 && head.toString('latin1', 0, 3) === 'PK\x03') return 'a zip archive';
+  const text = head.subarray(0, 64);
+  if (text.length > 0 && text.every((b) => b === 0x09 || b === 0x0a || b === 0x0d || (b >= 0x20 && b < 0x7f))) return `text (${JSON.stringify(text.toString('latin1').slice(0, 24))}...)`;
+  return 'other data';
+}
+
+/** A bundle's first 100 bytes: the name field of its first tar header, "manifest.json" padded with NULs. */
+const firstNameField = Buffer.concat([Buffer.from(manifestMember), Buffer.alloc(100 - manifestMember.length)]);
+
 class BundleEntries {
   private sourceEnded = false;
+  /** The first bytes read (up to one tar header), to tell "not a bundle" from "a bundle cut short". */
+  private head = Buffer.alloc(0);
+  /** The last member whose header was read. */
+  lastMember: string | undefined;
   private sourceError: unknown;
   private tarFailed = false;
   private readonly iterator: AsyncIterator<Entry>;
@@ -84,7 +101,10 @@ class BundleEntries {
       this.tarFailed = true;
     });
     const watchEnd = new Transform({
-      transform: (chunk, _encoding, callback) => callback(null, chunk),
+      transform: (chunk: Buffer, _encoding, callback) => {
+        if (this.head.length < 512) this.head = Buffer.concat([this.head, chunk.subarray(0, 512 - this.head.length)]);
+        callback(null, chunk);
+      },
       flush: (callback) => {
         this.sourceEnded = true;
         callback();
@@ -107,8 +127,17 @@ class BundleEntries {
       if (isKubeosError(cause)) return cause;
       return new KubeosError('E_FETCH', `reading the bundle failed: ${(cause as Error).message ?? String(cause)}`, { cause });
     }
+    // a file that does not even start like one is not a bundle, however short it is
+    const seen = this.head.subarray(0, Math.min(this.head.length, firstNameField.length));
+    if (!seen.equals(firstNameField.subarray(0, seen.length)) || (this.sourceEnded && this.head.length === 0)) {
+      return new KubeosError('E_BUNDLE_INVALID', `not a kubeos bundle: it starts with ${this.head.length === 0 ? 'nothing (the file is empty)' : describeStart(this.head)}, not the tar header of ${manifestMember}`, {
+        cause: error,
+        hint: 'a bundle is the uncompressed tar kubeos bundle create writes (manifest.json, manifest.sig, payload.img.zst)',
+      });
+    }
     if (this.sourceEnded) return new KubeosError('E_BUNDLE_TRUNCATED', 'bundle is truncated: the data ends inside the archive', { cause: error });
-    return new KubeosError('E_BUNDLE_INVALID', `not a kubeos bundle: ${(error as Error).message ?? String(error)}`, { cause: error });
+    const where = this.lastMember === undefined ? 'its first tar header' : `the tar header after the ${this.lastMember} member`;
+    return new KubeosError('E_BUNDLE_INVALID', `damaged bundle: ${where} is not a valid tar header`, { cause: error });
   }
 
   async next(expected: string): Promise<Entry> {
@@ -118,10 +147,14 @@ class BundleEntries {
     } catch (error) {
       throw this.classify(error);
     }
+    if (result.done && this.lastMember === undefined && this.head.length === 0) {
+      throw new KubeosError('E_BUNDLE_INVALID', 'not a kubeos bundle: the file is empty', { hint: 'a bundle is the tar kubeos bundle create writes' });
+    }
     if (result.done) {
       throw new KubeosError('E_BUNDLE_TRUNCATED', `bundle is truncated: it ends before the ${expected} member`, { details: { expected } });
     }
     const name = result.value.header.name;
+    this.lastMember = name;
     if (name !== expected || (result.value.header.type ?? 'file') !== 'file') {
       result.value.resume();
       throw new KubeosError('E_BUNDLE_INVALID', `bundle member is "${name}", expected "${expected}"`, { details: { expected, actual: name } });
