@@ -102,9 +102,10 @@ async function makeOpaque(tree: StagingTree, dir: string, written: Set<string>):
   }
 }
 
+/** undefined: a typeflag tar-stream does not know (GNU sparse 'S', multi-volume 'M', ...). */
 function kindOf(type: tar.Header['type'] | undefined | null): FileKind | 'link' | undefined {
   switch (type) {
-    case 'file': case 'contiguous-file': case undefined: case null: return 'file';
+    case 'file': case 'contiguous-file': case undefined: return 'file';
     case 'directory': return 'dir';
     case 'symlink': return 'symlink';
     case 'link': return 'link';
@@ -141,11 +142,44 @@ async function drain(entry: AsyncIterable<unknown>): Promise<void> {
   }
 }
 
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true });
+
+/** A name as bytes, printable: ASCII as is, other bytes as \xNN. */
+function escapeBytes(bytes: Buffer): string {
+  return [...bytes].map((b) => (b >= 0x20 && b < 0x7f && b !== 0x5c ? String.fromCharCode(b) : `\\x${b.toString(16).padStart(2, '0')}`)).join('');
+}
+
+/**
+ * Header names are read as latin1, i.e. as their bytes, and must be UTF-8: decoding them as UTF-8
+ * straight away turned each invalid byte into U+FFFD, so two names differing in one such byte
+ * became one file. A name from a PAX record is UTF-8 by definition; tar-stream has already decoded
+ * it, and U+FFFD there is the same loss.
+ */
+function entryName(value: string, fromPax: boolean, what: string, where: string): string {
+  if (fromPax) {
+    if (value.includes('\uFFFD')) throw invalid(`${where}: the ${what} ${JSON.stringify(value)} in a PAX record is not valid UTF-8; rename it in the source`, where);
+    return value;
+  }
+  const bytes = Buffer.from(value, 'latin1');
+  try {
+    return strictUtf8.decode(bytes);
+  } catch {
+    throw invalid(`${where}: the ${what} "${escapeBytes(bytes)}" is not UTF-8; rename it in the source (kubeos keeps names exact, and these bytes would not be)`, where);
+  }
+}
+
 async function applyEntry(tree: StagingTree, entry: TarEntry, written: Set<string>, where: string): Promise<void> {
   const header = entry.header as tar.Header & { pax?: Record<string, string> | null };
+  header.name = entryName(header.name, header.pax?.['path'] !== undefined, 'entry name', where);
+  if (header.linkname) header.linkname = entryName(header.linkname, header.pax?.['linkpath'] !== undefined, `link target of ${header.name}`, where);
   const segments = entrySegments(header.name, 'entry', where);
   const kind = kindOf(header.type);
-  if (kind === undefined) return drain(entry);
+  if (kind === undefined) {
+    throw invalid(`${where}: entry ${header.name} has a tar type kubeos does not handle (a GNU sparse or multi-volume entry?); repack the source without sparse files (tar --no-sparse, or GNU tar without -S)`, where);
+  }
+  if (Object.keys(header.pax ?? {}).some((key) => key.startsWith('GNU.sparse.'))) {
+    throw invalid(`${where}: entry ${header.name} is a PAX sparse file (GNU.sparse.* records), whose data would land wrong; repack the source without sparse files`, where);
+  }
   const base = segments.at(-1);
   const parent = await ensureDir(tree, segments.slice(0, -1), where);
   const rel = base === undefined ? '' : [...parent, base].join('/');
@@ -239,7 +273,8 @@ export async function applyLayer(tree: StagingTree, raw: Readable, where: string
   const head = await peek(raw, 8);
   const decompressor = await openDecompressor(head, where, signal);
   const tarTap = check.diffId !== undefined && decompressor !== undefined ? new HashTap() : undefined;
-  const extract = tar.extract();
+  // names as their bytes (latin1), checked for UTF-8 entry by entry (entryName)
+  const extract = tar.extract({ filenameEncoding: 'latin1' } as Parameters<typeof tar.extract>[0]);
   const stages: (Readable | Duplex | tar.Extract)[] = [raw, blob];
   if (decompressor !== undefined) stages.push(decompressor.stream);
   if (tarTap !== undefined) stages.push(tarTap);

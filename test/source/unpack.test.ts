@@ -196,6 +196,25 @@ const asRoot = process.getuid?.() === 0;
   t.regex((await execa('stat', ['-c', '%a %u', join(out, 'usr/bin/su')])).stdout, /^4755 0$/);
 });
 
+
+/** A plain tar whose entry `name` gets other bytes in its header (name bytes or typeflag), with its checksum fixed. */
+async function patchedTar(entries: LayerEntry[], name: string, patch: (header: Buffer) => void): Promise<Buffer> {
+  const plain = await makeTar(entries);
+  const at = plain.indexOf(name);
+  const header = plain.subarray(at, at + 512);
+  patch(header);
+  header.fill(' ', 148, 156);
+  let sum = 0;
+  for (let i = 0; i < 512; i++) sum += header[i] ?? 0;
+  header.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 'latin1');
+  return plain;
+}
+const tarSource = async (d: string, data: Buffer): Promise<RootfsSource> => {
+  const file = join(d, 'source.tar');
+  await (await import('node:fs/promises')).writeFile(file, data);
+  return { type: 'tar', path: file };
+};
+
 // Hostile and damaged archives: refused with a code, and nothing lands outside the build folder.
 const gz = (entries: LayerEntry[]) => makeTar(entries).then((b) => compress(b, 'gzip', base));
 const hostile: [string, (dir: string) => Promise<RootfsSource>, string][] = [
@@ -226,6 +245,10 @@ const hostile: [string, (dir: string) => Promise<RootfsSource>, string][] = [
     plain.write(`${sum.toString(8).padStart(6, '0')}\0 `, header + 148, 'latin1');
     return { type: 'oci', path: await writeBinaryArchive(join(d, 'a.tar'), ociFiles([await compress(plain, 'gzip', base)])), ref: undefined };
   }, 'E_SOURCE_INVALID'],
+  // two names that differ in one invalid byte would both have become "caf\uFFFD"
+  ['an entry name that is not UTF-8 is refused, naming its bytes', async (d) => tarSource(d, await patchedTar([{ name: 'cafX', content: 'latin1' }, { name: 'cafY', content: 'other' }], 'cafX', (h) => { h[3] = 0xe9; })), 'E_SOURCE_INVALID'],
+  ['a GNU sparse entry is refused, not unpacked as its sparse map', async (d) => tarSource(d, await patchedTar([{ name: 'holes.img', content: 'sparse map and data' }], 'holes.img', (h) => { h[156] = 'S'.charCodeAt(0); })), 'E_SOURCE_INVALID'],
+  ['a PAX sparse entry is refused, not unpacked as its sparse map', async (d) => tarSource(d, await makeTar([{ name: 'holes.img', content: 'map', pax: { 'GNU.sparse.major': '1', 'GNU.sparse.minor': '0', 'GNU.sparse.name': 'holes.img', 'GNU.sparse.realsize': '1048576' } }])), 'E_SOURCE_INVALID'],
   ['a truncated plain tar source is refused', async (d) => {
     const file = join(d, 'cut.tar');
     const whole = await makeTar([{ name: 'big', content: 'y'.repeat(100_000) }]);
@@ -242,9 +265,20 @@ for (const [title, make, code] of hostile) {
     const error = await t.throwsAsync(stageSource(source, join(dir, 'build', 'root'), { work: join(dir, 'build', 'work') }));
     t.is((error as { code?: string }).code, code);
     if (/device node/.test(title)) t.regex((error as Error).message, /dev\/huge: (major|minor) \d+ is outside Linux's/);
+    if (/not UTF-8/.test(title)) t.regex((error as Error).message, /"caf\\xe9" is not UTF-8/);
+    if (/sparse/.test(title)) t.regex((error as Error).message, /holes\.img .*sparse/);
     t.deepEqual(await readdir(join(dir, 'outside')), []);
   });
 }
+
+test('UTF-8 names arrive exactly, from the header and from PAX records', async (t) => {
+  const dir = join(base, `utf8-${counter++}`);
+  await mkdir(dir, { recursive: true });
+  const source = await tarSource(dir, await makeTar([{ name: 'café', content: 'header' }, { name: 'naïve-' + 'x'.repeat(120), content: 'pax' }]));
+  const root = join(dir, 'build', 'root');
+  await stageSource(source, root, { work: join(dir, 'build', 'work') });
+  t.deepEqual((await readdir(root)).sort(), ['café', 'naïve-' + 'x'.repeat(120)].sort());
+});
 
 test('a symlink to an absolute path redirects later layers inside the root, never out of it', async (t) => {
   const dir = join(base, `contained-${counter++}`);
