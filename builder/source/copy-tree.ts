@@ -38,7 +38,16 @@ function splitRdev(rdev: number): [number, number] {
 export async function copyTreeInto(tree: StagingTree, from: string, options: CopyOptions): Promise<void> {
   const links = new Map<string, string>();
   const walk = async (rel: string[]): Promise<void> => {
-    for (const name of (await readdir(join(from, ...rel))).sort()) {
+    const names: string[] = [];
+    for (const raw of await readdir(join(from, ...rel), { encoding: 'buffer' })) {
+      // as bytes first: a name that is not UTF-8 would come back with U+FFFD and name another file
+      const name = raw.toString('utf8');
+      if (!Buffer.from(name, 'utf8').equals(raw)) {
+        throw new KubeosError('E_SOURCE_INVALID', `${join(from, ...rel)}: a file name there is not UTF-8 (${JSON.stringify(raw.toString('latin1'))} as latin1); rename it`, { details: { directory: join(from, ...rel) } });
+      }
+      names.push(name);
+    }
+    for (const name of names.sort()) {
       const source = join(from, ...rel, name);
       const info = await lstat(source);
       const kind = kindOf(info);

@@ -280,6 +280,17 @@ test('UTF-8 names arrive exactly, from the header and from PAX records', async (
   t.deepEqual((await readdir(root)).sort(), ['café', 'naïve-' + 'x'.repeat(120)].sort());
 });
 
+test('a directory source holding a file name that is not UTF-8 is refused, naming the directory', async (t) => {
+  const dir = join(base, `bytes-${counter++}`);
+  const src = join(dir, 'src');
+  await mkdir(join(src, 'etc'), { recursive: true });
+  // Node writes a Buffer path as its bytes
+  await (await import('node:fs/promises')).writeFile(Buffer.from(`${join(src, 'etc')}/caf\xe9`, 'latin1'), 'x');
+  const error = await t.throwsAsync(stageSource({ type: 'dir', path: src }, join(dir, 'build', 'root'), { work: join(dir, 'build', 'work') }));
+  t.is((error as { code?: string }).code, 'E_SOURCE_INVALID');
+  t.regex((error as Error).message, /src\/etc: a file name there is not UTF-8/);
+});
+
 test('a symlink to an absolute path redirects later layers inside the root, never out of it', async (t) => {
   const dir = join(base, `contained-${counter++}`);
   await mkdir(join(dir, 'outside'), { recursive: true });
