@@ -7,6 +7,7 @@ import { bootEnvFromGrub } from '../../runtime/core/boot-env.js';
 import { decodeGrubEnv } from '../../runtime/core/grubenv.js';
 import { isKubeosError, type ErrorCode } from '../../runtime/core/errors.js';
 import { upgrade } from '../../runtime/agent/upgrade.js';
+import { verifyBundleFile } from '../../runtime/core/bundle/verify-bundle-file.js';
 import { commit, rollback, status } from '../../runtime/agent/commit-rollback-status.js';
 import { flipByte, makeKeys, makeRootfs, member, metadata } from '../helpers/bundle-fixtures.js';
 import { publishToDir, startUpdateServer } from '../helpers/update-server.js';
@@ -217,6 +218,23 @@ test('a bundle whose bytes are not the size and sha256 the signed index gives is
   const error = await t.throwsAsync(upgrade({ ...host.config, updateServer: server.url }, { channel: 'stable', version: '2.0.0', reboot: false }));
   t.true(isKubeosError(error, 'E_BUNDLE_INVALID'), String(error));
   t.regex((error as Error).message, /the signed channel index says \d+ bytes, sha256/);
+  t.is((await snapshot(host)).slotA, before.slotA);
+  t.deepEqual(await env(host.bootEnv), { good: 'A', trying: undefined, triesLeft: 0, failed: undefined });
+});
+
+test('a local bundle whose zstd checksum was flipped is refused as bundle verify refuses it, nothing made bootable', async (t) => {
+  const host = await makeHost(t);
+  const v2 = await makeV2(host);
+  const bytes = await readFile(v2.path);
+  const payload = member(bytes, 'payload.img.zst');
+  // the frame's last 4 bytes are its xxhash64 checksum; the decompressed image is unchanged
+  const damaged = join(host.dir, 'flipped.kubeos');
+  await writeFile(damaged, flipByte(bytes, payload.dataOffset + payload.size - 1));
+  const verified = await t.throwsAsync(verifyBundleFile(damaged, { trustedKeys: host.keys.trusted }));
+  t.true(isKubeosError(verified, 'E_HASH_MISMATCH'), String(verified));
+  const before = await snapshot(host);
+  const error = await t.throwsAsync(upgrade(host.config, { bundle: damaged, reboot: false }));
+  t.true(isKubeosError(error, 'E_HASH_MISMATCH'), String(error));
   t.is((await snapshot(host)).slotA, before.slotA);
   t.deepEqual(await env(host.bootEnv), { good: 'A', trying: undefined, triesLeft: 0, failed: undefined });
 });

@@ -96,3 +96,17 @@ test('an empty file is not a bundle, not a truncated one', notBundle, () => Buff
 test('a short text file is not a bundle, not a truncated one', notBundle, () => Buffer.from('hello\n'), /starts with text \("hello\\n"/);
 test('gzip data is not a bundle, and says so', notBundle, () => Buffer.from([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3]), /starts with gzip data/);
 test('random bytes are not a bundle, without tar-stream\'s words', notBundle, () => Buffer.from(Array.from({ length: 4096 }, (_, i) => (i * 7919) % 251)), /starts with other data/);
+
+test('bytes appended after a bundle are E_BUNDLE_INVALID, not "truncated"; zeros after it (tar padding) are fine', async (t) => {
+  const dir = await makeTempDir(t);
+  const keys = await makeKeys(dir);
+  const created = await makeBundle(dir, keys, { size: 192 * 1024 });
+  const bytes = await readFile(created.path);
+  const file = join(dir, 'appended.kubeos');
+  for (const extra of [Buffer.from('x'.repeat(100)), Buffer.alloc(4096, 0x41)]) {
+    await writeFile(file, Buffer.concat([bytes, extra]));
+    t.is(await outcome(file, keys.trusted), 'E_BUNDLE_INVALID', `${extra.length} bytes appended`);
+  }
+  await writeFile(file, Buffer.concat([bytes, Buffer.alloc(10240)]));
+  t.is(await outcome(file, keys.trusted), 'OK');
+});

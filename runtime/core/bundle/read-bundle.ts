@@ -183,7 +183,15 @@ class BundleEntries {
     try {
       result = await this.iterator.next();
     } catch (error) {
-      throw this.classify(error);
+      const classified = this.classify(error);
+      // every member arrived whole: what follows is not a cut-off archive but bytes appended to one
+      if (classified.code === 'E_BUNDLE_TRUNCATED' || classified.code === 'E_BUNDLE_INVALID') {
+        throw new KubeosError('E_BUNDLE_INVALID', 'the bundle has data after its payload that is not a tar end-of-archive (bytes appended to the file?)', {
+          cause: error,
+          hint: 'a bundle ends with its payload.img.zst member; download or copy it again',
+        });
+      }
+      throw classified;
     }
     if (!result.done) {
       result.value.resume();
@@ -333,8 +341,10 @@ class VerifiedPayload extends Readable {
       failed: (error) => stop(error),
     });
     try {
-      // --no-check: zstd's own xxhash adds nothing to the signed sha256 of every chunk
-      const child = await startZstd(['-d', '-c', '-q', '--no-progress', '--no-check'], {
+      // zstd checks its frame's xxhash64 too (cheap, in its own process): with chunksOnly (the agent)
+      // nothing else reads those bytes, and a bundle whose checksum was flipped must be refused
+      // there as it is by bundle verify, which also hashes the whole compressed payload
+      const child = await startZstd(['-d', '-c', '-q', '--no-progress'], {
         signal,
         timeoutMs: zstdTimeoutMs,
         onread: pooled && { buffer: () => pooled.readTarget(), callback: (nread, buffer) => pooled.received(nread, buffer as Buffer) },
