@@ -16,7 +16,7 @@ import { makeGrubEfi } from '../boot/make-grub-efi.js';
 import { makeInitramfs } from '../boot/make-initramfs.js';
 import { renderGrubConfig } from '../boot/render-grub-config.js';
 import { makeEsp } from '../disk/make-esp.js';
-import { makeExt4 } from '../disk/make-ext4.js';
+import { inodeCount, makeExt4 } from '../disk/make-ext4.js';
 import { makeSquashfs } from '../disk/make-squashfs.js';
 import { splicePartition, writePartitionTable } from '../disk/write-partition-table.js';
 import { loadImage } from '../image/load-image.js';
@@ -26,7 +26,7 @@ import { deriveUuid, deriveVolumeId } from '../layout/derive-uuid.js';
 import { loadLayout } from '../layout/load-layout.js';
 import { partitionByRole, planDisk, type DiskPlan } from '../layout/plan-disk.js';
 import { stageAgent } from '../rootfs/stage-agent.js';
-import { normalizeTimes, stageRootfs } from '../rootfs/stage-rootfs.js';
+import { normalizeTimes, stageRootfs, type TreeStats } from '../rootfs/stage-rootfs.js';
 import type { StagingTree } from '../source/apply-layer.js';
 import { copyTreeInto } from '../source/copy-tree.js';
 import { applyTimes, stageSource } from '../source/stage-source.js';
@@ -70,8 +70,13 @@ const buildTools: Tool[] = ['ldd', 'zstd', 'mke2fs', 'debugfs', 'dumpe2fs', 'mkf
  * rootfs.img holds the tree with room for filesystem overhead, not the whole slot: bundles and
  * slot writes then carry only what is there. A read-only root never needs free space.
  */
-export function rootfsSize(treeBytes: number, slotSize: number): number {
-  const wanted = Math.ceil((treeBytes * 1.15 + 24 * 1024 * 1024) / (4 * 1024 * 1024)) * 4 * 1024 * 1024;
+/**
+ * The ext4 rootfs.img's size: the tree's bytes, or its block footprint and inode tables when
+ * those are larger (many small files), plus room for metadata; never more than the slot.
+ */
+export function rootfsSize(treeBytes: number, slotSize: number, stats?: TreeStats): number {
+  const footprint = Math.max(treeBytes * 1.15, stats === undefined ? 0 : stats.blockBytes * 1.1 + inodeCount(stats.entries, 0) * 256);
+  const wanted = Math.ceil((footprint + 24 * 1024 * 1024) / (4 * 1024 * 1024)) * 4 * 1024 * 1024;
   return Math.min(wanted, slotSize);
 }
 
@@ -171,7 +176,8 @@ export async function buildImage(options: BuildOptions): Promise<BuildResult> {
       await copyTreeInto(source, own, { owner: { uid: 0, gid: 0 }, keepTimes: false, where: 'the builder\'s files' });
       await rm(own, { recursive: true, force: true });
     }
-    const treeBytes = await normalizeTimes(tree, epoch);
+    const treeStats: TreeStats = { entries: 0, blockBytes: 0 };
+    const treeBytes = await normalizeTimes(tree, epoch, treeStats);
     if (source !== undefined) await applyTimes(source);
 
     const rootA = partitionByRole(plan, 'root-a');
@@ -182,7 +188,7 @@ export async function buildImage(options: BuildOptions): Promise<BuildResult> {
     } else {
       step('writing rootfs.img (mke2fs -d)');
       await makeExt4({
-        file: rootfsImg, size: rootfsSize(treeBytes, rootA.size), slotSize: rootA.size, label: 'kubeos-root', journal: false, tree, treeBytes, epoch, signal,
+        file: rootfsImg, size: rootfsSize(treeBytes, rootA.size, treeStats), slotSize: rootA.size, label: 'kubeos-root', journal: false, tree, treeBytes, entries: treeStats.entries, epoch, signal,
         uuid: deriveUuid(layout.seed, `rootfs:${image.name}:${image.version}`), meta: source?.meta,
       });
     }

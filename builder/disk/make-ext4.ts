@@ -17,6 +17,8 @@ export interface Ext4Input {
   treeBytes?: number;
   /** The slot the filesystem must fit, for that message. */
   slotSize?: number;
+  /** Entries in `tree`: the filesystem gets at least this many inodes (mke2fs's default ratio runs out on many small files). */
+  entries?: number;
   journal: boolean;
   epoch: number;
   /** What the tree could not hold (owners, exact modes, devices, xattrs), applied after mke2fs -d. */
@@ -41,6 +43,7 @@ export async function makeExt4(input: Ext4Input): Promise<void> {
     '-E', `hash_seed=${input.uuid.toLowerCase()},root_owner=0:0,lazy_itable_init=0,lazy_journal_init=0`,
     '-O', input.journal ? 'has_journal' : '^has_journal',
   ];
+  if (input.entries !== undefined) args.push('-N', String(inodeCount(input.entries, input.size)));
   if (input.tree !== undefined) args.push('-d', input.tree);
   args.push(input.file, `${Math.floor(input.size / 1024)}k`);
   try {
@@ -51,12 +54,25 @@ export async function makeExt4(input: Ext4Input): Promise<void> {
       env: { E2FSPROGS_FAKE_TIME: String(input.epoch), SOURCE_DATE_EPOCH: String(input.epoch) },
     });
   } catch (error) {
-    if (isKubeosError(error, 'E_TOOL_FAILED') && /allocate|No space|too many|Could not/i.test(String(error.details?.['stderr']))) {
+    const stderr = String(isKubeosError(error) ? error.details?.['stderr'] : '');
+    if (isKubeosError(error, 'E_TOOL_FAILED') && /inode/i.test(stderr) && /allocate|no free|too many/i.test(stderr)) {
+      throw new KubeosError('E_ROOTFS_TOO_BIG', `the root filesystem's ${input.entries ?? 'many'} entries need more inodes than a ${formatSize(input.size)} ext4 filesystem can hold`, {
+        cause: error,
+        hint: 'make the root slots bigger in the layout, or the image hold fewer files',
+        details: { entries: input.entries, size: input.size },
+      });
+    }
+    if (isKubeosError(error, 'E_TOOL_FAILED') && /allocate|No space|too many|Could not/i.test(stderr)) {
       throw tooBig(input, error);
     }
     throw error;
   }
   if (input.tree !== undefined) await fixInodes(input);
+}
+
+/** Inodes for a tree of `entries`: mke2fs's default (one per 16 KiB) unless the tree needs more, with a margin. */
+export function inodeCount(entries: number, size: number): number {
+  return Math.max(Math.floor(size / 16384), Math.ceil(entries * 1.1) + 64);
 }
 
 /** A path as one debugfs argument; debugfs has no escape for `"` or a newline. */
@@ -168,11 +184,12 @@ async function runDebugfs(script: string, input: Ext4Input, env: Record<string, 
 }
 
 function tooBig(input: Ext4Input, cause: unknown): KubeosError {
-  const content = input.treeBytes === undefined ? 'the root filesystem' : `the root filesystem (${formatSize(input.treeBytes)} of files)`;
+  const entries = input.entries === undefined ? '' : `${input.entries} entries, `;
+  const content = input.treeBytes === undefined ? 'the root filesystem' : `the root filesystem (${entries}${formatSize(input.treeBytes)} of files)`;
   const slot = input.slotSize ?? input.size;
   return new KubeosError('E_ROOTFS_TOO_BIG', `${content} does not fit its ${formatSize(slot)} slot`, {
     cause,
-    hint: 'make the root slots bigger in the layout, or the image smaller',
-    details: { slotSize: slot, treeBytes: input.treeBytes },
+    hint: 'make the root slots bigger in the layout, or the image smaller (on ext4 each file takes at least a 4 KiB block and an inode)',
+    details: { slotSize: slot, treeBytes: input.treeBytes, entries: input.entries },
   });
 }

@@ -79,16 +79,32 @@ async function stageBusybox(tree: string, busybox: string, signal?: AbortSignal)
   }
 }
 
-/** Sets every timestamp in a tree to `epoch`, in sorted order, so mke2fs -d copies fixed times. */
-export async function normalizeTimes(root: string, epoch: number): Promise<number> {
+/** What a tree takes on ext4 beyond its bytes: an inode per entry, whole 4 KiB blocks. */
+export interface TreeStats {
+  entries: number;
+  /** Bytes in 4 KiB blocks: files rounded up, a block per directory and per symlink too long to sit in its inode. */
+  blockBytes: number;
+}
+
+/**
+ * Sets every timestamp in a tree to `epoch`, in sorted order, so mke2fs -d copies fixed times.
+ * Returns the bytes of file data; `stats`, when given, gets the entry count and block footprint.
+ */
+export async function normalizeTimes(root: string, epoch: number, stats?: TreeStats): Promise<number> {
   let bytes = 0;
+  const block = 4096;
   const walk = async (dir: string): Promise<void> => {
     const names = (await readdir(dir)).sort();
+    if (stats) stats.blockBytes += block;
     for (const name of names) {
       const path = join(dir, name);
       const info = await lstat(path);
+      if (stats) stats.entries++;
       if (info.isDirectory()) await walk(path);
-      else bytes += info.size;
+      else {
+        bytes += info.size;
+        if (stats && (info.isFile() || (info.isSymbolicLink() && info.size > 59))) stats.blockBytes += Math.ceil(info.size / block) * block;
+      }
       await lutimes(path, epoch, epoch);
     }
   };
