@@ -12,6 +12,8 @@ const benches: Record<string, () => Promise<{ bench: Bench }>> = {
   operator: () => import('./bench/operator.js'),
   'operator-cluster': () => import('./bench/operator-cluster.js'),
   unpack: () => import('./bench/unpack.js'),
+  // last: it boots three QEMU guests and takes several minutes
+  fleet: () => import('./bench/fleet.js'),
 };
 
 const args = process.argv.slice(2);

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Kubernetes control plane the tests run against (kube-apiserver,
-# kube-controller-manager, kubectl) and etcd, all of ONE pinned release, from the Go module proxy.
+# kube-controller-manager, kube-scheduler, kubectl) and etcd, all of ONE pinned release, from the Go module proxy.
 # The binaries are cached under ~/.cache/kubeos/kubernetes-<version>/bin, so a second run is a
-# no-op. Prints that bin directory on its last line.
+# no-op (and a run after a tool was added builds only that one). Prints that bin directory on its last line.
 #
 # k8s.io/kubernetes publishes its go.mod with its staging modules (k8s.io/api and friends) required
 # at v0.0.0 and without the replace directives its own repository uses, so it cannot be built
@@ -16,7 +16,7 @@ staging_version="v0${KUBERNETES_VERSION#v1}"
 cache_root="${KUBEOS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kubeos}"
 dest="$cache_root/kubernetes-$KUBERNETES_VERSION"
 bin="$dest/bin"
-tools=(kube-apiserver kube-controller-manager kubectl etcd)
+tools=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd)
 
 have_all() {
   for tool in "${tools[@]}"; do [ -x "$bin/$tool" ] || return 1; done
@@ -66,6 +66,7 @@ GO
 etcd_version="$(awk '$1 == "go.etcd.io/etcd/server/v3" { print $2 }' "$kube_mod")"
 "$go_cmd" get "k8s.io/kubernetes/cmd/kube-apiserver@$KUBERNETES_VERSION" \
   "k8s.io/kubernetes/cmd/kube-controller-manager@$KUBERNETES_VERSION" \
+  "k8s.io/kubernetes/cmd/kube-scheduler@$KUBERNETES_VERSION" \
   "k8s.io/kubernetes/cmd/kubectl@$KUBERNETES_VERSION" \
   "go.etcd.io/etcd/server/v3@$etcd_version" >&2
 
@@ -77,16 +78,18 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   version_flags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 done
 
-mkdir -p "$work/bin"
-for cmd in kube-apiserver kube-controller-manager kubectl; do
-  echo "install-kubernetes: go build $cmd" >&2
-  "$go_cmd" build -trimpath -ldflags "-s -w$version_flags" -o "$work/bin/$cmd" "k8s.io/kubernetes/cmd/$cmd"
+mkdir -p "$work/bin" "$bin"
+for cmd in "${tools[@]}"; do
+  [ -x "$bin/$cmd" ] && continue
+  if [ "$cmd" = etcd ]; then
+    echo "install-kubernetes: go build etcd $etcd_version" >&2
+    "$go_cmd" build -trimpath -ldflags "-s -w" -o "$work/bin/etcd" "go.etcd.io/etcd/server/v3"
+  else
+    echo "install-kubernetes: go build $cmd" >&2
+    "$go_cmd" build -trimpath -ldflags "-s -w$version_flags" -o "$work/bin/$cmd" "k8s.io/kubernetes/cmd/$cmd"
+  fi
+  # one rename per tool: an interrupted run leaves whole binaries or none
+  mv "$work/bin/$cmd" "$bin/$cmd"
 done
-echo "install-kubernetes: go build etcd $etcd_version" >&2
-"$go_cmd" build -trimpath -ldflags "-s -w" -o "$work/bin/etcd" "go.etcd.io/etcd/server/v3"
-
-mkdir -p "$dest"
-rm -rf "$bin"
-mv "$work/bin" "$bin"
 echo "install-kubernetes: built Kubernetes $KUBERNETES_VERSION and etcd $etcd_version in $((SECONDS - started)) s" >&2
 echo "$bin"

@@ -36,6 +36,12 @@ import {
 
 export interface ClusterState {
   nodes: readonly NodeView[];
+  /**
+   * The node selectors of the valid OSUpgrades created after this one. A node belongs to the newest
+   * OSUpgrade that selects it: an older one leaves it alone (unless it holds the node mid-upgrade,
+   * and then only until that ends), so two rollouts never pull one node two ways.
+   */
+  newer?: readonly { name: string; nodeSelector: Readonly<Record<string, string>> }[];
 }
 
 export interface PodRef {
@@ -281,12 +287,15 @@ export function planRollout(rollout: Rollout, cluster: ClusterState, now: number
     if (t !== undefined && (wakeAt === undefined || t < wakeAt)) wakeAt = t;
   };
 
+  let superseded = 0;
   for (const node of cluster.nodes) {
-    const selected = matchesSelector(node.labels, spec.nodeSelector);
-    if (selected) selectedCount++;
     const rec = node.record;
     const ours = rec !== undefined && rec.rollout === name;
     const inFlight = ours && inFlightPhases.includes(rec.phase);
+    const claimedByNewer = cluster.newer?.some((r) => matchesSelector(node.labels, r.nodeSelector)) === true;
+    const selected = matchesSelector(node.labels, spec.nodeSelector) && !claimedByNewer;
+    if (claimedByNewer && matchesSelector(node.labels, spec.nodeSelector) && !inFlight) superseded++;
+    if (selected) selectedCount++;
     if (!selected && !inFlight) continue;
 
     let outcome: NodeOutcome;
@@ -360,6 +369,9 @@ export function planRollout(rollout: Rollout, cluster: ClusterState, now: number
     } else if (room === 0) {
       waiting = `maxUnavailable ${maxUnavailable} reached: ${unavailable} selected node(s) unavailable`;
     }
+  } else if (selectedCount === 0 && superseded > 0) {
+    const newer = (cluster.newer ?? []).map((r) => r.name).join(', ');
+    waiting = `every node it selects (${superseded}) belongs to a newer OSUpgrade (${newer})`;
   } else if (selectedCount === 0) {
     waiting = `no node matches spec.nodeSelector ${JSON.stringify(spec.nodeSelector)}`;
   }
@@ -382,11 +394,14 @@ export function planRollout(rollout: Rollout, cluster: ClusterState, now: number
   const condition = conditionMaker(rollout.previousStatus?.conditions, now, rollout.generation);
   const inFlightNow = counts.draining + counts.upgrading + counts.verifying;
   const summary = `${counts.done}/${counts.total} nodes on ${spec.version}, ${inFlightNow} in flight, max ${maxUnavailable} unavailable`;
+  // which nodes failed and why, so the condition a person reads first names them
+  const failedNodes = results.filter((r) => r.phase === 'failed').sort((a, b) => (a.name < b.name ? -1 : 1));
+  const failedList = failedNodes.length === 0 ? '' : `: ${failedNodes.slice(0, 3).map((r) => `${r.name}${r.reason === undefined ? '' : ` (${r.reason})`}`).join(', ')}${failedNodes.length > 3 ? `, ${failedNodes.length - 3} more` : ''}`;
   const stalled = pausedByBudget || (complete && counts.failed > 0);
   const stalledReason = pausedByBudget ? 'FailureBudgetExceeded' : 'CompleteWithFailures';
   const stalledMessage = pausedByBudget
-    ? `${counts.failed} node(s) failed (budget ${spec.failureBudget}); set spec.paused=false to resume`
-    : `${counts.failed} node(s) failed; the rest are on ${spec.version}`;
+    ? `${counts.failed} node(s) failed${failedList} (budget ${spec.failureBudget}); set spec.paused=false to resume`
+    : `${counts.failed} node(s) failed${failedList}; the rest are on ${spec.version}`;
   const reconciling = !complete && !paused;
   const conditions: RolloutCondition[] = [
     condition('Ready', complete && counts.failed === 0 ? 'True' : 'False',
@@ -398,9 +413,9 @@ export function planRollout(rollout: Rollout, cluster: ClusterState, now: number
     condition('Progressing', phase === 'Progressing' ? 'True' : 'False',
       phase === 'Progressing' ? 'NodesUpgrading' : phase === 'Waiting' ? 'OutsideMaintenanceWindow' : phase, summary),
     condition('Paused', paused ? 'True' : 'False', pausedByBudget ? 'FailureBudgetExceeded' : paused ? 'PausedBySpec' : 'NotPaused',
-      pausedByBudget ? `${counts.failed} node(s) failed (budget ${spec.failureBudget}); set spec.paused=false to resume` : paused ? 'spec.paused is true' : ''),
+      pausedByBudget ? stalledMessage : paused ? 'spec.paused is true' : ''),
     condition('FailureBudgetExceeded', budgetSpent || pausedByBudget ? 'True' : 'False', budgetSpent || pausedByBudget ? 'TooManyFailures' : 'WithinBudget',
-      `${counts.failed - acknowledged} failure(s) since the last resume, budget ${spec.failureBudget}`),
+      `${counts.failed - acknowledged} failure(s) since the last resume, budget ${spec.failureBudget}${failedList}`),
     condition('Complete', complete ? 'True' : 'False', complete ? (counts.failed > 0 ? 'CompleteWithFailures' : 'AllNodesUpgraded') : 'InProgress',
       `${counts.done} done, ${counts.failed} failed of ${counts.total}`),
   ];

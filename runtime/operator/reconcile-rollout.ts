@@ -7,7 +7,7 @@ import { asKubeosError, isKubeosError, KubeosError } from '../core/errors.js';
 import type { EventInput, KubeApi } from '../fleet/kube-api.js';
 import { annotations, encodeRecord, planVersionLabels, readNodeView, readPodView, type NodeView } from '../fleet/node-protocol.js';
 import { readRollout, rollBackPatch, rolloutAnnotations, type OSUpgradeObject, type OSUpgradeStatus } from '../fleet/osupgrade.js';
-import { nodePatchFor, planRollout, type RolloutAction, type RolloutPlan } from './plan-rollout.js';
+import { nodePatchFor, planRollout, type ClusterState, type RolloutAction, type RolloutPlan } from './plan-rollout.js';
 
 export interface ReconcileOptions {
   api: KubeApi;
@@ -83,7 +83,7 @@ function canonical(value: unknown): string {
 
 
 /** Reconciles one OSUpgrade. Throws only E_LEADERSHIP_LOST; everything else is in the report. */
-export async function reconcileRollout(object: OSUpgradeObject, options: ReconcileOptions): Promise<ReconcileReport> {
+export async function reconcileRollout(object: OSUpgradeObject, options: ReconcileOptions, newer: ClusterState['newer'] = []): Promise<ReconcileReport> {
   const { api } = options;
   const name = object.metadata?.name ?? '';
   const report: ReconcileReport = { rollout: name, plan: undefined, invalid: undefined, applied: 0, appliedActions: [], blocked: [], errors: [] };
@@ -134,7 +134,7 @@ export async function reconcileRollout(object: OSUpgradeObject, options: Reconci
   const nodes = await observeNodes(api, name);
   for (const node of nodes) uids.set(node.name, node.uid);
   const now = options.now();
-  const plan = planRollout(rollout, { nodes }, now);
+  const plan = planRollout(rollout, { nodes, newer }, now);
   report.plan = plan;
   if (options.dryRun) return report;
 
@@ -224,11 +224,32 @@ export async function syncVersionLabels(options: ReconcileOptions): Promise<Kube
   return errors;
 }
 
-/** Reconciles every OSUpgrade, in name order, each against a fresh view of the nodes. */
+/** When an OSUpgrade was created (ms); the API server always sets it, a test object may not. */
+function createdAt(object: OSUpgradeObject): number {
+  const at = object.metadata?.creationTimestamp;
+  return at === undefined ? 0 : new Date(at).getTime();
+}
+
+/**
+ * Reconciles every OSUpgrade, oldest first, each against a fresh view of the nodes. A node selected
+ * by several belongs to the newest (creation time, then name), so each is told the selectors of the
+ * valid ones created after it.
+ */
 export async function reconcileAll(options: ReconcileOptions): Promise<ReconcileReport[]> {
   const objects = await options.api.listOSUpgrades();
-  objects.sort((a, b) => ((a.metadata?.name ?? '') < (b.metadata?.name ?? '') ? -1 : 1));
+  const name = (o: OSUpgradeObject) => o.metadata?.name ?? '';
+  objects.sort((a, b) => createdAt(a) - createdAt(b) || (name(a) < name(b) ? -1 : name(a) > name(b) ? 1 : 0));
+  const selectors = objects.map((o) => {
+    try {
+      return { name: name(o), nodeSelector: readRollout(o).spec.nodeSelector };
+    } catch {
+      return undefined; // an invalid OSUpgrade claims no node
+    }
+  });
   const reports: ReconcileReport[] = [];
-  for (const object of objects) reports.push(await reconcileRollout(object, options));
+  for (const [i, object] of objects.entries()) {
+    const newer = selectors.slice(i + 1).filter((s): s is NonNullable<typeof s> => s !== undefined);
+    reports.push(await reconcileRollout(object, options, newer));
+  }
   return reports;
 }

@@ -7,7 +7,8 @@
  * `test.before` and stops it in `test.after.always`; stopping removes every file it wrote.
  *
  * There is no kubelet: Nodes are objects the tests create, and a test that needs a node to go
- * NotReady patches its status itself (that patch is the kubelet's stand-in).
+ * NotReady patches its status itself (that patch is the kubelet's stand-in). The QEMU fleet test
+ * gives each guest node credentials (`nodeCredentials`) for a stand-in kubelet of its own.
  */
 import { generateKeyPairSync } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -32,9 +33,13 @@ export interface KubectlResult {
 export interface ServiceAccountToken {
   /** Bind the token to this pod (and so to the node it is scheduled on). */
   boundPod?: { namespace: string; name: string };
+  /** Bind the token to this Node (an agent running as the host's own service, not in a pod). */
+  boundNode?: string;
   expirationSeconds?: number;
   /** Another server URL for the kubeconfig (a proxy in front of this API server). */
   server?: string;
+  /** Carry the CA certificate in the kubeconfig, so the file works on another machine (a guest). */
+  embedCa?: boolean;
 }
 
 export interface ControlPlane {
@@ -54,9 +59,19 @@ export interface ControlPlane {
   /** Writes a kubeconfig that authenticates as namespace/name with a TokenRequest token. */
   serviceAccountKubeconfig(namespace: string, name: string, token?: ServiceAccountToken): Promise<string>;
   /** Writes a kubeconfig for this cluster with any server URL (a proxy in front of it) and user. */
-  writeKubeconfig(name: string, options: { server?: string; token: string }): Promise<string>;
-  /** Starts kube-controller-manager (the disruption controller keeps PodDisruptionBudget status, the garbage collector removes orphans). */
-  startControllerManager(): Promise<void>;
+  writeKubeconfig(name: string, options: { server?: string; token: string; embedCa?: boolean }): Promise<string>;
+  /**
+   * A client certificate for system:node:NAME (group system:nodes), as a kubelet has: the Node
+   * authorizer and NodeRestriction let it register and update only its own Node, Lease and pods.
+   */
+  nodeCredentials(nodeName: string): Promise<{ cert: string; key: string }>;
+  /**
+   * Starts kube-controller-manager (the disruption controller keeps PodDisruptionBudget status, the
+   * garbage collector removes orphans); `controllers` and `args` add to the defaults.
+   */
+  startControllerManager(options?: { controllers?: string[]; args?: string[] }): Promise<void>;
+  /** Starts kube-scheduler, for tests whose pods are made by controllers and placed on nodes. */
+  startScheduler(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -95,12 +110,13 @@ async function issueCertificate(dir: string, name: string, subject: string, exte
   return { cert, key };
 }
 
-function kubeconfigText(options: { server: string; caFile: string; user: Record<string, string> }): string {
+function kubeconfigText(options: { server: string; caFile: string; caData?: Buffer; user: Record<string, string> }): string {
+  const ca = options.caData === undefined ? { 'certificate-authority': options.caFile } : { 'certificate-authority-data': options.caData.toString('base64') };
   // JSON is YAML: kubectl and client-node read it as a kubeconfig.
   return `${JSON.stringify({
     apiVersion: 'v1',
     kind: 'Config',
-    clusters: [{ name: 'kubeos-test', cluster: { server: options.server, 'certificate-authority': options.caFile } }],
+    clusters: [{ name: 'kubeos-test', cluster: { server: options.server, ...ca } }],
     users: [{ name: 'user', user: options.user }],
     contexts: [{ name: 'kubeos-test', context: { cluster: 'kubeos-test', user: 'user' } }],
     'current-context': 'kubeos-test',
@@ -138,7 +154,12 @@ async function waitHealthy(url: string, path: string, tls: { ca: Buffer; cert: B
   }
 }
 
-export async function startControlPlane(options: { controllerManager?: boolean } = {}): Promise<ControlPlane> {
+/**
+ * `servingAddresses`: more IP addresses the serving certificate names, for clients that reach
+ * 127.0.0.1 by another address (a QEMU guest's guestfwd address); the server still listens on
+ * 127.0.0.1 only.
+ */
+export async function startControlPlane(options: { controllerManager?: boolean; servingAddresses?: string[] } = {}): Promise<ControlPlane> {
   const bin = await kubernetesBin();
   const dir = await mkdtemp(join(tmpdir(), 'kubeos-control-plane-'));
   const processes: ResultPromise[] = [];
@@ -162,7 +183,7 @@ export async function startControlPlane(options: { controllerManager?: boolean }
     ]);
     const caFile = join(pki, 'ca.crt');
     const serving = await issueCertificate(pki, 'serving', '/CN=kube-apiserver', [
-      'subjectAltName=IP:127.0.0.1,DNS:localhost', 'extendedKeyUsage=serverAuth', 'keyUsage=critical,digitalSignature',
+      `subjectAltName=${['IP:127.0.0.1', ...(options.servingAddresses ?? []).map((a) => `IP:${a}`), 'DNS:localhost'].join(',')}`, 'extendedKeyUsage=serverAuth', 'keyUsage=critical,digitalSignature',
     ]);
     const adminCert = await issueCertificate(pki, 'admin', '/O=system:masters/CN=kubeos-test-admin', [
       'extendedKeyUsage=clientAuth', 'keyUsage=critical,digitalSignature',
@@ -224,9 +245,10 @@ export async function startControlPlane(options: { controllerManager?: boolean }
       return { exitCode: result.exitCode ?? 1, stdout: String(result.stdout), stderr: String(result.stderr) };
     };
     let counter = 0;
-    const writeKubeconfig = async (name: string, opts: { server?: string; token: string }) => {
+    const writeKubeconfig = async (name: string, opts: { server?: string; token: string; embedCa?: boolean }) => {
       const file = join(dir, `${name}-${++counter}.kubeconfig`);
-      await writeFile(file, kubeconfigText({ server: opts.server ?? url, caFile, user: { token: opts.token } }), { mode: 0o600 });
+      const caData = opts.embedCa === true ? await readFile(caFile) : undefined;
+      await writeFile(file, kubeconfigText({ server: opts.server ?? url, caFile, ...(caData === undefined ? {} : { caData }), user: { token: opts.token } }), { mode: 0o600 });
       return file;
     };
 
@@ -250,6 +272,9 @@ export async function startControlPlane(options: { controllerManager?: boolean }
         if (token.boundPod !== undefined) {
           const pod = await core.readNamespacedPod({ namespace: token.boundPod.namespace, name: token.boundPod.name });
           boundObjectRef = { apiVersion: 'v1', kind: 'Pod', name: token.boundPod.name, uid: pod.metadata?.uid };
+        } else if (token.boundNode !== undefined) {
+          const node = await core.readNode({ name: token.boundNode });
+          boundObjectRef = { apiVersion: 'v1', kind: 'Node', name: token.boundNode, uid: node.metadata?.uid };
         }
         const response = await core.createNamespacedServiceAccountToken({
           namespace,
@@ -258,23 +283,43 @@ export async function startControlPlane(options: { controllerManager?: boolean }
         });
         const value = response.status?.token;
         if (value === undefined) throw new Error(`TokenRequest for ${namespace}/${name} returned no token`);
-        return writeKubeconfig(`${namespace}-${name}`, { token: value, ...(token.server === undefined ? {} : { server: token.server }) });
+        return writeKubeconfig(`${namespace}-${name}`, { token: value, embedCa: token.embedCa, ...(token.server === undefined ? {} : { server: token.server }) });
       },
-      async startControllerManager() {
+      async nodeCredentials(nodeName) {
+        return issueCertificate(pki, `node-${nodeName}`, `/O=system:nodes/CN=system:node:${nodeName}`, [
+          'extendedKeyUsage=clientAuth', 'keyUsage=critical,digitalSignature',
+        ]);
+      },
+      async startControllerManager(cm = {}) {
         const log = join(dir, 'kube-controller-manager.log');
         const healthPort = await freePort();
         const proc = execa(join(bin, 'kube-controller-manager'), [
           `--kubeconfig=${adminKubeconfig}`,
-          '--controllers=disruption,garbagecollector,serviceaccount',
+          `--controllers=${['disruption', 'garbagecollector', 'serviceaccount', ...(cm.controllers ?? [])].join(',')}`,
           '--leader-elect=false', '--bind-address=127.0.0.1', `--secure-port=${healthPort}`,
           `--tls-cert-file=${serving.cert}`, `--tls-private-key-file=${serving.key}`,
           `--authentication-kubeconfig=${adminKubeconfig}`, `--authorization-kubeconfig=${adminKubeconfig}`,
           '--authorization-always-allow-paths=/healthz,/readyz,/livez',
           `--service-account-private-key-file=${saKey}`, '--use-service-account-credentials=false',
+          ...(cm.args ?? []),
           '--v=0',
         ], { stdout: { file: log }, stderr: { file: log }, reject: false, cleanup: true, forceKillAfterDelay: 5000 });
         processes.push(proc);
         await waitHealthy(`https://127.0.0.1:${healthPort}`, '/healthz', tls, proc, 'kube-controller-manager', log);
+      },
+      async startScheduler() {
+        const log = join(dir, 'kube-scheduler.log');
+        const healthPort = await freePort();
+        const proc = execa(join(bin, 'kube-scheduler'), [
+          `--kubeconfig=${adminKubeconfig}`,
+          '--leader-elect=false', '--bind-address=127.0.0.1', `--secure-port=${healthPort}`,
+          `--tls-cert-file=${serving.cert}`, `--tls-private-key-file=${serving.key}`,
+          `--authentication-kubeconfig=${adminKubeconfig}`, `--authorization-kubeconfig=${adminKubeconfig}`,
+          '--authorization-always-allow-paths=/healthz,/readyz,/livez',
+          '--v=0',
+        ], { stdout: { file: log }, stderr: { file: log }, reject: false, cleanup: true, forceKillAfterDelay: 5000 });
+        processes.push(proc);
+        await waitHealthy(`https://127.0.0.1:${healthPort}`, '/healthz', tls, proc, 'kube-scheduler', log);
       },
       stop,
     };

@@ -39,8 +39,8 @@ export class OperatorCluster {
   }
 
   /** The controller-manager keeps PodDisruptionBudget status; files that need none skip it. */
-  static async start(options: { controllerManager?: boolean } = {}): Promise<OperatorCluster> {
-    const plane = await startControlPlane({ controllerManager: options.controllerManager ?? true });
+  static async start(options: { controllerManager?: boolean; servingAddresses?: string[] } = {}): Promise<OperatorCluster> {
+    const plane = await startControlPlane({ controllerManager: options.controllerManager ?? true, servingAddresses: options.servingAddresses });
     try {
       const cluster = new OperatorCluster(plane);
       await plane.kubectlOk(['apply', '-k', 'deploy/']);

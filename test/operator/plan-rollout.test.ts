@@ -131,6 +131,23 @@ test('nodes held by another rollout are left alone but count as unavailable', (t
   t.deepEqual(plan.actions, []);
 });
 
+test('a node selected by a newer OSUpgrade is left to it: an older one neither starts it nor counts it, but finishes one it holds', (t) => {
+  const newer = [{ name: 'later', nodeSelector: { pool: 'web' } }];
+  const web = node('a', { labels: { pool: 'web' } });
+  const db = node('b', { labels: { pool: 'db' } });
+  const plan = planRollout(rollout(), { nodes: [web, db], newer }, t0);
+  t.deepEqual(plan.actions.map((a) => [a.type, 'node' in a ? a.node : undefined]), [['cordon', 'b']]);
+  t.is(plan.status.counts.total, 1);
+  // every selected node claimed by the newer one: nothing to do, and the status says why
+  const onlyWeb = planRollout(rollout({ nodeSelector: { pool: 'web' } }), { nodes: [web], newer }, t0);
+  t.deepEqual(onlyWeb.actions, []);
+  t.is(onlyWeb.waiting, 'every node it selects (1) belongs to a newer OSUpgrade (later)');
+  // mid-upgrade when the newer one appeared: the older one carries it to the end of its phase
+  const holding = node('a', { labels: { pool: 'web' }, unschedulable: true, desiredVersion: '2.0.0', currentVersion: '2.0.0', agentState: 'committed', stateVersion: '2.0.0', record: { rollout: 'fleet', version: '2.0.0', phase: 'verifying', since: t0 - 600_000 } });
+  const finishing = planRollout(rollout({ healthGate: { readySeconds: 5 } }), { nodes: [holding], newer }, t0);
+  t.true(finishing.actions.some((a) => a.type === 'uncordon' || a.type === 'mark-done'), JSON.stringify(finishing.actions));
+});
+
 test('the status carries observedGeneration and keeps a condition\'s transition time while it holds', (t) => {
   const r = rollout();
   const first = planRollout(r, { nodes: [node('a', { currentVersion: '2.0.0' })] }, t0);
