@@ -1,5 +1,4 @@
 /** A root with many small files: the ext4 image gets the inodes and blocks they need, not mke2fs's defaults. */
-import test from 'ava';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';

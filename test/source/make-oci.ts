@@ -11,7 +11,7 @@ import { run } from '../../runtime/core/exec.js';
 
 export interface LayerEntry {
   name: string;
-  type?: 'file' | 'directory' | 'symlink' | 'link' | 'character-device' | 'fifo';
+  type?: 'file' | 'directory' | 'symlink' | 'link' | 'character-device' | 'block-device' | 'fifo';
   content?: string;
   mode?: number;
   uid?: number;
