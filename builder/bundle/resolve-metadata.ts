@@ -2,6 +2,7 @@
  * What a bundle says about its image: flags win, then the `build.json` the image builder writes
  * next to the rootfs. Pure apart from reading that file; every missing field is reported at once.
  */
+import { versionProblem } from '../../runtime/core/compare-versions.js';
 import { readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { KubeosError } from '../../runtime/core/errors.js';
@@ -42,7 +43,7 @@ export async function readBuildInfo(rootfs: string): Promise<{ path: string; inf
 
 const flagOf: Record<keyof BundleMetadata, string> = {
   os: '--os-name',
-  version: '--version',
+  version: '--image-version',
   arch: '--arch',
   compatible: '--compatible',
   kernelVersion: '--kernel-version',
@@ -65,6 +66,10 @@ export function resolveMetadata(flags: MetadataFlags, build: BuildInfo | undefin
       hint: 'pass the flags, or keep the build.json written by kubeos build next to the rootfs',
       details: { missing: missing.map((key) => flagOf[key]) },
     });
+  }
+  const problem = versionProblem(resolved.version);
+  if (problem !== undefined) {
+    throw new KubeosError('E_USAGE', `--image-version: ${problem}`, { hint: 'hosts order releases by semantic version; a version like v1.5.0 would rank above 2.0.0 and block every release after it', details: { version: resolved.version } });
   }
   return resolved as BundleMetadata;
 }

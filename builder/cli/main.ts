@@ -2,12 +2,12 @@
 /** The `kubeos` bin. Commands are thin; this file holds the one `catch` that prints and exits. */
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { KubeosError } from '../../runtime/core/errors.js';
 import { commands } from './commands.js';
 import { printError } from './output.js';
+import { usageError, wantsJson } from '../../runtime/cli/usage.js';
 
 const argv = hideBin(process.argv);
-const json = argv.includes('--json');
+const json = wantsJson(argv);
 
 try {
   let cli = yargs(argv)
@@ -18,8 +18,8 @@ try {
     .strict()
     .recommendCommands()
     .wrap(Math.min(110, process.stdout.columns || 100))
-    .fail((message, error) => {
-      throw error ?? new KubeosError('E_USAGE', message, { hint: 'kubeos --help lists commands; kubeos <command> --help their options' });
+    .fail((message, error, instance) => {
+      throw error ?? usageError(message, instance as never, 'kubeos --help lists commands; kubeos <command> --help their options');
     })
     .epilogue('Docs: README.md. Exit codes: 0 ok, 1 failed (see the error code), 2 bad usage.');
   for (const command of commands) cli = cli.command(command);

@@ -1,40 +1,33 @@
 /**
- * Version order for bundles and channels: semantic versions compared numerically, a pre-release
- * ("2.0.0-rc.1") before its release; parts that are not numbers compare as text.
+ * Versions of images, bundles, channels and OSUpgrades are semantic versions, read and ordered by
+ * the semver package: exactly "MAJOR.MINOR.PATCH", optionally "-prerelease" and "+build", no "v".
  */
-/**
- * What kubeos accepts as a version, everywhere (image definitions, `--image-version`, bundles,
- * OSUpgrade.spec.version; deploy/crd-osupgrade.yaml carries the same pattern, checked by a test).
- */
-export const versionPattern = /^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$/;
+import semver from 'semver';
+import { KubeosError } from './errors.js';
 
-export function compareVersions(a: string, b: string): number {
-  const split = (v: string) => {
-    const [core = '', pre] = (v.split('+')[0] ?? '').split(/-(.*)/s);
-    return { core: core.split('.'), pre };
-  };
-  const x = split(a);
-  const y = split(b);
-  for (let i = 0; i < Math.max(x.core.length, y.core.length, 3); i++) {
-    const order = comparePart(x.core[i] ?? '0', y.core[i] ?? '0');
-    if (order !== 0) return order;
-  }
-  if (x.pre === y.pre) return 0;
-  if (x.pre === undefined) return 1;
-  if (y.pre === undefined) return -1;
-  const xp = x.pre.split('.');
-  const yp = y.pre.split('.');
-  for (let i = 0; i < Math.max(xp.length, yp.length); i++) {
-    if (xp[i] === undefined) return -1;
-    if (yp[i] === undefined) return 1;
-    const order = comparePart(xp[i] as string, yp[i] as string);
-    if (order !== 0) return order;
-  }
-  return 0;
+/**
+ * semver.org's own pattern, for where no code runs: deploy/crd-osupgrade.yaml carries it (a test
+ * checks they agree) so the API server refuses what isVersion refuses.
+ */
+export const versionPattern = /^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$/;
+
+/** True for a semantic version written exactly: semver.valid alone also takes "v1.5.0", "=1.5.0" and " 1.5.0". */
+export function isVersion(value: unknown): value is string {
+  return typeof value === 'string' && /^\d/.test(value) && value.trim() === value && semver.valid(value) !== null;
 }
 
-function comparePart(x: string, y: string): number {
-  if (x === y) return 0;
-  if (/^\d+$/.test(x) && /^\d+$/.test(y)) return Math.sign(Number(x) - Number(y));
-  return x < y ? -1 : 1;
+/** Why `value` (named `what`) is not a version, for an error; undefined when it is one. */
+export function versionProblem(value: unknown): string | undefined {
+  if (isVersion(value)) return undefined;
+  if (typeof value === 'string' && /^v\d/.test(value) && isVersion(value.slice(1))) return `${JSON.stringify(value)} is not a semantic version: write ${value.slice(1)}, without the "v"`;
+  return `${JSON.stringify(value)} is not a semantic version like 1.4.0 or 2.0.0-rc.1`;
+}
+
+/** Orders two versions (build metadata ignored, a pre-release before its release); throws on a non-version. */
+export function compareVersions(a: string, b: string): number {
+  for (const v of [a, b]) {
+    const problem = versionProblem(v);
+    if (problem !== undefined) throw new KubeosError('E_USAGE', `cannot order versions: ${problem}`);
+  }
+  return semver.compare(a, b);
 }

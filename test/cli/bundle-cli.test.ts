@@ -13,7 +13,7 @@ async function setup(t: ExecutionContext) {
   await writeFile(join(dir, 'build.json'), JSON.stringify({ image: { name: 'kubeos', version: '1.0.0', compatible: 'kubeos-test-x86_64', arch: 'x86_64', kernelVersion: '6.1.0' } }));
   const bundle = join(dir, 'update.kubeos');
   const env = { SOURCE_DATE_EPOCH: '1700000000' };
-  const create = await runCli(['bundle', 'create', '--rootfs', rootfs, '--version', '2.0.0', '--key', join(dir, 'keys/signing.pem'), '--out', bundle, '--json'], { env });
+  const create = await runCli(['bundle', 'create', '--rootfs', rootfs, '--image-version', '2.0.0', '--key', join(dir, 'keys/signing.pem'), '--out', bundle, '--json'], { env });
   t.is(create.exitCode, 0, create.stderr);
   return { dir, rootfs, bundle, keyId: keygen.json.keyId as string, pub: join(dir, 'keys/signing.pub.pem'), priv: join(dir, 'keys/signing.pem'), create };
 }
@@ -78,4 +78,30 @@ test('bundle create without metadata or build.json exits 2 with E_USAGE', async 
   t.is(result.exitCode, 2);
   t.is(result.json.error.code, 'E_USAGE');
   await t.throwsAsync(stat(join(dir, 'x.kubeos')));
+});
+
+test('bundle create refuses v1.5.0, which would rank above 2.0.0, naming the fix, and writes nothing', async (t) => {
+  const { dir, rootfs, priv } = await setup(t);
+  const out = join(dir, 'v.kubeos');
+  const result = await runCli(['bundle', 'create', '--rootfs', rootfs, '--image-version', 'v1.5.0', '--key', priv, '--out', out, '--json']);
+  t.is(result.exitCode, 2);
+  t.is(result.json.error.code, 'E_USAGE');
+  t.regex(result.json.error.message, /--image-version: "v1\.5\.0" is not a semantic version: write 1\.5\.0/);
+  await t.throwsAsync(stat(out));
+});
+
+test('--version still names the OS version on bundle create, as it did before --image-version', async (t) => {
+  const { dir, rootfs, priv } = await setup(t);
+  const result = await runCli(['bundle', 'create', '--rootfs', rootfs, '--version', '3.0.0', '--key', priv, '--out', join(dir, 'old.kubeos'), '--json']);
+  t.is(result.exitCode, 0, result.stderr);
+  t.is(result.json.manifest.version, '3.0.0');
+});
+
+test('a misspelt option gets "did you mean", and --json=true is JSON like --json', async (t) => {
+  const { dir, rootfs, priv } = await setup(t);
+  const result = await runCli(['bundle', 'create', '--rootfs', rootfs, '--imge-version', '2.0.0', '--key', priv, '--out', join(dir, 'x.kubeos'), '--json=true']);
+  t.is(result.exitCode, 2);
+  const error = JSON.parse(result.stdout).error as { code: string; message: string };
+  t.is(error.code, 'E_USAGE');
+  t.is(error.message, 'Unknown option: --imge-version; did you mean --image-version?');
 });

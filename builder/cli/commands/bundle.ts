@@ -9,7 +9,7 @@ import { makeProgress, printResult, type GlobalArgs } from '../output.js';
 
 interface CreateArgs extends GlobalArgs {
   rootfs: string;
-  version?: string;
+  'image-version'?: string;
   key: string;
   out: string;
   compatible?: string;
@@ -50,7 +50,8 @@ const create: CommandModule<GlobalArgs, CreateArgs> = {
     y
       .version(false)
       .option('rootfs', { type: 'string', demandOption: true, describe: 'The rootfs image (build.json next to it supplies defaults)' })
-      .option('version', { type: 'string', describe: 'OS version of this update, e.g. 2.0.0' })
+      // --image-version as on build and agent upgrade; --version, its first name, still works
+      .option('image-version', { type: 'string', alias: 'version', describe: 'OS version of this update, e.g. 2.0.0 (default: build.json next to --rootfs)' })
       .option('key', { type: 'string', demandOption: true, describe: 'Private signing key (signing.pem from kubeos keygen)' })
       .option('out', { type: 'string', demandOption: true, describe: 'Bundle file to write' })
       .option('compatible', { type: 'string', describe: 'String a host must match to install it' })
@@ -60,7 +61,7 @@ const create: CommandModule<GlobalArgs, CreateArgs> = {
   handler: async (args) => {
     const build = await readBuildInfo(args.rootfs);
     const metadata = resolveMetadata(
-      { os: args['os-name'], version: args.version, arch: args.arch, compatible: args.compatible, kernelVersion: args['kernel-version'] },
+      { os: args['os-name'], version: args['image-version'], arch: args.arch, compatible: args.compatible, kernelVersion: args['kernel-version'] },
       build?.info,
     );
     const created = await createBundle({

@@ -31,7 +31,7 @@ const statusCommand: CommandModule<AgentArgs, AgentArgs> = {
 
 interface UpgradeArgs extends AgentArgs {
   channel?: string;
-  version?: string;
+  imageVersion?: string;
   bundle?: string;
   reboot: boolean;
   allowDowngrade: boolean;
@@ -42,19 +42,21 @@ const upgradeCommand: CommandModule<AgentArgs, UpgradeArgs> = {
   describe: 'Verify a bundle, write it to the standby slot, and boot it next (with boot counting)',
   builder: (y) => y
     .option('channel', { type: 'string', describe: 'Channel name under the host\'s image server (default: the config\'s); the URL of an index also works' })
-    .option('version', { type: 'string', describe: 'Install exactly this release of the channel (it must be listed in the signed index)' })
+    // --image-version as on build and bundle create; --version, its first name, still works
+    .version(false)
+    .option('image-version', { type: 'string', alias: 'version', describe: 'Install exactly this release of the channel (it must be listed in the signed index)' })
     .option('bundle', { type: 'string', describe: 'URL or path of a bundle' })
     .option('reboot', { type: 'boolean', default: true, describe: 'Reboot into the new slot when done (--no-reboot to stay)' })
     .option('allow-downgrade', { type: 'boolean', default: false, describe: 'Install a version older than (or equal to) the running one' })
     .conflicts('channel', 'bundle')
     .example('$0 agent upgrade --channel stable', 'Install the newest release of channel stable')
-    .example('$0 agent upgrade --channel stable --version 1.4.0', 'Install release 1.4.0, if the signed channel lists it')
+    .example('$0 agent upgrade --channel stable --image-version 1.4.0', 'Install release 1.4.0, if the signed channel lists it')
     .example('$0 agent upgrade --bundle ./os-2.0.0.kubeos --no-reboot', 'Install a local bundle, reboot later') as any,
   handler: async (args) => {
     const config = await loadAgentConfig(args.config);
     const result = await upgrade(config, {
       channel: args.channel ?? (args.bundle === undefined ? config.channel : undefined),
-      ...(args.version === undefined ? {} : { version: args.version }),
+      ...(args.imageVersion === undefined ? {} : { version: args.imageVersion }),
       bundle: args.bundle,
       reboot: args.reboot,
       allowDowngrade: args.allowDowngrade,

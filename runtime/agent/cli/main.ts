@@ -2,8 +2,8 @@
 /** The agent's own bin, bundled into images as /usr/bin/kubeos (only `kubeos agent ...`). */
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { KubeosError } from '../../core/errors.js';
 import { printError } from '../../cli/output.js';
+import { usageError, wantsJson } from '../../cli/usage.js';
 import { agentCommand } from './agent-command.js';
 
 const argv = hideBin(process.argv);
@@ -14,10 +14,10 @@ try {
     .command(agentCommand)
     .demandCommand(1, 'name a command: kubeos agent --help')
     .strict()
-    .fail((message, error) => {
-      throw error ?? new KubeosError('E_USAGE', message, { hint: 'kubeos agent --help lists the commands' });
+    .fail((message, error, instance) => {
+      throw error ?? usageError(message, instance as never, 'kubeos agent --help lists the commands');
     })
     .parseAsync();
 } catch (error) {
-  process.exitCode = printError(error, argv.includes('--json'));
+  process.exitCode = printError(error, wantsJson(argv));
 }

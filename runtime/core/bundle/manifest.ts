@@ -3,6 +3,7 @@
  * streams. A bundle is a tar of three members, in this order: `manifest.json` (canonical JSON),
  * `manifest.sig` (a `{ keyid, sig }` JSON over the exact manifest bytes), `payload.img.zst`.
  */
+import { isVersion, versionProblem } from '../compare-versions.js';
 import { KubeosError } from '../errors.js';
 
 export const bundleFormat = 1;
@@ -72,6 +73,7 @@ export function validateManifest(value: unknown): BundleManifest {
   const m = obj(value, '$');
   if (m['format'] !== bundleFormat) add('$.format', `must be ${bundleFormat}`);
   for (const key of ['os', 'version', 'arch', 'compatible', 'kernelVersion']) str(m, key, '$');
+  if (typeof m['version'] === 'string' && m['version'] !== '' && !isVersion(m['version'])) add('$.version', versionProblem(m['version']) ?? 'must be a semantic version');
   str(m, 'created', '$', /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$/);
   str(m, 'keyId', '$', hex64);
   const p = obj(m['payload'], '$.payload');

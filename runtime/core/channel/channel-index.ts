@@ -3,6 +3,7 @@
  * refuses a lower one: rollback), `expires` bounds how long a stale index is believed (freeze).
  * Signatures cover the canonical JSON of `signed`.
  */
+import { isVersion, versionProblem } from '../compare-versions.js';
 import type { KeyObject } from 'node:crypto';
 import { canonicalJson } from '../crypto/canonical-json.js';
 import type { TrustedKeys } from '../crypto/keys.js';
@@ -63,6 +64,7 @@ export function validateChannelSigned(value: unknown): ChannelSigned {
   if (typeof s['serial'] !== 'number' || !Number.isSafeInteger(s['serial']) || s['serial'] < 1) problems.push('signed.serial must be an integer >= 1');
   for (const key of ['published', 'expires']) if (typeof s[key] !== 'string' || !isoUtc.test(s[key])) problems.push(`signed.${key} must be an ISO 8601 UTC time`);
   for (const key of ['os', 'version', 'arch', 'compatible']) if (typeof s[key] !== 'string' || s[key] === '') problems.push(`signed.${key} must be a non-empty string`);
+  if (typeof s['version'] === 'string' && s['version'] !== '' && !isVersion(s['version'])) problems.push(`signed.version: ${versionProblem(s['version'])}`);
   const b = (s['bundle'] ?? {}) as Record<string, unknown>;
   const path = typeof b['path'] === 'string' ? bundlePathPattern.exec(b['path']) : null;
   if (path === null) problems.push(`signed.bundle.path must match ${bundlePathPattern}`);
@@ -79,6 +81,7 @@ export function validateChannelSigned(value: unknown): ChannelSigned {
         const rb = (r?.['bundle'] ?? {}) as Record<string, unknown>;
         const rpath = typeof rb['path'] === 'string' ? bundlePathPattern.exec(rb['path']) : null;
         if (typeof r?.['version'] !== 'string' || r['version'] === '') problems.push(`signed.releases[${i}].version must be a non-empty string`);
+        else if (!isVersion(r['version'])) problems.push(`signed.releases[${i}].version: ${versionProblem(r['version'])}`);
         else if (seen.has(r['version'])) problems.push(`signed.releases[${i}].version ${r['version']} is listed twice`);
         else seen.add(r['version']);
         if (typeof r?.['published'] !== 'string' || !isoUtc.test(r['published'])) problems.push(`signed.releases[${i}].published must be an ISO 8601 UTC time`);

@@ -1,0 +1,46 @@
+/**
+ * Usage errors of both CLIs (`kubeos` and the agent bin in images): yargs's message as E_USAGE,
+ * with "did you mean" for a misspelt option (fastest-levenshtein), and whether --json was asked
+ * for, read from the words as yargs would (--json, --json=true; --no-json and --json=false win).
+ */
+import { distance } from 'fastest-levenshtein';
+import { KubeosError } from '../core/errors.js';
+
+/** What yargs passes to fail(): its usage object, whose descriptions are keyed by the options it knows. */
+type YargsUsage = { getDescriptions?: () => Record<string, unknown> } | undefined;
+
+function suggestion(unknown: string, known: readonly string[]): string | undefined {
+  const name = unknown.replace(/^-+/, '').replace(/=.*$/, '');
+  let best: string | undefined;
+  let bestDistance = Infinity;
+  for (const candidate of known) {
+    const d = distance(name, candidate);
+    if (d < bestDistance) {
+      best = candidate;
+      bestDistance = d;
+    }
+  }
+  return best !== undefined && bestDistance <= Math.max(2, Math.floor(name.length / 3)) ? best : undefined;
+}
+
+export function usageError(message: string, usage: YargsUsage, hint: string): KubeosError {
+  // yargs names a dashed option twice, as written and camelCased: keep the written one
+  const listed = /^Unknown arguments?: (.+)$/.exec(message)?.[1]?.split(', ');
+  if (listed === undefined) return new KubeosError('E_USAGE', message, { hint });
+  const unknown = listed.filter((u) => !listed.some((other) => other !== u && other.includes('-') && other.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase()) === u));
+  const known = Object.keys(usage?.getDescriptions?.() ?? {}).filter((k) => k.length > 1 && !/[A-Z]/.test(k));
+  const ideas = unknown.map((u) => [u, suggestion(u, known)] as const).filter(([, s]) => s !== undefined);
+  const mean = ideas.map(([u, s]) => (ideas.length === 1 ? `--${s}` : `--${s} for --${u}`)).join(', ');
+  const text = `Unknown ${unknown.length === 1 ? 'option' : 'options'}: ${unknown.map((u) => (u.length > 1 ? `--${u}` : `-${u}`)).join(', ')}`;
+  return new KubeosError('E_USAGE', ideas.length > 0 ? `${text}; did you mean ${mean}?` : text, { hint, details: { unknown } });
+}
+
+export function wantsJson(argv: readonly string[]): boolean {
+  let json = false;
+  for (const word of argv) {
+    if (word === '--') break;
+    if (word === '--json' || word === '--json=true') json = true;
+    if (word === '--no-json' || word === '--json=false') json = false;
+  }
+  return json;
+}
