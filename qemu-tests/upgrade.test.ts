@@ -22,6 +22,7 @@ const test = await testNeeding(tools);
 const runnable = await canRun(tools);
 const upgradeTimeoutMs = 480_000;
 const channelUrl = 'http://10.0.2.100/channels/stable.json';
+const nodeConfig = { sysctl: { 'vm.swappiness': 13 }, files: [{ path: '/etc/containerd/config.toml', content: 'version = 2\n', mode: '0644' }] };
 
 interface World {
   dir: string;
@@ -116,6 +117,11 @@ test.serial('v1 boots from slot A and the agent in the guest upgrades it to v2 i
   t.regex(await vm.waitFor(/^kubeos: version=/, bootTimeoutMs), /version=1\.0\.0 slot=A boot=good/);
   await vm.waitFor(/^kubeos: ready$/, 60_000);
   t.is(await shell(vm, 'echo written-under-v1 > /persist/note && sync'), '0');
+  // node OS configuration through the agent: a real sysctl and a containerd config, kept across the upgrade
+  vm.send(`echo '${JSON.stringify(nodeConfig)}' > /tmp/node.json`);
+  t.is(await shell(vm, 'kubeos agent config apply /tmp/node.json'), '0');
+  vm.send('echo "swappiness=$(cat /proc/sys/vm/swappiness)"');
+  t.is(await vm.waitFor(/^swappiness=/, 30_000), 'swappiness=13');
   vm.send(`kubeos agent upgrade --channel ${channelUrl}`);
   t.regex(await vm.waitFor(/kubeos-grub: booting slot/, upgradeTimeoutMs), /booting slot B \(trying\)/);
   t.regex(await vm.waitFor(/^kubeos: version=/, bootTimeoutMs), /version=2\.0\.0 slot=B boot=trying root=ro persist=rw/);
@@ -123,6 +129,8 @@ test.serial('v1 boots from slot A and the agent in the guest upgrades it to v2 i
   await vm.waitFor(/^kubeos: ready$/, 60_000);
   vm.send('echo "note=$(cat /persist/note)"');
   t.is(await vm.waitFor(/^note=/, 30_000), 'note=written-under-v1');
+  vm.send('echo "swappiness=$(cat /proc/sys/vm/swappiness) containerd=$(cat /etc/containerd/config.toml)"');
+  t.is(await vm.waitFor(/^swappiness=/, 30_000), 'swappiness=13 containerd=version = 2');
   vm.send('kubeos agent status --json | tr -d " \\n"; echo');
   const status = JSON.parse(await vm.waitFor(/^\{"version"/, 120_000)) as { booted: string; slots: Record<string, { state: string; version?: string }> };
   t.like(status, { booted: 'B', slots: { A: { state: 'standby', version: '1.0.0' }, B: { state: 'good', version: '2.0.0' } } });

@@ -29,6 +29,8 @@ import { stageAgent } from '../rootfs/stage-agent.js';
 import { normalizeTimes, stageRootfs, type TreeStats } from '../rootfs/stage-rootfs.js';
 import type { StagingTree } from '../source/apply-layer.js';
 import { copyTreeInto } from '../source/copy-tree.js';
+import { bakeConfig } from '../rootfs/bake-config.js';
+import { applyKernelArgs } from '../../runtime/core/os-config.js';
 import { applyTimes, stageSource } from '../source/stage-source.js';
 
 export const diskFormats = ['raw', 'qcow2'] as const;
@@ -168,6 +170,10 @@ export async function buildImage(options: BuildOptions): Promise<BuildResult> {
         slotPartitions: { A: names.rootA, B: names.rootB },
       });
     }
+    if (image.config !== undefined) {
+      step('baking the image\'s OS configuration into the root');
+      await bakeConfig(own, image.config);
+    }
     if (source !== undefined) {
       step('adding kernel modules');
       const modulesDir = join(own, 'lib/modules', kernel.release);
@@ -203,7 +209,7 @@ export async function buildImage(options: BuildOptions): Promise<BuildResult> {
       bootTries: plan.bootTries,
       kernel: '/boot/vmlinuz',
       initrd: '/boot/initrd.img',
-      cmdline: image.kernel.cmdline,
+      cmdline: image.config === undefined ? image.kernel.cmdline : applyKernelArgs(image.kernel.cmdline, image.config.kernelArgs),
       rootFilesystem,
       timeout: 0,
     }));

@@ -1,4 +1,5 @@
 /** The validated form of an image definition (images/NAME/image.json). */
+import type { OSConfig } from '../../runtime/core/os-config.js';
 import type { RootfsSource } from '../source/rootfs-source.js';
 
 export interface ImageDefinition {
@@ -22,6 +23,8 @@ export interface ImageDefinition {
   rootfs: RootfsSource | undefined;
   /** Directories of files copied over the root in order (absolute after loading). */
   files: string[];
+  /** OS configuration baked into the read-only root (the model `kubeos agent config` applies on hosts). */
+  config: OSConfig | undefined;
   /** Directory the definition came from (absolute). */
   dir: string;
   /** The definition's file, for messages. */

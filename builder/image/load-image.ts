@@ -5,6 +5,8 @@ import { checkKnownKeys, isObject, Problems } from '../config/problems.js';
 import { readJsonFile } from '../config/read-json-file.js';
 import { parseUpdateSource } from '../../runtime/core/channel/layout.js';
 import { versionPattern } from '../../runtime/core/compare-versions.js';
+import { isKubeosError } from '../../runtime/core/errors.js';
+import { parseOSConfig, type ConfigProblem, type OSConfig } from '../../runtime/core/os-config.js';
 import { projectRoot } from '../project-root.js';
 import { rootfsSourceTypes, type RootfsSource } from '../source/rootfs-source.js';
 import type { ImageDefinition } from './image-definition.js';
@@ -65,7 +67,7 @@ function validateRootfs(raw: unknown, dir: string, problems: Problems): RootfsSo
   return { type: t, path: where };
 }
 
-const imageKeys = ['$schema', 'name', 'description', 'version', 'compatible', 'arch', 'layout', 'kernel', 'rootfs', 'files', 'agent'];
+const imageKeys = ['$schema', 'name', 'description', 'version', 'compatible', 'arch', 'layout', 'kernel', 'rootfs', 'files', 'agent', 'config'];
 const agentKeys = ['channel', 'updateServer', 'updates', 'trustedKeys', 'pollSeconds'];
 const kernelKeys = ['package', 'modules', 'cmdline'];
 const hint = 'see images/minimal/image.json for a complete example';
@@ -155,6 +157,15 @@ export function validateImage(data: unknown, file: string, dir: string): ImageDe
       pollSeconds: poll as number,
     };
   }
+  let config: OSConfig | undefined;
+  if (obj['config'] !== undefined) {
+    try {
+      config = parseOSConfig(obj['config'], `${file} config`);
+    } catch (error) {
+      if (!isKubeosError(error, 'E_CONFIG_INVALID')) throw error;
+      for (const p of (error.details?.['problems'] ?? []) as ConfigProblem[]) bad(`config${p.path.slice(1)}`, p.expected, p.actual);
+    }
+  }
   problems.throwIfAny('image definition', file, 'E_IMAGE_INVALID', hint);
   const k = kernel as Record<string, unknown>;
   return {
@@ -167,6 +178,7 @@ export function validateImage(data: unknown, file: string, dir: string): ImageDe
     agent,
     rootfs,
     files: Array.isArray(fileList) ? (fileList as string[]).map((f) => join(dir, f)) : [],
+    config,
     dir,
     file,
   };

@@ -43,6 +43,10 @@ export const errorCodes = [
   'E_ROLLOUT_FAILED',
   'E_LEADERSHIP_LOST',
   'E_STATE_CORRUPT',
+  'E_CONFIG_INVALID',
+  'E_CONFIG_ROLLED_BACK',
+  'E_CONFIG_UNSUPPORTED',
+  'E_CONFIG_NO_PREVIOUS',
 ] as const;
 
 export type ErrorCode = (typeof errorCodes)[number];

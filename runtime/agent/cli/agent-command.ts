@@ -6,6 +6,8 @@ import { defaultConfigPath, loadAgentConfig } from '../agent-config.js';
 import { commit, rollback, status } from '../commit-rollback-status.js';
 import { runDaemon, settleBoot } from '../run-daemon.js';
 import { upgrade } from '../upgrade.js';
+import { readFile } from 'node:fs/promises';
+import { applyConfig, configRollback, configStatus, type ConfigStatus } from '../os-config-apply.js';
 
 interface AgentArgs extends GlobalArgs {
   config: string;
@@ -125,15 +127,84 @@ const daemonCommand: CommandModule<AgentArgs, DaemonArgs> = {
   },
 };
 
+/** Step lines on stderr (the result goes to stdout), so CI logs show where an apply stopped. */
+const configSteps = (args: GlobalArgs) => (line: string) => {
+  if (!args.json) process.stderr.write(`${line}\n`);
+};
+
+function describeConfig(s: ConfigStatus): string {
+  const c = s.config;
+  return [
+    `generation in force: ${s.committed === 0 ? 'none' : s.committed}${s.trying === undefined ? '' : ` (trying ${s.trying})`}`,
+    `  sysctl: ${Object.keys(c.sysctl).length === 0 ? 'none' : Object.entries(c.sysctl).map(([k, v]) => `${k}=${v}`).join(', ')}`,
+    `  files: ${c.files.length === 0 ? 'none' : c.files.map((f) => f.path).join(', ')}`,
+    `  limits: ${c.limits.length === 0 ? 'none' : c.limits.length}`,
+    s.last ? `last: generation ${s.last.generation} ${s.last.result}${s.last.reason ? ` (${s.last.reason})` : ''} at ${s.last.at}` : 'last: none',
+    s.history.length > 0 ? `history: ${s.history.join(' → ')}` : '',
+  ].filter((l) => l !== '').join('\n');
+}
+
+const configApply: CommandModule<AgentArgs, AgentArgs & { file: string }> = {
+  command: 'apply <file>',
+  describe: 'Apply an OS configuration (JSON: sysctl, files, limits) as a new generation: health checks, then commit or restore',
+  builder: (y) => y
+    .positional('file', { type: 'string', describe: 'The configuration, a JSON file (- reads standard input)' })
+    .example('$0 agent config apply node.json', 'sysctl and files from node.json, kept if /etc/kubeos/health.d passes') as any,
+  handler: async (args) => {
+    const config = await loadAgentConfig(args.config);
+    let text: string;
+    try {
+      text = args.file === '-' ? await new Response(process.stdin as unknown as ReadableStream).text() : await readFile(args.file, 'utf8');
+    } catch (error) {
+      throw new KubeosError('E_USAGE', `cannot read ${args.file}: ${(error as NodeJS.ErrnoException).code ?? String(error)}`, { cause: error });
+    }
+    let input: unknown;
+    try {
+      input = JSON.parse(text);
+    } catch (error) {
+      throw new KubeosError('E_CONFIG_INVALID', `${args.file} is not JSON: ${(error as Error).message}`, { cause: error, hint: 'docs/agent.md shows a configuration' });
+    }
+    const result = await applyConfig(config, input, args.file, configSteps(args));
+    printResult(args, result, () => result.kind === 'unchanged' ? `generation ${result.generation} already holds this configuration` : `committed generation ${result.generation}`);
+  },
+};
+
+const configStatusCommand: CommandModule<AgentArgs, AgentArgs> = {
+  command: 'status',
+  describe: 'The configuration generation in force, the last attempt and the history',
+  handler: async (args) => {
+    const s = await configStatus(await loadAgentConfig(args.config), configSteps(args));
+    printResult(args, s, () => describeConfig(s));
+  },
+};
+
+const configRollbackCommand: CommandModule<AgentArgs, AgentArgs> = {
+  command: 'rollback',
+  describe: 'Go back to the configuration committed before the one in force (health checks again)',
+  handler: async (args) => {
+    const result = await configRollback(await loadAgentConfig(args.config), configSteps(args));
+    printResult(args, result, () => `committed generation ${result.generation} (the configuration before)`);
+  },
+};
+
+const configCommand: CommandModule<AgentArgs, AgentArgs> = {
+  command: 'config <command>',
+  describe: 'Node OS configuration as generations: apply, status, rollback',
+  builder: (y) => y.command(configApply).command(configStatusCommand).command(configRollbackCommand)
+    .demandCommand(1, 'name a config command: apply FILE, status or rollback') as any,
+  handler: () => {},
+};
+
 export const agentCommand: CommandModule<GlobalArgs, AgentArgs> = {
   command: 'agent <command>',
-  describe: 'On a host: status, upgrade, commit, rollback, daemon',
+  describe: 'On a host: status, upgrade, commit, rollback, daemon, config',
   builder: (y) => withConfig(y)
     .command(statusCommand)
     .command(upgradeCommand)
     .command(commitCommand)
     .command(rollbackCommand)
     .command(daemonCommand)
-    .demandCommand(1, 'name an agent command: status, upgrade, commit, rollback or daemon') as any,
+    .command(configCommand)
+    .demandCommand(1, 'name an agent command: status, upgrade, commit, rollback, daemon or config') as any,
   handler: () => {},
 };
