@@ -3,6 +3,12 @@
  * kubeos_tries down with save_env *before* booting it, so a slot that hangs or panics is tried at
  * most bootTries times; then GRUB records it in kubeos_failed and boots kubeos_good again.
  * GRUB's script has no arithmetic, hence the if-chain over the possible values.
+ *
+ * Kernel arguments from `kubeos agent config` get the same treatment: kubeos_args_A/B hold each
+ * slot's committed extra arguments; kubeos_args_try, set by the agent, is tried on the good slot
+ * for kubeos_args_tries boots (counted down before each), then dropped, so the committed arguments
+ * boot again: a bad argument never leaves the node unbootable. kubeos.config= tells the booted
+ * system which it got (good, trying, fallback).
  */
 import { slots, type Slot } from '../../runtime/core/boot-env.js';
 
@@ -26,9 +32,16 @@ export function renderGrubConfig(input: GrubConfigInput): string {
     countdown.push('    set kubeos_slot="$kubeos_try"');
     countdown.push('    set kubeos_boot=trying');
   }
+  const argsCountdown: string[] = [];
+  for (let left = input.bootTries; left >= 1; left--) {
+    argsCountdown.push(`    ${left === input.bootTries ? 'if' : 'elif'} [ "$kubeos_args_tries" = "${left}" ]; then`);
+    argsCountdown.push(`      set kubeos_args_tries=${left - 1}`);
+    argsCountdown.push('      set kubeos_args="$kubeos_args_try"');
+    argsCountdown.push('      set kubeos_config=trying');
+  }
   const entries = slots.map((slot) => [
     `menuentry "kubeos slot ${slot}" --id slot${slot} {`,
-    `  linux ($kubeos_disk,gpt${input.slotPartitions[slot]})${input.kernel} ${input.cmdline} rootfstype=${input.rootFilesystem} kubeos.slot=${slot} kubeos.boot=$kubeos_boot`,
+    `  linux ($kubeos_disk,gpt${input.slotPartitions[slot]})${input.kernel} ${input.cmdline} $kubeos_args rootfstype=${input.rootFilesystem} kubeos.slot=${slot} kubeos.boot=$kubeos_boot kubeos.config=$kubeos_config`,
     `  initrd ($kubeos_disk,gpt${input.slotPartitions[slot]})${input.initrd}`,
     '}',
   ].join('\n'));
@@ -45,7 +58,11 @@ set kubeos_good=A
 set kubeos_try=
 set kubeos_tries=0
 set kubeos_failed=
-load_env --file $prefix/grubenv kubeos_good kubeos_try kubeos_tries kubeos_failed
+set kubeos_args_A=
+set kubeos_args_B=
+set kubeos_args_try=
+set kubeos_args_tries=0
+load_env --file $prefix/grubenv kubeos_good kubeos_try kubeos_tries kubeos_failed kubeos_args_A kubeos_args_B kubeos_args_try kubeos_args_tries
 
 set kubeos_slot="$kubeos_good"
 set kubeos_boot=good
@@ -61,12 +78,28 @@ ${countdown.join('\n')}
 fi
 if [ "$kubeos_slot" = "B" ]; then
   set default=slotB
+  set kubeos_args="$kubeos_args_B"
 else
   set kubeos_slot=A
   set default=slotA
+  set kubeos_args="$kubeos_args_A"
+fi
+set kubeos_config=good
+# new kernel arguments are tried on a good boot only, never together with a new slot
+if [ -n "$kubeos_args_try" ]; then
+  if [ "$kubeos_boot" = "good" ]; then
+${argsCountdown.join('\n')}
+    else
+      set kubeos_args_try=
+      set kubeos_args_tries=0
+      set kubeos_config=fallback
+    fi
+    save_env --file $prefix/grubenv kubeos_args_try kubeos_args_tries
+  fi
 fi
 echo "kubeos-grub: booting slot $kubeos_slot ($kubeos_boot)"
-export kubeos_disk kubeos_boot
+echo "kubeos-grub: kernel arguments ($kubeos_config): $kubeos_args"
+export kubeos_disk kubeos_boot kubeos_args kubeos_config
 
 ${entries.join('\n\n')}
 `;

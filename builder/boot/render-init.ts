@@ -33,11 +33,13 @@ done
 
 slot=
 boot=good
+config=good
 fstype=ext4
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     kubeos.slot=*) slot="\${arg#kubeos.slot=}" ;;
     kubeos.boot=*) boot="\${arg#kubeos.boot=}" ;;
+    kubeos.config=*) config="\${arg#kubeos.config=}" ;;
     rootfstype=*) fstype="\${arg#rootfstype=}" ;;
   esac
 done
@@ -80,6 +82,7 @@ mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /newroot/run || fail "cannot moun
 mkdir -p /newroot/run/kubeos
 echo "$slot" > /newroot/run/kubeos/slot
 echo "$boot" > /newroot/run/kubeos/boot
+echo "$config" > /newroot/run/kubeos/config-boot
 echo "kubeos-initramfs: slot $slot ($boot) from $root_dev"
 
 mount --move /dev /newroot/dev

@@ -159,6 +159,9 @@ export class QemuVm {
     if (!waiter) return false;
     this.waiters = this.waiters.filter((w) => w !== waiter);
     clearTimeout(waiter.timer);
+    // as when the line was already there: what came before the match is dropped, so a later
+    // wait never finds a line older than the one this wait returned
+    this.pending.length = 0;
     waiter.resolve(line);
     return true;
   }

@@ -13,8 +13,12 @@
  * A command that finds such a record (the apply was killed, or the host lost power) converges on
  * the committed generation first, so the committed generation is always the one in force.
  *
- * Kernel command line changes need a trial boot through GRUB's boot counting; this version refuses
- * them with E_CONFIG_UNSUPPORTED rather than apply them without a way back.
+ * Kernel arguments need a trial boot: the generation's other settings are applied, its arguments go
+ * into the GRUB environment as kubeos_args_try with bootTries tries, and the host reboots. The boot
+ * hook runs the health checks on that boot (kubeos.config=trying) and commits (`agent config
+ * commit`: the arguments become the slot's kubeos_args_A/B), or reboots; when the tries run out,
+ * GRUB boots the committed arguments again (kubeos.config=fallback) and the next `agent config`
+ * command undoes the rest of the generation and reports it rolled back.
  */
 import { chmod, lstat, mkdir, open, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
@@ -22,6 +26,7 @@ import { KubeosError } from '../core/errors.js';
 import { runCommand } from '../core/exec.js';
 import { emptyOSConfig, needsReboot, parseOSConfig, renderLimits, renderSysctl, type OSConfig } from '../core/os-config.js';
 import type { AgentConfig } from './agent-config.js';
+import { readBootEnv, writeBootEnv } from './boot-env-store.js';
 import { takeLock } from './take-lock.js';
 
 /** The files kubeos writes itself from a generation's sysctl and limits. */
@@ -41,7 +46,7 @@ export interface ConfigState {
   /** Committed generations, oldest first; `rollback` goes back one. */
   history: number[];
   /** Set before the host changes, cleared once the generation is committed or undone. */
-  trying?: { generation: number; started: string };
+  trying?: { generation: number; started: string; kind?: 'runtime' | 'boot' };
   last?: { generation: number; result: 'committed' | 'rolled-back'; reason?: string; at: string };
 }
 
@@ -206,14 +211,33 @@ async function readConfigState(agent: AgentConfig): Promise<ConfigState> {
 
 const writeConfigState = (agent: AgentConfig, state: ConfigState) => writeJson(join(dirOf(agent), 'state.json'), state);
 
-/** An apply that did not finish (killed, power lost): back to the committed generation. */
+/** How this boot's kernel arguments came to be (the initramfs records kubeos.config=). */
+async function configBoot(agent: AgentConfig): Promise<'good' | 'trying' | 'fallback'> {
+  const text = (await readFile(join(agent.runDir, 'config-boot'), 'utf8').catch(() => 'good')).trim();
+  return text === 'trying' || text === 'fallback' ? text : 'good';
+}
+
+/**
+ * An apply that did not finish (killed, power lost), or a trial boot of kernel arguments that GRUB
+ * gave up on: back to the committed generation. A trial boot still pending (before its reboot, or
+ * this boot is the trial) is left alone.
+ */
 async function recover(agent: AgentConfig, state: ConfigState, step: ConfigStep): Promise<ConfigState> {
   if (state.trying === undefined) return state;
   const interrupted = state.trying.generation;
-  step(`generation ${interrupted} did not finish; restoring generation ${state.committed}`);
+  let reason = 'the apply was interrupted';
+  if (state.trying.kind === 'boot') {
+    const boot = await configBoot(agent);
+    const { env, vars } = await readBootEnv(agent.bootEnv);
+    if (boot === 'trying') return state;
+    if (boot === 'good' && (vars['kubeos_args_try'] ?? '') !== '') return state;
+    if (boot === 'fallback') reason = `the kernel arguments of generation ${interrupted} did not come up healthy in ${agent.bootTries} boots; GRUB booted the committed ones`;
+    if ((vars['kubeos_args_try'] ?? '') !== '') await writeBootEnv(agent.bootEnv, env, { ...vars, kubeos_args_try: '', kubeos_args_tries: '0' });
+  }
+  step(`generation ${interrupted} was not committed (${reason}); restoring generation ${state.committed}`);
   const tried = await readGeneration(agent, interrupted).catch(() => emptyOSConfig);
   await converge(agent, await readGeneration(agent, state.committed), [tried], step);
-  const next: ConfigState = { committed: state.committed, history: state.history, last: { generation: interrupted, result: 'rolled-back', reason: 'the apply was interrupted', at: new Date().toISOString() } };
+  const next: ConfigState = { committed: state.committed, history: state.history, last: { generation: interrupted, result: 'rolled-back', reason, at: new Date().toISOString() } };
   await writeConfigState(agent, next);
   return next;
 }
@@ -226,11 +250,11 @@ export interface ConfigStatus {
   config: OSConfig;
 }
 
-export type ApplyResult = { kind: 'committed' | 'unchanged'; generation: number; config: OSConfig };
+export type ApplyResult = { kind: 'committed' | 'unchanged'; generation: number; config: OSConfig } | { kind: 'trying'; generation: number; config: OSConfig; rebooting: boolean };
 
 /** Tries `config` as a new generation: converge, health checks, commit; or undo and E_CONFIG_ROLLED_BACK. */
-async function tryGeneration(agent: AgentConfig, state: ConfigState, config: OSConfig, step: ConfigStep, historyAfter: (n: number) => number[]): Promise<ApplyResult> {
-  const current = await readGeneration(agent, state.committed);
+/** Checks that need the host, then the new generation's number and file. Nothing on the host changes. */
+async function newGeneration(agent: AgentConfig, state: ConfigState, config: OSConfig): Promise<number> {
   const generations = join(dirOf(agent), 'generations');
   await mkdir(generations, { recursive: true });
   const existing = (await readdir(generations)).map((f) => Number.parseInt(f, 10)).filter(Number.isInteger);
@@ -244,7 +268,13 @@ async function tryGeneration(agent: AgentConfig, state: ConfigState, config: OSC
     }
   }
   await writeJson(join(generations, `${n}.json`), { generation: n, created: new Date().toISOString(), config } satisfies Generation);
-  await writeConfigState(agent, { ...state, trying: { generation: n, started: new Date().toISOString() } });
+  return n;
+}
+
+async function tryGeneration(agent: AgentConfig, state: ConfigState, config: OSConfig, step: ConfigStep, historyAfter: (n: number) => number[]): Promise<ApplyResult> {
+  const current = await readGeneration(agent, state.committed);
+  const n = await newGeneration(agent, state, config);
+  await writeConfigState(agent, { ...state, trying: { generation: n, started: new Date().toISOString(), kind: 'runtime' } });
   step(`trying generation ${n}`);
   try {
     await converge(agent, config, [current], step);
@@ -270,6 +300,58 @@ async function tryGeneration(agent: AgentConfig, state: ConfigState, config: OSC
   return { kind: 'committed', generation: n, config };
 }
 
+/**
+ * A generation whose kernel arguments changed: its other settings now, its arguments on a trial
+ * boot (kubeos_args_try). Only from a good boot with no slot or arguments on trial.
+ */
+async function tryBootGeneration(agent: AgentConfig, state: ConfigState, config: OSConfig, where: string, step: ConfigStep, reboot: boolean): Promise<ApplyResult> {
+  if (config.kernelArgs.remove.length > 0) {
+    throw new KubeosError('E_CONFIG_UNSUPPORTED', `${where}: kernelArgs.remove takes arguments off the image's own command line, which is set at build time; nothing was changed`, {
+      hint: 'remove them in image.json (config.kernelArgs.remove, or kernel.cmdline) and build the next release',
+    });
+  }
+  const { readBooted } = await import('./read-booted.js');
+  const booted = await readBooted(agent.runDir, agent.osRelease);
+  const { env, vars } = await readBootEnv(agent.bootEnv);
+  if (booted.kind !== 'good' || env.trying !== undefined || (vars['kubeos_args_try'] ?? '') !== '') {
+    throw new KubeosError('E_CONFIG_UNSUPPORTED', `${where}: new kernel arguments are tried on a good boot with nothing else on trial; this boot is ${booted.kind}${env.trying === undefined ? '' : `, slot ${env.trying} is on trial`}; nothing was changed`, {
+      hint: 'commit (or roll back) the upgrade on trial first, then apply again',
+    });
+  }
+  const current = await readGeneration(agent, state.committed);
+  const n = await newGeneration(agent, state, config);
+  await writeConfigState(agent, { ...state, trying: { generation: n, started: new Date().toISOString(), kind: 'boot' } });
+  step(`trying generation ${n} (its kernel arguments need a trial boot)`);
+  await converge(agent, config, [current], step);
+  step(`kernel arguments on trial for ${agent.bootTries} boots: ${config.kernelArgs.add.join(' ') || '(none)'}`);
+  // "-" stands for none: GRUB's load_env keeps an empty value and kubeos_args_try must be set to try
+  await writeBootEnv(agent.bootEnv, env, { ...vars, kubeos_args_try: config.kernelArgs.add.join(' ') || 'kubeos.args=none', kubeos_args_tries: String(agent.bootTries) });
+  if (reboot) {
+    step('rebooting into the trial');
+    await runCommand(agent.reboot, { timeoutMs: 60_000 });
+  }
+  return { kind: 'trying', generation: n, config, rebooting: reboot };
+}
+
+/** After a healthy trial boot of new kernel arguments (the boot hook calls it): they become the slot's. */
+export async function commitConfigBoot(agent: AgentConfig, step: ConfigStep = () => {}): Promise<ApplyResult> {
+  return withConfigLock(agent, 'config commit', async () => {
+    const state = await readConfigState(agent);
+    if (state.trying?.kind !== 'boot' || (await configBoot(agent)) !== 'trying') {
+      throw new KubeosError('E_CONFIG_NO_PREVIOUS', 'no kernel arguments are on trial in this boot: nothing to commit', { hint: 'kubeos agent config status shows what is in force' });
+    }
+    const n = state.trying.generation;
+    const config = await readGeneration(agent, n);
+    const { readBooted } = await import('./read-booted.js');
+    const booted = await readBooted(agent.runDir, agent.osRelease);
+    const { env, vars } = await readBootEnv(agent.bootEnv);
+    await writeBootEnv(agent.bootEnv, env, { ...vars, [`kubeos_args_${booted.slot}`]: config.kernelArgs.add.join(' '), kubeos_args_try: '', kubeos_args_tries: '0' });
+    await writeConfigState(agent, { committed: n, history: [...state.history, n], last: { generation: n, result: 'committed', at: new Date().toISOString() } });
+    step(`committed generation ${n} with its kernel arguments on slot ${booted.slot}`);
+    return { kind: 'committed', generation: n, config };
+  });
+}
+
 async function withConfigLock<T>(agent: AgentConfig, what: string, fn: () => Promise<T>): Promise<T> {
   const lock = await takeLock(agent.runDir, what);
   try {
@@ -279,17 +361,17 @@ async function withConfigLock<T>(agent: AgentConfig, what: string, fn: () => Pro
   }
 }
 
-export async function applyConfig(agent: AgentConfig, input: unknown, where: string, step: ConfigStep = () => {}): Promise<ApplyResult> {
+export async function applyConfig(agent: AgentConfig, input: unknown, where: string, step: ConfigStep = () => {}, options: { reboot?: boolean } = {}): Promise<ApplyResult> {
   const config = parseOSConfig(input, where);
   return withConfigLock(agent, 'config apply', async () => {
     const state = await recover(agent, await readConfigState(agent), step);
-    const current = await readGeneration(agent, state.committed);
-    if (needsReboot(current, config)) {
-      throw new KubeosError('E_CONFIG_UNSUPPORTED', `${where}: kernelArgs changes need a trial boot through GRUB's boot counting, which this agent does not do yet; nothing was changed`, {
-        hint: 'apply the other settings without kernelArgs (keep kernelArgs as they are in the generation in force)',
-        details: { kernelArgs: config.kernelArgs },
+    if (state.trying !== undefined) {
+      throw new KubeosError('E_CONFIG_UNSUPPORTED', `${where}: generation ${state.trying.generation} is on trial (its kernel arguments wait for a reboot or for its health checks); nothing was changed`, {
+        hint: 'reboot to try it (or let the boot commit it), then apply again; kubeos agent config status shows it',
       });
     }
+    const current = await readGeneration(agent, state.committed);
+    if (needsReboot(current, config)) return tryBootGeneration(agent, state, config, where, step, options.reboot !== false);
     if (JSON.stringify(current) === JSON.stringify(config) && state.committed > 0) return { kind: 'unchanged', generation: state.committed, config };
     return tryGeneration(agent, state, config, step, (n) => [...state.history, n]);
   });

@@ -172,7 +172,10 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
       state.slots[standby] = { version, sha256: actual, size: uncompressedSize, committed: false };
       await writeState(config.stateDir, state);
 
-      await writeBootEnv(config.bootEnv, planTryStandby(released, booted.slot, config.bootTries), vars);
+      // the kernel arguments committed with `agent config` carry over to the new slot; a pending
+      // trial of new ones does not (GRUB tries them only on a good boot)
+      const carried = { ...vars, [`kubeos_args_${standby}`]: vars[`kubeos_args_${booted.slot}`] ?? '' };
+      await writeBootEnv(config.bootEnv, planTryStandby(released, booted.slot, config.bootTries), carried);
       step('env-written');
       state.lastUpgrade = { version, slot: standby, result: 'installed', at: new Date().toISOString() };
       await writeState(config.stateDir, state);

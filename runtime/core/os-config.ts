@@ -45,7 +45,7 @@ export interface ConfigProblem {
 export const configKinds = ['sysctl', 'files', 'limits', 'kernelArgs'] as const;
 const maxFileBytes = 1024 * 1024;
 /** Kernel arguments live in the GRUB environment block, whose first sector holds every variable. */
-const maxKernelArgBytes = 160;
+const maxKernelArgBytes = 96;
 const sysctlKey = /^[a-z0-9_][a-z0-9_-]*(\.[a-zA-Z0-9_*:-]+)+$/;
 const kernelArg = /^[A-Za-z0-9_][A-Za-z0-9_.,:=\/+@-]*$/;
 

@@ -10,7 +10,8 @@ import { chmod, lstat, mkdir, readdir, readFile, writeFile } from 'node:fs/promi
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadAgentConfig, type AgentConfig } from '../../runtime/agent/agent-config.js';
-import { applyConfig, configRollback, configStatus } from '../../runtime/agent/os-config-apply.js';
+import { applyConfig, commitConfigBoot, configRollback, configStatus } from '../../runtime/agent/os-config-apply.js';
+import { decodeGrubEnv, encodeGrubEnv } from '../../runtime/core/grubenv.js';
 import { isKubeosError } from '../../runtime/core/errors.js';
 import { applyKernelArgs, parseOSConfig } from '../../runtime/core/os-config.js';
 import { validateImage } from '../../builder/image/load-image.js';
@@ -144,12 +145,52 @@ test('rollback goes back to the configuration committed before, and says so when
   t.true(isKubeosError(await configRollback(h.agent).catch((e: unknown) => e), 'E_CONFIG_NO_PREVIOUS'));
 });
 
-test('kernel arguments are refused with E_CONFIG_UNSUPPORTED before anything changes', async (t) => {
+const grubEnvOf = async (agent: AgentConfig) => decodeGrubEnv(await readFile(agent.bootEnv));
+
+test('new kernel arguments go on trial in the GRUB environment, and the trial boot that passes its checks commits them', async (t) => {
+  const h = await configHost(t);
+  await applyConfig(h.agent, gen1, 'gen1');
+  const result = await applyConfig(h.agent, { ...gen2, kernelArgs: { add: ['panic=10', 'mitigations=off'] } }, 'args', () => {}, { reboot: false });
+  t.like(result, { kind: 'trying', generation: 2, rebooting: false });
+  t.like(await grubEnvOf(h.agent), { kubeos_args_try: 'panic=10 mitigations=off', kubeos_args_tries: '3' });
+  // its other settings are in place already; status keeps it on trial
+  t.is(await readFile(join(h.root, 'proc/sys/kernel/pid_max'), 'utf8'), '65536\n');
+  t.like(await configStatus(h.agent), { committed: 1, trying: 2 });
+  t.true(isKubeosError(await applyConfig(h.agent, gen1, 'meanwhile').catch((e: unknown) => e), 'E_CONFIG_UNSUPPORTED'), 'one trial at a time');
+  // the trial boot (GRUB said kubeos.config=trying; the initramfs wrote it down)
+  await writeFile(join(h.agent.runDir, 'config-boot'), 'trying\n');
+  t.like(await configStatus(h.agent), { committed: 1, trying: 2 }, 'the trial boot is not undone');
+  t.like(await commitConfigBoot(h.agent), { kind: 'committed', generation: 2 });
+  t.like(await grubEnvOf(h.agent), { kubeos_args_A: 'panic=10 mitigations=off', kubeos_args_try: '', kubeos_args_tries: '0' });
+  t.like(await configStatus(h.agent), { committed: 2, trying: undefined, history: [1, 2] });
+});
+
+test('kernel arguments that never come up healthy: GRUB boots the committed ones and the rest of the generation is undone', async (t) => {
+  const h = await configHost(t);
+  await applyConfig(h.agent, gen1, 'gen1');
+  const committed = await snapshot(h.root);
+  await applyConfig(h.agent, { ...gen2, kernelArgs: { add: ['rdinit=/nonexistent'] } }, 'bad args', () => {}, { reboot: false });
+  // bootTries failed trial boots later GRUB cleared the trial and booted the committed arguments
+  const env = await grubEnvOf(h.agent);
+  await writeFile(h.agent.bootEnv, encodeGrubEnv({ ...env, kubeos_args_try: '', kubeos_args_tries: '0' }));
+  await writeFile(join(h.agent.runDir, 'config-boot'), 'fallback\n');
+  const status = await configStatus(h.agent);
+  t.like(status, { committed: 1, trying: undefined, last: { generation: 2, result: 'rolled-back' } });
+  t.regex(status.last?.reason ?? '', /did not come up healthy in 3 boots/);
+  t.deepEqual(await snapshot(h.root), committed);
+});
+
+test('kernel arguments are refused before anything changes when they cannot be tried: removals, or a slot on trial', async (t) => {
   const h = await configHost(t);
   const before = await snapshot(h.root);
-  const error = await t.throwsAsync(applyConfig(h.agent, { ...gen1, kernelArgs: { add: ['panic=10'] } }, 'args'));
-  t.true(isKubeosError(error, 'E_CONFIG_UNSUPPORTED'), String(error));
+  const removal = await t.throwsAsync(applyConfig(h.agent, { kernelArgs: { remove: ['quiet'] } }, 'removal', () => {}, { reboot: false }));
+  t.true(isKubeosError(removal, 'E_CONFIG_UNSUPPORTED'), String(removal));
+  t.regex((removal as Error).message, /set at build time/);
+  await writeFile(join(h.agent.runDir, 'boot'), 'trying\n');
+  const trial = await t.throwsAsync(applyConfig(h.agent, { kernelArgs: { add: ['panic=10'] } }, 'during an upgrade trial', () => {}, { reboot: false }));
+  t.true(isKubeosError(trial, 'E_CONFIG_UNSUPPORTED'), String(trial));
   t.deepEqual(await snapshot(h.root), before);
+  t.like(await configStatus(h.agent), { committed: 0, trying: undefined });
 });
 
 test('SIGKILL at every step of an apply leaves the committed generation in force once the agent runs again', async (t) => {

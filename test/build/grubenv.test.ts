@@ -48,5 +48,17 @@ test('grub.cfg counts a trying slot down once per boot and falls back when no tr
   t.regex(cfg, /else\n\s+set kubeos_failed="\$kubeos_try"\n\s+set kubeos_try=\n/);
   // the count is saved before the kernel is loaded, so a hang still uses up a try
   t.true(cfg.indexOf('save_env') < cfg.indexOf('menuentry'));
-  t.regex(cfg, /linux \(\$kubeos_disk,gpt3\)\/boot\/vmlinuz console=ttyS0 rootfstype=ext4 kubeos\.slot=B/);
+  t.regex(cfg, /linux \(\$kubeos_disk,gpt3\)\/boot\/vmlinuz console=ttyS0 \$kubeos_args rootfstype=ext4 kubeos\.slot=B kubeos\.boot=\$kubeos_boot kubeos\.config=\$kubeos_config/);
+});
+
+test('grub.cfg tries new kernel arguments for bootTries good boots, then boots the slot\'s committed ones', (t) => {
+  const cfg = renderGrubConfig({ slotPartitions: { A: 2, B: 3 }, bootTries: 3, kernel: '/boot/vmlinuz', initrd: '/boot/initrd.img', cmdline: 'console=ttyS0', rootFilesystem: 'ext4', timeout: 0 });
+  for (const left of [3, 2, 1]) t.true(cfg.includes(`[ "$kubeos_args_tries" = "${left}" ]; then\n      set kubeos_args_tries=${left - 1}\n      set kubeos_args="$kubeos_args_try"\n      set kubeos_config=trying`), `step ${left}`);
+  t.regex(cfg, /set kubeos_args_try=\n\s+set kubeos_args_tries=0\n\s+set kubeos_config=fallback/);
+  // each slot boots its own committed arguments; a trial only on a good boot, and counted before the kernel loads
+  t.regex(cfg, /set default=slotB\n\s+set kubeos_args="\$kubeos_args_B"/);
+  t.regex(cfg, /set default=slotA\n\s+set kubeos_args="\$kubeos_args_A"/);
+  t.regex(cfg, /if \[ "\$kubeos_boot" = "good" \]; then/);
+  t.true(cfg.lastIndexOf('save_env --file $prefix/grubenv kubeos_args_try kubeos_args_tries') < cfg.indexOf('menuentry'));
+  t.regex(cfg, /export kubeos_disk kubeos_boot kubeos_args kubeos_config/);
 });

@@ -7,7 +7,7 @@ import { commit, rollback, status } from '../commit-rollback-status.js';
 import { runDaemon, settleBoot } from '../run-daemon.js';
 import { upgrade } from '../upgrade.js';
 import { readFile } from 'node:fs/promises';
-import { applyConfig, configRollback, configStatus, type ConfigStatus } from '../os-config-apply.js';
+import { applyConfig, commitConfigBoot, configRollback, configStatus, type ConfigStatus } from '../os-config-apply.js';
 
 interface AgentArgs extends GlobalArgs {
   config: string;
@@ -144,11 +144,13 @@ function describeConfig(s: ConfigStatus): string {
   ].filter((l) => l !== '').join('\n');
 }
 
-const configApply: CommandModule<AgentArgs, AgentArgs & { file: string }> = {
+const configApply: CommandModule<AgentArgs, AgentArgs & { file: string; reboot: boolean }> = {
   command: 'apply <file>',
-  describe: 'Apply an OS configuration (JSON: sysctl, files, limits) as a new generation: health checks, then commit or restore',
+  describe: 'Apply an OS configuration (JSON: sysctl, files, limits, kernelArgs) as a new generation: health checks, then commit or restore',
   builder: (y) => y
     .positional('file', { type: 'string', describe: 'The configuration, a JSON file (- reads standard input)' })
+    .option('reboot', { type: 'boolean', default: true, describe: 'When kernelArgs change: reboot into their trial at once (--no-reboot: at the next boot)' })
+    .example('$0 agent config apply args.json', 'new kernel arguments: tried for bootTries boots, committed by the boot that passes its health checks, else GRUB boots the old ones')
     .example('$0 agent config apply node.json', 'sysctl and files from node.json, kept if /etc/kubeos/health.d passes') as any,
   handler: async (args) => {
     const config = await loadAgentConfig(args.config);
@@ -164,8 +166,10 @@ const configApply: CommandModule<AgentArgs, AgentArgs & { file: string }> = {
     } catch (error) {
       throw new KubeosError('E_CONFIG_INVALID', `${args.file} is not JSON: ${(error as Error).message}`, { cause: error, hint: 'docs/agent.md shows a configuration' });
     }
-    const result = await applyConfig(config, input, args.file, configSteps(args));
-    printResult(args, result, () => result.kind === 'unchanged' ? `generation ${result.generation} already holds this configuration` : `committed generation ${result.generation}`);
+    const result = await applyConfig(config, input, args.file, configSteps(args), { reboot: args.reboot });
+    printResult(args, result, () => result.kind === 'unchanged' ? `generation ${result.generation} already holds this configuration`
+      : result.kind === 'trying' ? `generation ${result.generation} is on trial: its kernel arguments are tried on the next boot${result.rebooting ? ' (rebooting)' : ' (run reboot)'}`
+        : `committed generation ${result.generation}`);
   },
 };
 
@@ -187,11 +191,20 @@ const configRollbackCommand: CommandModule<AgentArgs, AgentArgs> = {
   },
 };
 
+const configCommitCommand: CommandModule<AgentArgs, AgentArgs> = {
+  command: 'commit',
+  describe: 'Commit the kernel arguments on trial in this boot (the boot hook runs it once the health checks pass)',
+  handler: async (args) => {
+    const result = await commitConfigBoot(await loadAgentConfig(args.config), configSteps(args));
+    printResult(args, result, () => `committed generation ${result.generation}`);
+  },
+};
+
 const configCommand: CommandModule<AgentArgs, AgentArgs> = {
   command: 'config <command>',
-  describe: 'Node OS configuration as generations: apply, status, rollback',
-  builder: (y) => y.command(configApply).command(configStatusCommand).command(configRollbackCommand)
-    .demandCommand(1, 'name a config command: apply FILE, status or rollback') as any,
+  describe: 'Node OS configuration as generations: apply, status, rollback, commit',
+  builder: (y) => y.command(configApply).command(configStatusCommand).command(configRollbackCommand).command(configCommitCommand)
+    .demandCommand(1, 'name a config command: apply FILE, status, rollback or commit') as any,
   handler: () => {},
 };
 
