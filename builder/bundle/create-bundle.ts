@@ -4,6 +4,7 @@
  * payload goes to a temp file next to the output because the manifest, which precedes it in the
  * tar, must carry its size and sha256. The bundle appears at `out` only once complete (rename).
  */
+import { dirname } from 'node:path';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { rename, rm, stat } from 'node:fs/promises';
 import { Readable } from 'node:stream';
@@ -83,6 +84,16 @@ export async function createBundle(options: CreateBundleOptions): Promise<Create
     ]);
     const exit = await child.exited;
     signal?.throwIfAborted();
+    // a write that failed stops zstd (SIGPIPE): name the output, not "zstd failed: exit by signal"
+    const written = results[1];
+    if (written.status === 'rejected') {
+      const code = (written.reason as NodeJS.ErrnoException).code;
+      throw new KubeosError('E_OUTPUT', `cannot write the bundle ${out}: ${code ?? String(written.reason)}`, {
+        cause: written.reason,
+        hint: code === 'ENOENT' ? `create the directory ${dirname(out)} first` : code === 'EACCES' || code === 'EROFS' ? `${dirname(out)} is not writable here: choose another --out` : undefined,
+        details: { out, code },
+      });
+    }
     if (exit.exitCode !== 0) {
       throw new KubeosError('E_TOOL_FAILED', `zstd failed: ${exit.stderr || `exit ${exit.exitCode ?? 'by signal'}`}`, { details: { tool: 'zstd', stderr: exit.stderr } });
     }

@@ -1,6 +1,6 @@
 /** Writes a fresh ed25519 key pair into a directory; refuses to replace keys unless told to. */
-import { chmod, mkdir, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { chmod, mkdir, stat, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { generateKeyPair } from '../../runtime/core/crypto/keys.js';
 import { KubeosError } from '../../runtime/core/errors.js';
 
@@ -18,6 +18,13 @@ export async function writeKeyPair(dir: string, options: { force?: boolean } = {
   const privateKey = join(dir, privateKeyFile);
   const publicKey = join(dir, publicKeyFile);
   const flag = options.force ? 'w' : 'wx';
+  const existing = await stat(dir).catch(() => undefined);
+  if (existing !== undefined && !existing.isDirectory()) {
+    throw new KubeosError('E_USAGE', `--out ${dir} is a file; keygen writes a directory holding ${privateKeyFile} and ${publicKeyFile}`, {
+      hint: `name a directory, e.g. --out ${join(dirname(dir), 'keys')}`,
+      details: { dir },
+    });
+  }
   try {
     await mkdir(dir, { recursive: true });
     await writeFile(privateKey, pair.privatePem, { mode: 0o600, flag });

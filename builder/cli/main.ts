@@ -4,7 +4,7 @@ import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { commands } from './commands.js';
 import { printError } from './output.js';
-import { usageError, wantsJson } from '../../runtime/cli/usage.js';
+import { listOptionsOf, refuseRepeatedOptions, usageError, wantsJson } from '../../runtime/cli/usage.js';
 
 const argv = hideBin(process.argv);
 const json = wantsJson(argv);
@@ -23,6 +23,8 @@ try {
     })
     .epilogue('Docs: README.md. Exit codes: 0 ok, 1 failed (see the error code), 2 bad usage.');
   for (const command of commands) cli = cli.command(command);
+  const root = cli;
+  cli = cli.middleware((args) => refuseRepeatedOptions(args, listOptionsOf(root)), true);
   await cli.parseAsync();
 } catch (error) {
   process.exitCode = printError(error, json);

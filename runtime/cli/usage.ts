@@ -44,3 +44,23 @@ export function wantsJson(argv: readonly string[]): boolean {
   }
   return json;
 }
+
+/**
+ * yargs turns an option given twice into a list, which a command expecting one value then trips
+ * over (`--endpoint a --endpoint b` crashed publish): refuse it, except for list options.
+ */
+/** The list options a yargs instance declares (getOptions is not in @types/yargs). */
+export function listOptionsOf(instance: unknown): string[] {
+  const options = (instance as { getOptions?: () => { array?: string[] } }).getOptions?.();
+  return options?.array ?? [];
+}
+
+export function refuseRepeatedOptions(argv: Record<string, unknown>, listOptions: readonly string[]): void {
+  const lists = new Set(listOptions);
+  const dashed = (key: string) => key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+  for (const [key, value] of Object.entries(argv)) {
+    if (key === '_' || key === '$0' || !Array.isArray(value) || lists.has(key) || lists.has(dashed(key))) continue;
+    if (/[A-Z]/.test(key) && dashed(key) in argv) continue; // yargs's camelCase twin of a dashed option
+    throw new KubeosError('E_USAGE', `--${key} was given ${value.length} times (${value.map((v) => JSON.stringify(v)).join(', ')}); it takes one value`, { hint: 'give it once', details: { option: key, values: value } });
+  }
+}

@@ -38,11 +38,14 @@ for (const mode of hostileModes) {
     const before = await snapshot(host);
     const config = { ...host.config, updateServer: server.url, networkTimeoutSeconds: 2 };
     const started = Date.now();
+    const messages: string[] = [];
     const outcome = await upgrade(config, { channel: 'stable', reboot: false }).then(
       (r) => (r.kind === 'installed' ? 'installed' : r.kind),
-      (error: unknown) => (isKubeosError(error) ? (t.log(error.message), error.code) : `not a kubeos error: ${String(error)}`),
+      (error: unknown) => (isKubeosError(error) ? (messages.push(error.message), t.log(error.message), error.code) : `not a kubeos error: ${String(error)}`),
     );
     const took = Date.now() - started;
+    // the reason, not undici's bare "fetch failed"
+    if (mode === 'redirect-loop') t.regex(messages.join(' '), /fetch failed: .*redirect/i);
     t.log(`${outcome} after ${took} ms and ${server.requests.length} requests`);
     t.true(allowed[mode].includes(outcome), `${outcome} (${server.requests.length} requests)`);
     t.true(took < boundMs, `took ${took} ms`);

@@ -105,3 +105,34 @@ test('a misspelt option gets "did you mean", and --json=true is JSON like --json
   t.is(error.code, 'E_USAGE');
   t.is(error.message, 'Unknown option: --imge-version; did you mean --image-version?');
 });
+
+test('bundle create refuses a rootfs that is not a filesystem image (a README) before signing anything', async (t) => {
+  const { dir, priv } = await setup(t);
+  const readme = join(dir, 'README.md');
+  await writeFile(readme, '# hello\n\nnot a filesystem\n');
+  const out = join(dir, 'readme.kubeos');
+  const result = await runCli(['bundle', 'create', '--rootfs', readme, '--image-version', '2.0.0', '--key', priv, '--out', out, '--compatible', 'c', '--os-name', 'k', '--kernel-version', '6', '--json']);
+  t.is(result.exitCode, 2);
+  t.regex(result.json.error.message, /--rootfs .*README\.md is not an ext4 or squashfs filesystem image \(it starts with text: "# hello/);
+  await t.throwsAsync(stat(out));
+});
+
+test('bundle create into a directory that does not exist names the output and the fix, not zstd', async (t) => {
+  const { dir, rootfs, priv } = await setup(t);
+  const out = join(dir, 'no-such-dir', 'x.kubeos');
+  const result = await runCli(['bundle', 'create', '--rootfs', rootfs, '--image-version', '2.0.0', '--key', priv, '--out', out, '--json']);
+  t.is(result.exitCode, 1);
+  t.is(result.json.error.code, 'E_OUTPUT');
+  t.regex(result.json.error.message, /cannot write the bundle .*no-such-dir\/x\.kubeos: ENOENT/);
+  t.regex(result.json.error.hint, /create the directory/);
+});
+
+test('keygen --out naming a file says it wants a directory, even with --force, and leaves the file alone', async (t) => {
+  const { dir } = await setup(t);
+  const file = join(dir, 'notes.txt');
+  await writeFile(file, 'mine\n');
+  const result = await runCli(['keygen', '--out', file, '--force', '--json']);
+  t.is(result.exitCode, 2);
+  t.regex(result.json.error.message, /--out .*notes\.txt is a file; keygen writes a directory/);
+  t.is(await readFile(file, 'utf8'), 'mine\n');
+});

@@ -53,3 +53,20 @@ test('kubeos publish uploads with credentials from the environment and channel s
   t.is(badSerial.exitCode, 2, '--last-serial abc no longer turns the rollback check off');
   t.is(badSerial.json.error.code, 'E_USAGE');
 });
+
+const badOption = test.macro(async (t, extra: string[], message: RegExp) => {
+  const dir = await makeTempDir(t);
+  const keys = await makeKeys(dir);
+  const created = await makeBundle(dir, keys, { size: 1024 * 1024 });
+  // no server at all: a usage error must come before any network or verify work
+  const endpoint = extra.includes('--endpoint') ? [] : ['--endpoint', 'http://127.0.0.1:9'];
+  const result = await runCli(['publish', created.path, '--bucket', 'b', '--channel', 'stable', '--key', keys.privatePath, ...endpoint, ...extra, '--json']);
+  t.is(result.exitCode, 2, result.stderr);
+  t.is(result.json.error.code, 'E_USAGE');
+  t.regex(result.json.error.message, message);
+  t.notRegex(result.stderr, /verify/);
+});
+test('publish --endpoint without http:// names the option and the fix', badOption, ['--endpoint', 'localhost:4568'], /--endpoint localhost:4568 is not an http\(s\) URL/);
+test('publish --expires-days past ten years is refused, not clamped', badOption, ['--expires-days', '100000'], /--expires-days must be more than 0 and at most 3650/);
+test('publish --part-size-mib below S3\'s 5 MiB is refused, not clamped', badOption, ['--part-size-mib', '1'], /--part-size-mib must be a whole number from 5 to 5120/);
+test('an option given twice is a usage error naming both values, not a crash', badOption, ['--bucket', 'other'], /--bucket was given 2 times \("b", "other"\); it takes one value/);

@@ -37,9 +37,14 @@ export const metadata: BundleMetadata = {
   kernelVersion: '6.1.0-test',
 };
 
-/** Random (incompressible) head plus zeros, so payloads have real compressed size quickly. */
+/**
+ * Random (incompressible) head plus zeros, so payloads have real compressed size quickly; it carries
+ * ext4's superblock magic, as `bundle create --rootfs` asks of a filesystem image.
+ */
 export async function makeRootfs(path: string, size: number, randomPart = Math.min(size, 3 * 1024 * 1024)): Promise<string> {
-  await writeFile(path, Buffer.concat([randomBytes(randomPart), Buffer.alloc(size - randomPart)]));
+  const data = Buffer.concat([randomBytes(randomPart), Buffer.alloc(size - randomPart)]);
+  if (data.length >= 1082) data.writeUInt16LE(0xef53, 1080);
+  await writeFile(path, data);
   return path;
 }
 

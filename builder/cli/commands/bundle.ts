@@ -6,6 +6,7 @@ import { loadPrivateKey, loadTrustedKeys } from '../../../runtime/core/crypto/ke
 import { readBundleFileHeader, verifyBundleFile } from '../../../runtime/core/bundle/verify-bundle-file.js';
 import type { BundleManifest } from '../../../runtime/core/bundle/manifest.js';
 import { makeProgress, printResult, type GlobalArgs } from '../output.js';
+import { checkRootfsImage } from '../../bundle/check-rootfs.js';
 
 interface CreateArgs extends GlobalArgs {
   rootfs: string;
@@ -59,6 +60,7 @@ const create: CommandModule<GlobalArgs, CreateArgs> = {
       .option('arch', { type: 'string', describe: 'Architecture (default x86_64)' })
       .option('kernel-version', { type: 'string', describe: 'Kernel version inside the image' }),
   handler: async (args) => {
+    await checkRootfsImage(args.rootfs);
     const build = await readBuildInfo(args.rootfs);
     const metadata = resolveMetadata(
       { os: args['os-name'], version: args['image-version'], arch: args.arch, compatible: args.compatible, kernelVersion: args['kernel-version'] },

@@ -40,7 +40,24 @@ export const publishCommand: CommandModule<GlobalArgs, PublishArgs> = {
       .option('allow-downgrade', { type: 'boolean', describe: 'Allow a lower version than the channel has' })
       .option('part-size-mib', { type: 'number', describe: 'Multipart part size in MiB (min 5)' }) as Argv<PublishArgs>,
   handler: async (args) => {
-    if (!(args['expires-days'] > 0)) throw new KubeosError('E_USAGE', `--expires-days must be > 0, got ${args['expires-days']}`);
+    // every option checked before the bundle is read: bad input costs no verify and no upload
+    const days = args['expires-days'];
+    if (!Number.isFinite(days) || days <= 0 || days > 3650) throw new KubeosError('E_USAGE', `--expires-days must be more than 0 and at most 3650 (ten years), got ${String(days)}`, { details: { expiresDays: days } });
+    const part = args['part-size-mib'];
+    if (part !== undefined && (!Number.isInteger(part) || part < 5 || part > 5120)) {
+      throw new KubeosError('E_USAGE', `--part-size-mib must be a whole number from 5 to 5120 (S3's limits for a multipart part), got ${String(part)}`, { details: { partSizeMib: part } });
+    }
+    if (args.endpoint !== undefined) {
+      let scheme: string | undefined;
+      try {
+        scheme = new URL(args.endpoint).protocol;
+      } catch {
+        scheme = undefined;
+      }
+      if (scheme !== 'http:' && scheme !== 'https:') {
+        throw new KubeosError('E_USAGE', `--endpoint ${args.endpoint} is not an http(s) URL`, { hint: `write it with its scheme, e.g. --endpoint http://${args.endpoint.replace(/^[a-z]+:\/\//, '')}`, details: { endpoint: args.endpoint } });
+      }
+    }
     // The SDK warns about node < 22 for SDK releases after 2027 on every run; not actionable here.
     process.env['AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED'] ??= 'true';
     const progress = makeProgress(args);

@@ -3,15 +3,17 @@
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { printError } from '../../cli/output.js';
-import { usageError, wantsJson } from '../../cli/usage.js';
+import { listOptionsOf, refuseRepeatedOptions, usageError, wantsJson } from '../../cli/usage.js';
 import { agentCommand } from './agent-command.js';
 
 const argv = hideBin(process.argv);
 try {
-  await yargs(argv)
+  const cli = yargs(argv);
+  await cli
     .scriptName('kubeos')
     .option('json', { type: 'boolean', description: 'Print results (and errors) as JSON', global: true })
     .command(agentCommand)
+    .middleware((args) => refuseRepeatedOptions(args, listOptionsOf(cli)), true)
     .demandCommand(1, 'name a command: kubeos agent --help')
     .strict()
     .fail((message, error, instance) => {

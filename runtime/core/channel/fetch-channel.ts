@@ -17,13 +17,24 @@ export interface FetchedChannel {
   bundleUrl: string;
 }
 
+/** undici says only "fetch failed"; the reason (refused, no such host, too many redirects) is in its cause chain. */
+export function fetchFailure(error: unknown): string {
+  const parts: string[] = [];
+  for (let e: unknown = error; e instanceof Error && parts.length < 4; e = (e as { cause?: unknown }).cause) {
+    const code = (e as { code?: unknown }).code;
+    const text = typeof code === 'string' && !e.message.includes(code) ? `${e.message} (${code})` : e.message;
+    if (!parts.includes(text)) parts.push(text);
+  }
+  return parts.length === 0 ? String(error) : parts.join(': ');
+}
+
 async function get(url: string, signal: AbortSignal | undefined): Promise<Response> {
   let response: Response;
   try {
     response = await fetch(url, { signal, redirect: 'follow' });
   } catch (cause) {
     if (signal?.aborted && signal.reason instanceof KubeosError) throw signal.reason;
-    throw new KubeosError('E_FETCH', `GET ${url} failed: ${(cause as Error).message}`, { cause, details: { url } });
+    throw new KubeosError('E_FETCH', `GET ${url} failed: ${fetchFailure(cause)}`, { cause, details: { url } });
   }
   if (response.status !== 200) {
     await response.body?.cancel();
