@@ -20,12 +20,13 @@
  * GRUB boots the committed arguments again (kubeos.config=fallback) and the next `agent config`
  * command undoes the rest of the generation and reports it rolled back.
  */
-import { chmod, lstat, mkdir, open, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { lstat, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { KubeosError } from '../core/errors.js';
 import { runCommand } from '../core/exec.js';
 import { emptyOSConfig, needsReboot, parseOSConfig, renderLimits, renderSysctl, type OSConfig } from '../core/os-config.js';
 import type { AgentConfig } from './agent-config.js';
+import { readJsonFile, writeFileAtomic } from './atomic-file.js';
 import { readBootEnv, writeBootEnv } from './boot-env-store.js';
 import { takeLock } from './take-lock.js';
 
@@ -60,37 +61,8 @@ export type ConfigStep = (line: string) => void;
 
 const dirOf = (agent: AgentConfig) => join(agent.stateDir, 'config');
 
-async function readJson<T>(file: string, fallback: T): Promise<T> {
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return fallback;
-    throw error;
-  }
-  try {
-    return JSON.parse(text) as T;
-  } catch (cause) {
-    throw new KubeosError('E_STATE_CORRUPT', `the configuration state ${file} is damaged`, { cause, hint: `move it aside (mv ${file} ${file}.damaged) and apply the configuration again`, details: { file } });
-  }
-}
-
-/** Temp file, fsync, rename, fsync of the directory: a crash leaves the old file or the new one. */
-async function writeAtomic(file: string, data: string | Buffer, mode = 0o644): Promise<void> {
-  await mkdir(dirname(file), { recursive: true });
-  const tmp = `${file}.kubeos-tmp`;
-  const handle = await open(tmp, 'w', mode);
-  try {
-    await handle.writeFile(data);
-    await handle.chmod(mode);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-  await rename(tmp, file);
-  const dir = await open(dirname(file), 'r');
-  await dir.sync().finally(() => dir.close());
-}
+const readJson = <T>(file: string, missing: T) => readJsonFile<T>(file, missing, 'the configuration state', 'then apply the configuration again');
+const writeAtomic = writeFileAtomic;
 
 /** rm of a file that may not be there, even because a parent is not a directory. */
 async function removeIfThere(path: string): Promise<void> {
@@ -172,7 +144,6 @@ async function converge(agent: AgentConfig, target: OSConfig, undo: readonly OSC
     if (original === undefined || !original.existed) await removeIfThere(where);
     else {
       await writeAtomic(where, Buffer.from(original.content, 'base64'), original.mode);
-      await chmod(where, original.mode);
     }
   }
   for (const key of [...wantedKeys].sort()) {
