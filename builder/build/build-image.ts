@@ -53,7 +53,7 @@ export interface BuildOptions {
   version?: string;
   sourceDateEpoch?: number;
   signal?: AbortSignal;
-  onProgress?: (step: string, fraction?: number) => void;
+  onProgress?: (step: string, fraction?: number, bytes?: { done: number; total: number }) => void;
 }
 
 export interface BuildResult {

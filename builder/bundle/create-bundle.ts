@@ -45,7 +45,7 @@ export interface CreateBundleOptions {
   sourceDateEpoch?: number | undefined;
   chunkSize?: number;
   signal?: AbortSignal | undefined;
-  onProgress?: (step: string, fraction?: number) => void;
+  onProgress?: (step: string, fraction?: number, bytes?: { done: number; total: number }) => void;
 }
 
 export interface CreatedBundle {
@@ -75,7 +75,7 @@ export async function createBundle(options: CreateBundleOptions): Promise<Create
   const payloadTemp = `${out}.payload-${process.pid}.tmp`;
   const bundleTemp = `${out}.partial-${process.pid}.tmp`;
   try {
-    const hasher = new ChunkHasher(chunkSize, (bytes) => progress('compress', bytes / info.size));
+    const hasher = new ChunkHasher(chunkSize, (bytes) => progress('compress', bytes / info.size, { done: bytes, total: info.size }));
     const compressed = new HashTap();
     const child = await startZstd(zstdCompressArgs(info.size), { signal, timeoutMs: zstdTimeoutMs });
     const results = await Promise.allSettled([

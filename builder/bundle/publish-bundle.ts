@@ -33,7 +33,7 @@ export interface PublishOptions {
   partSize?: number;
   multipartThreshold?: number;
   signal?: AbortSignal | undefined;
-  onProgress?: (step: 'verify' | 'upload' | 'channel' | 'done', fraction?: number) => void;
+  onProgress?: (step: 'verify' | 'upload' | 'channel' | 'done', fraction?: number, bytes?: { done: number; total: number }) => void;
 }
 
 export interface PublishResult {
@@ -126,7 +126,7 @@ export async function publishBundle(options: PublishOptions): Promise<PublishRes
         partSize: options.partSize,
         multipartThreshold: options.multipartThreshold,
         signal: options.signal,
-        onBytes: (sent) => progress('upload', verified.size === 0 ? 1 : sent / verified.size),
+        onBytes: (sent) => progress('upload', verified.size === 0 ? 1 : sent / verified.size, { done: sent, total: verified.size }),
       });
     } catch (error) {
       if (options.signal?.aborted) {

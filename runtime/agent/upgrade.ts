@@ -40,7 +40,7 @@ export interface UpgradeOptions {
   allowDowngrade?: boolean;
   reboot?: boolean;
   signal?: AbortSignal;
-  onProgress?: (step: string, fraction?: number) => void;
+  onProgress?: (step: string, fraction?: number, bytes?: { done: number; total: number }) => void;
   /** Bytes of the standby slot written so far and in all (for the cluster's progress annotation). */
   onBytes?: (done: number, total: number) => void;
   /** Test hook: called at each named step (the SIGKILL tests stop the process there). */
@@ -154,7 +154,7 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
       let done = 0;
       bundle.payload.on('data', (chunk: Buffer) => {
         done += chunk.length;
-        progress(`writing slot ${standby}`, done / uncompressedSize);
+        progress(`writing slot ${standby}`, done / uncompressedSize, { done, total: uncompressedSize });
         options.onBytes?.(done, uncompressedSize);
       });
       await pipeline(bundle.payload, writer.sink, { signal });

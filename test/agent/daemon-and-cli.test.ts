@@ -108,3 +108,16 @@ test('a damaged state file is reported naming it, never read as a fresh host, an
   }
   t.deepEqual(await readFile(file), torn);
 });
+
+test('agent daemon --json logs one JSON object per line, as operator run --json does', async (t) => {
+  const host = await makeHost(t);
+  const raw = JSON.parse(await readFile(host.configPath, 'utf8')) as Record<string, unknown>;
+  const configPath = join(host.dir, 'cluster-agent.json');
+  await writeFile(configPath, JSON.stringify({ ...raw, updates: 'cluster' }));
+  const result = await kubeos(['agent', 'daemon', '--config', configPath, '--json']);
+  t.is(result.exitCode, 0, result.stderr);
+  const lines = result.stdout.trim().split('\n').map((line) => JSON.parse(line) as { time: string; component: string; message: string });
+  t.is(lines.length, 1);
+  t.like(lines[0], { component: 'kubeos-agent', message: 'updates come from the cluster (agent config updates: cluster): not following a channel' });
+  t.false(Number.isNaN(Date.parse(lines[0]!.time)));
+});

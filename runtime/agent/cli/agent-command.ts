@@ -110,7 +110,10 @@ const daemonCommand: CommandModule<AgentArgs, DaemonArgs> = {
     const config = await loadAgentConfig(args.config);
     const controller = new AbortController();
     for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => controller.abort());
-    const log = (line: string) => process.stdout.write(`${new Date().toISOString()} kubeos-agent: ${line}\n`);
+    // one line per decision; with --json one JSON object per line, as operator run --json writes
+    const log = (line: string) => process.stdout.write(args.json
+      ? `${JSON.stringify({ time: new Date().toISOString(), component: 'kubeos-agent', message: line })}\n`
+      : `${new Date().toISOString()} kubeos-agent: ${line}\n`);
     if (!args.kubernetes) {
       await runDaemon(config, { channel: args.channel, signal: controller.signal, log });
       return;
