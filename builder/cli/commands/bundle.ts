@@ -58,7 +58,8 @@ const create: CommandModule<GlobalArgs, CreateArgs> = {
       .option('compatible', { type: 'string', describe: 'String a host must match to install it' })
       .option('os-name', { type: 'string', describe: 'OS name' })
       .option('arch', { type: 'string', describe: 'Architecture (default x86_64)' })
-      .option('kernel-version', { type: 'string', describe: 'Kernel version inside the image' }),
+      .option('kernel-version', { type: 'string', describe: 'Kernel version inside the image' })
+      .example('SOURCE_DATE_EPOCH=1700000000 $0 bundle create --rootfs out/v2/rootfs.img --key keys/signing.pem --out v2.kubeos', 'version, compatible and kernel from out/v2/build.json; the same inputs give the same bytes'),
   handler: async (args) => {
     await checkRootfsImage(args.rootfs);
     const build = await readBuildInfo(args.rootfs);
@@ -87,7 +88,8 @@ const verify: CommandModule<GlobalArgs, VerifyArgs> = {
     y
       .positional('file', { type: 'string', demandOption: true, describe: 'Bundle file' })
       .option('pubkey', { type: 'string', array: true, demandOption: true, describe: 'Trusted public key (repeatable)' })
-      .option('compatible', { type: 'string', describe: 'Also require this compatible string' }) as Argv<VerifyArgs>,
+      .option('compatible', { type: 'string', describe: 'Also require this compatible string' })
+      .example('$0 bundle verify v2.kubeos --pubkey keys/signing.pub.pem --compatible kubeos-minimal-x86_64', 'every check a host makes before it writes a slot') as Argv<VerifyArgs>,
   handler: async (args) => {
     const verified = await verifyBundleFile(args.file, { trustedKeys: await loadTrustedKeys(args.pubkey), compatible: args.compatible });
     const checks = ['signature', 'manifest', 'payload sha256', `${verified.manifest.payload.chunks.length} chunk hashes`, 'image sha256', 'sizes'];
@@ -100,7 +102,8 @@ const verify: CommandModule<GlobalArgs, VerifyArgs> = {
 const info: CommandModule<GlobalArgs, InfoArgs> = {
   command: 'info <file>',
   describe: 'Print the manifest of a bundle (NOT verified; use bundle verify)',
-  builder: (y) => y.positional('file', { type: 'string', demandOption: true, describe: 'Bundle file' }) as Argv<InfoArgs>,
+  builder: (y) => y.positional('file', { type: 'string', demandOption: true, describe: 'Bundle file' })
+    .example('$0 bundle info v2.kubeos --json', 'the manifest, to read a version or a compatible string in a script') as Argv<InfoArgs>,
   handler: async (args) => {
     const header = await readBundleFileHeader(args.file);
     printResult(args, { manifest: header.manifest, signature: { keyid: header.signature.keyid }, verified: false }, () =>

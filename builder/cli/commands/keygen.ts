@@ -14,7 +14,8 @@ export const keygenCommand: CommandModule<GlobalArgs, KeygenArgs> = {
   builder: (y) =>
     y
       .option('out', { type: 'string', demandOption: true, describe: 'Directory for the key files' })
-      .option('force', { type: 'boolean', describe: 'Replace keys already in DIR' }),
+      .option('force', { type: 'boolean', describe: 'Replace keys already in DIR' })
+      .example('$0 keygen --out keys', 'keys/signing.pem signs bundles and channels; give keys/signing.pub.pem to kubeos build --trusted-key'),
   handler: async (args) => {
     const written = await writeKeyPair(args.out, { force: args.force });
     printResult(args, written, () => `key ${written.keyId}\n  private ${written.privateKey} (keep secret)\n  public  ${written.publicKey} (give to hosts and verifiers)`);

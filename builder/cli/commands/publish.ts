@@ -38,7 +38,8 @@ export const publishCommand: CommandModule<GlobalArgs, PublishArgs> = {
       .option('secret-access-key', { type: 'string', describe: 'Secret access key (prefer AWS_SECRET_ACCESS_KEY)' })
       .option('expires-days', { type: 'number', default: defaultExpiresDays, describe: 'Days until hosts stop trusting this index' })
       .option('allow-downgrade', { type: 'boolean', describe: 'Allow a lower version than the channel has' })
-      .option('part-size-mib', { type: 'number', describe: 'Multipart part size in MiB (min 5)' }) as Argv<PublishArgs>,
+      .option('part-size-mib', { type: 'number', describe: 'Multipart part size in MiB (min 5)' })
+      .example('$0 publish v2.kubeos --endpoint http://127.0.0.1:4568 --bucket images --prefix kubeos --channel stable --key keys/signing.pem', 'hosts built with --update-server http://HOST/images/kubeos and --channel stable then see v2') as Argv<PublishArgs>,
   handler: async (args) => {
     // every option checked before the bundle is read: bad input costs no verify and no upload
     const days = args['expires-days'];

@@ -84,7 +84,8 @@ const status: CommandModule<GlobalArgs, StatusArgs> = {
       .positional('name', { type: 'string', demandOption: true, description: 'the OSUpgrade' })
       .option('kubeconfig', { type: 'string', description: 'kubeconfig file (default: $KUBECONFIG or ~/.kube/config)' })
       .option('context', { type: 'string', description: 'kubeconfig context' })
-      .option('watch', { alias: 'w', type: 'boolean', description: 'follow the rollout; exit 0 when complete, 1 when the failure budget pauses it' }) as Argv<StatusArgs>,
+      .option('watch', { alias: 'w', type: 'boolean', description: 'follow the rollout; exit 0 when complete, 1 when the failure budget pauses it' })
+      .example('$0 rollout status fleet-1-4-0 --watch', 'per-node phases and progress until the rollout ends; the exit code says how') as Argv<StatusArgs>,
   handler: async (args) => {
     // loaded on use: the Kubernetes client takes most of a second to import
     const { KubeApi } = await import('../../../runtime/fleet/kube-api.js');

@@ -18,6 +18,7 @@ const withConfig = <T>(y: Argv<T>) => y.option('config', { type: 'string', defau
 const statusCommand: CommandModule<AgentArgs, AgentArgs> = {
   command: 'status',
   describe: 'Booted slot, what each slot holds and its state, the last upgrade, whether the last boot fell back',
+  builder: (y) => y.example('$0 agent status --json', 'the same as JSON, for health checks and scripts') as any,
   handler: async (args) => {
     const s = await status(await loadAgentConfig(args.config));
     printResult(args, s, () => [
@@ -73,6 +74,7 @@ const upgradeCommand: CommandModule<AgentArgs, UpgradeArgs> = {
 const commitCommand: CommandModule<AgentArgs, AgentArgs> = {
   command: 'commit',
   describe: 'Make the slot on trial the good slot (run after health checks pass)',
+  builder: (y) => y.example('$0 agent commit', 'what the boot hook runs once /etc/kubeos/health.d passes on a trial boot') as any,
   handler: async (args) => {
     const result = await commit(await loadAgentConfig(args.config));
     printResult(args, result, () => result.kind === 'committed' ? `committed slot ${result.slot} (${result.version})` : `slot ${result.slot} (${result.version}) was already committed`);
@@ -82,7 +84,8 @@ const commitCommand: CommandModule<AgentArgs, AgentArgs> = {
 const rollbackCommand: CommandModule<AgentArgs, AgentArgs & { reboot: boolean }> = {
   command: 'rollback',
   describe: 'Boot the other slot, if it holds a committed image',
-  builder: (y) => y.option('reboot', { type: 'boolean', default: true, describe: 'Reboot now (--no-reboot: at the next boot)' }) as any,
+  builder: (y) => y.option('reboot', { type: 'boolean', default: true, describe: 'Reboot now (--no-reboot: at the next boot)' })
+    .example('$0 agent rollback', 'back to the image committed before, now') as any,
   handler: async (args) => {
     const result = await rollback(await loadAgentConfig(args.config), { reboot: args.reboot });
     printResult(args, result, () => `slot ${result.slot} (${result.version ?? 'unknown version'}) boots next${result.rebooting ? '; rebooting' : ''}`);
@@ -105,7 +108,9 @@ const daemonCommand: CommandModule<AgentArgs, DaemonArgs> = {
     .option('kubernetes', { type: 'boolean', default: false, describe: 'Take the desired version from this Node\'s kubeos.io/desired-version annotation' })
     .option('node-name', { type: 'string', describe: 'This Node\'s name (with --kubernetes; default $NODE_NAME)' })
     .option('host-namespaces', { type: 'boolean', default: false, describe: 'Reboot through PID 1\'s namespaces (nsenter): for the agent DaemonSet (privileged, hostPID)' })
-    .option('kubeconfig', { type: 'string', describe: 'Kubeconfig (default: in-cluster)' }) as any,
+    .option('kubeconfig', { type: 'string', describe: 'Kubeconfig (default: in-cluster)' })
+    .example('$0 agent daemon', 'a host that follows its channel: commit the trial boot, then poll and upgrade')
+    .example('$0 agent daemon --kubernetes --kubeconfig /etc/kubeos/kubeconfig --node-name node-1', 'a cluster node: upgrade only when the operator asks (the DaemonSet adds --host-namespaces)') as any,
   handler: async (args) => {
     const config = await loadAgentConfig(args.config);
     const controller = new AbortController();
@@ -179,6 +184,7 @@ const configApply: CommandModule<AgentArgs, AgentArgs & { file: string; reboot: 
 const configStatusCommand: CommandModule<AgentArgs, AgentArgs> = {
   command: 'status',
   describe: 'The configuration generation in force, the last attempt and the history',
+  builder: (y) => y.example('$0 agent config status --json', 'committed and trying generations, and why the last one was rolled back') as any,
   handler: async (args) => {
     const s = await configStatus(await loadAgentConfig(args.config), configSteps(args));
     printResult(args, s, () => describeConfig(s));
@@ -188,6 +194,7 @@ const configStatusCommand: CommandModule<AgentArgs, AgentArgs> = {
 const configRollbackCommand: CommandModule<AgentArgs, AgentArgs> = {
   command: 'rollback',
   describe: 'Go back to the configuration committed before the one in force (health checks again)',
+  builder: (y) => y.example('$0 agent config rollback', 'the previous generation, tried and committed like a new one') as any,
   handler: async (args) => {
     const result = await configRollback(await loadAgentConfig(args.config), configSteps(args));
     printResult(args, result, () => `committed generation ${result.generation} (the configuration before)`);
@@ -197,6 +204,7 @@ const configRollbackCommand: CommandModule<AgentArgs, AgentArgs> = {
 const configCommitCommand: CommandModule<AgentArgs, AgentArgs> = {
   command: 'commit',
   describe: 'Commit the kernel arguments on trial in this boot (the boot hook runs it once the health checks pass)',
+  builder: (y) => y.example('$0 agent config commit', 'in a boot hook, after the health checks, when /run/kubeos/config-boot says trying') as any,
   handler: async (args) => {
     const result = await commitConfigBoot(await loadAgentConfig(args.config), configSteps(args));
     printResult(args, result, () => `committed generation ${result.generation}`);
