@@ -1,4 +1,5 @@
 /** Validation that reports every problem at once, each with the file, the JSON path, the expected and the actual value. */
+import { closestName } from '../../runtime/core/closest-name.js';
 import { KubeosError, type ErrorCode } from '../../runtime/core/errors.js';
 
 export interface Problem {
@@ -34,6 +35,9 @@ export function isObject(value: unknown): value is Record<string, unknown> {
 
 export function checkKnownKeys(problems: Problems, at: string, obj: Record<string, unknown>, known: readonly string[], code: ErrorCode): void {
   for (const key of Object.keys(obj)) {
-    if (!known.includes(key)) problems.add(at ? `${at}.${key}` : key, `one of the known fields (${known.filter((k) => !k.startsWith('$')).join(', ')})`, key, code);
+    if (known.includes(key)) continue;
+    const fields = known.filter((k) => !k.startsWith('$'));
+    const mean = closestName(key, fields);
+    problems.add(at ? `${at}.${key}` : key, `${mean === undefined ? '' : `"${mean}" (did you mean it?), or `}one of the known fields (${fields.join(', ')})`, key, code);
   }
 }

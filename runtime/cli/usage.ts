@@ -1,26 +1,16 @@
 /**
  * Usage errors of both CLIs (`kubeos` and the agent bin in images): yargs's message as E_USAGE,
- * with "did you mean" for a misspelt option (fastest-levenshtein), and whether --json was asked
+ * with "did you mean" for a misspelt option (runtime/core/closest-name.ts), and whether --json was asked
  * for, read from the words as yargs would (--json, --json=true; --no-json and --json=false win).
  */
-import { distance } from 'fastest-levenshtein';
+import { closestName } from '../core/closest-name.js';
 import { KubeosError } from '../core/errors.js';
 
 /** What yargs passes to fail(): its usage object, whose descriptions are keyed by the options it knows. */
 type YargsUsage = { getDescriptions?: () => Record<string, unknown> } | undefined;
 
 function suggestion(unknown: string, known: readonly string[]): string | undefined {
-  const name = unknown.replace(/^-+/, '').replace(/=.*$/, '');
-  let best: string | undefined;
-  let bestDistance = Infinity;
-  for (const candidate of known) {
-    const d = distance(name, candidate);
-    if (d < bestDistance) {
-      best = candidate;
-      bestDistance = d;
-    }
-  }
-  return best !== undefined && bestDistance <= Math.max(2, Math.floor(name.length / 3)) ? best : undefined;
+  return closestName(unknown.replace(/^-+/, '').replace(/=.*$/, ''), known);
 }
 
 export function usageError(message: string, usage: YargsUsage, hint: string): KubeosError {

@@ -34,3 +34,9 @@ test('an unknown rootfs type or a missing path is refused', (t) => {
   const error = t.throws(() => load({ type: 'oci', ref: '' })) as KubeosError;
   t.deepEqual((error.details?.['problems'] as { path: string }[]).map((p) => p.path).sort(), ['rootfs.path', 'rootfs.ref']);
 });
+
+test('a misspelt field in an image definition gets "did you mean"', (t) => {
+  const error = t.throws(() => validateImage({ ...base, kernal: {}, fils: 'rootfs' }, 'image.json', '/images/x')) as KubeosError;
+  t.regex(error.message, /kernal: expected "kernel" \(did you mean it\?\), or one of the known fields/);
+  t.regex(error.message, /fils: expected "files" \(did you mean it\?\)/);
+});
