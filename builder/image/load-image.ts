@@ -11,7 +11,7 @@ import { projectRoot } from '../project-root.js';
 import { rootfsSourceTypes, type RootfsSource } from '../source/rootfs-source.js';
 import type { ImageDefinition } from './image-definition.js';
 
-const rootfsKeys: Record<RootfsSource['type'], string[]> = {
+export const rootfsKeys: Record<RootfsSource['type'], string[]> = {
   'dir': ['type', 'path'],
   'tar': ['type', 'path'],
   'oci': ['type', 'path', 'ref'],
@@ -67,9 +67,9 @@ function validateRootfs(raw: unknown, dir: string, problems: Problems): RootfsSo
   return { type: t, path: where };
 }
 
-const imageKeys = ['$schema', 'name', 'description', 'version', 'compatible', 'arch', 'layout', 'kernel', 'rootfs', 'files', 'agent', 'config'];
-const agentKeys = ['channel', 'updateServer', 'updates', 'trustedKeys', 'pollSeconds'];
-const kernelKeys = ['package', 'modules', 'cmdline'];
+export const imageKeys = ['$schema', 'name', 'description', 'version', 'compatible', 'arch', 'layout', 'kernel', 'rootfs', 'files', 'agent', 'config'];
+export const agentKeys = ['channel', 'updateServer', 'updates', 'trustedKeys', 'pollSeconds'];
+export const kernelKeys = ['package', 'modules', 'cmdline'];
 const hint = 'see images/minimal/image.json for a complete example';
 
 export async function loadImage(dirOrFile: string): Promise<ImageDefinition> {

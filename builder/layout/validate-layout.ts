@@ -7,8 +7,8 @@ import { filesystemsByRole, roles, type Filesystem, type Layout, type PartitionS
 import { guidPattern, partitionTypes } from './partition-types.js';
 import { MiB, parseSize } from './size.js';
 
-const layoutKeys = ['$schema', 'name', 'description', 'seed', 'alignment', 'bootTries', 'diskSize', 'partitions'];
-const partitionKeys = ['name', 'role', 'type', 'size', 'filesystem'];
+export const layoutKeys = ['$schema', 'name', 'description', 'seed', 'alignment', 'bootTries', 'diskSize', 'partitions'];
+export const partitionKeys = ['name', 'role', 'type', 'size', 'filesystem'];
 const defaultTypes: Record<Role, string> = { 'esp': 'esp', 'root-a': 'root-x86-64', 'root-b': 'root-x86-64', 'persist': 'linux-generic' };
 const hint = 'see layouts/kubeos.json for a complete example';
 
