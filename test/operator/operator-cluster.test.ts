@@ -352,6 +352,9 @@ test.serial('two operator processes on one Lease: one acts, SIGKILL hands over w
 
   await waitFor('the rollout to complete', () => status().phase === 'Complete', 60_000);
   t.deepEqual(h.upgrades.sort(), names.map((n) => `${n}:2.0.0:beta`), 'every node upgraded exactly once');
+  // the status can be written before that reconcile's metrics are: the metrics are set before its log line
+  const allDone = (l: Record<string, any>) => l['type'] === 'reconciled' && (l['reports'] as Array<Record<string, any>>).some((r) => r['plan']?.['status']?.['counts']?.['done'] === 4);
+  await waitFor('the follower to log a reconcile with every node done', () => follower.lines.some(allDone), 30_000, both);
   const metrics = (await httpGet(`${follower.url()!}/metrics`)).text;
   t.regex(metrics, /^kubeos_rollout_nodes\{rollout="fleet",phase="done"\} 4$/m);
   t.regex(metrics, /^kubeos_reconcile_duration_seconds_count \d+$/m);
