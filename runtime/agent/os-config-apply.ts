@@ -219,6 +219,10 @@ export interface ConfigStatus {
   history: number[];
   last: ConfigState['last'];
   config: OSConfig;
+  /** The configuration the last attempt was about (committed or rolled back). */
+  lastConfig: OSConfig | undefined;
+  /** The configuration on trial. */
+  tryingConfig: OSConfig | undefined;
 }
 
 export type ApplyResult = { kind: 'committed' | 'unchanged'; generation: number; config: OSConfig } | { kind: 'trying'; generation: number; config: OSConfig; rebooting: boolean };
@@ -365,5 +369,14 @@ export async function configRollback(agent: AgentConfig, step: ConfigStep = () =
 export async function configStatus(agent: AgentConfig, step: ConfigStep = () => {}): Promise<ConfigStatus> {
   const state = await readConfigState(agent);
   const settled = state.trying === undefined ? state : await withConfigLock(agent, 'config status', async () => recover(agent, await readConfigState(agent), step));
-  return { committed: settled.committed, trying: settled.trying?.generation, history: settled.history, last: settled.last, config: await readGeneration(agent, settled.committed) };
+  const generation = async (n: number | undefined) => (n === undefined ? undefined : readGeneration(agent, n).catch(() => undefined));
+  return {
+    committed: settled.committed,
+    trying: settled.trying?.generation,
+    history: settled.history,
+    last: settled.last,
+    config: await readGeneration(agent, settled.committed),
+    lastConfig: await generation(settled.last?.generation),
+    tryingConfig: await generation(settled.trying?.generation),
+  };
 }

@@ -7,6 +7,8 @@ import { runNodeAgent, type LocalStatus } from './run-node-agent.js';
 import type { AgentConfig } from './agent-config.js';
 import { status } from './commit-rollback-status.js';
 import { upgrade } from './upgrade.js';
+import { configDigest, readConfigRollout } from '../fleet/osconfig.js';
+import { applyConfig, configStatus } from './os-config-apply.js';
 
 /**
  * `hostNamespaces`: the agent runs in a privileged DaemonSet pod with hostPID, so the reboot
@@ -49,6 +51,39 @@ export async function runKubernetesAgent(config: AgentConfig, options: { nodeNam
       } catch (error) {
         return { state: 'failed', error: isKubeosError(error) ? `${error.code}: ${error.message}` : String(error) };
       }
+    },
+    config: {
+      status: async (): Promise<LocalStatus> => {
+        // unreadable configuration state must not stop the upgrades: it is reported instead
+        const s = await configStatus(config, options.log).catch((error: unknown) => (isKubeosError(error) ? error : new KubeosError('E_STATE_CORRUPT', String(error))));
+        if (s instanceof KubeosError) return { currentVersion: '', state: 'failed', lastError: `${s.code}: ${s.message}` };
+        const current = s.committed > 0 ? configDigest(s.config) : '';
+        if (s.trying !== undefined && s.tryingConfig !== undefined) return { currentVersion: current, state: 'trying', stateVersion: configDigest(s.tryingConfig) };
+        if (s.last === undefined || s.lastConfig === undefined) return { currentVersion: current };
+        const about = configDigest(s.lastConfig);
+        if (s.last.result === 'rolled-back') return { currentVersion: current, state: 'fell-back', stateVersion: about, lastError: `generation ${s.last.generation} rolled back: ${s.last.reason ?? 'unknown reason'}` };
+        return { currentVersion: current, state: 'committed', stateVersion: about };
+      },
+      apply: async (source, digest, progress) => {
+        const before = await configStatus(config);
+        const current = before.committed > 0 ? configDigest(before.config) : '';
+        try {
+          // the configuration comes from the OSConfig the operator named, and must still be the one it meant
+          const wanted = readConfigRollout(await api.readOSConfig(source));
+          if (wanted.digest !== digest) {
+            return { state: 'failed', error: `E_CONFIG_CHANGED: OSConfig ${source} now holds ${wanted.digest}, not the ${digest} this node was asked for; nothing was changed` };
+          }
+          const result = await applyConfig(config, wanted.config, `OSConfig ${source}`, options.log, { reboot: false });
+          if (result.kind !== 'trying') return { state: 'committed', currentVersion: digest };
+          await progress('rebooting');
+          await runCommand(rebootCommand(config, options.hostNamespaces === true), { timeoutMs: 60_000 });
+          return { state: 'rebooting' };
+        } catch (error) {
+          const message = isKubeosError(error) ? `${error.code}: ${error.message}` : String(error);
+          if (isKubeosError(error, 'E_CONFIG_ROLLED_BACK')) return { state: 'fell-back', currentVersion: current, error: message };
+          return { state: 'failed', error: message };
+        }
+      },
     },
     onEvent: (event) => {
       // the agent decides on every watch event and resync: log a decision only when it changes

@@ -5,7 +5,7 @@
  */
 import { asKubeosError, KubeosError } from '../core/errors.js';
 import type { KubeApi } from '../fleet/kube-api.js';
-import { agentReportPatch, annotations, failedAgentStates, type AgentReport, type AgentState, type NodeLike } from '../fleet/node-protocol.js';
+import { agentConfigReportPatch, agentReportPatch, annotations, configAnnotations, failedAgentStates, type AgentReport, type AgentState, type NodeLike } from '../fleet/node-protocol.js';
 
 /** What the agent knows about this node from its own state (boot environment, slots). */
 export interface LocalStatus {
@@ -30,12 +30,24 @@ export type UpgradeOutcome =
   | { state: 'fell-back'; currentVersion: string; error: string }
   | { state: 'rebooting' };
 
+/**
+ * The OSConfig side: `status` says which configuration is in force (its digest as currentVersion)
+ * and how the last attempt went; `apply` reads the OSConfig `source`, checks its configuration
+ * still has `digest`, and applies it (`rebooting` when its kernel arguments need a trial boot).
+ */
+export interface ConfigHandler {
+  status: () => Promise<LocalStatus>;
+  apply: (source: string, digest: string, progress: UpgradeProgress, signal: AbortSignal) => Promise<UpgradeOutcome>;
+}
+
 export interface NodeAgentOptions {
   api: KubeApi;
   nodeName: string;
   /** Reads this node's LocalStatus; called once at start. */
   status: () => Promise<LocalStatus>;
   upgrade: (version: string, channel: string, progress: UpgradeProgress, signal: AbortSignal, options: { allowDowngrade: boolean }) => Promise<UpgradeOutcome>;
+  /** Follow OSConfigs too (kubeos.io/desired-config). */
+  config?: ConfigHandler;
   signal: AbortSignal;
   /** Re-read the Node this often in case a watch event was missed. */
   resyncMs?: number;
@@ -45,9 +57,11 @@ export interface NodeAgentOptions {
 }
 
 export type NodeAgentEvent =
-  | { type: 'reported'; report: AgentReport }
+  | { type: 'reported'; report: AgentReport; kind?: 'config' }
   | { type: 'upgrade-started'; version: string; channel: string }
   | { type: 'upgrade-ended'; outcome: UpgradeOutcome }
+  | { type: 'config-started'; digest: string; source: string }
+  | { type: 'config-ended'; outcome: UpgradeOutcome }
   /** Looked at its Node and decided to do nothing, and why (on every watch event and resync). */
   | { type: 'idle'; why: string; desiredVersion: string | undefined }
   | { type: 'error'; error: KubeosError };
@@ -70,6 +84,20 @@ export function decideAgentAction(node: NodeLike, local: LocalStatus, busy: bool
 }
 
 
+/** Pure: what to do about the OSConfig the Node asks for, given the configuration in force. */
+export function decideConfigAction(node: NodeLike, local: LocalStatus, busy: boolean): AgentDecision {
+  const a = node.metadata?.annotations ?? {};
+  // the same rules as an upgrade, read from the configuration's annotations
+  const projected: NodeLike = { metadata: { annotations: {
+    ...(a[configAnnotations.desired] === undefined ? {} : { [annotations.desiredVersion]: a[configAnnotations.desired] }),
+    ...(a[configAnnotations.source] === undefined ? {} : { [annotations.desiredChannel]: a[configAnnotations.source] }),
+  } } };
+  const decision = decideAgentAction(projected, local, busy);
+  if (decision.type === 'none') return { type: 'none', why: decision.why.replace('desired version', 'desired configuration').replace('an upgrade is running', 'busy') };
+  if (a[configAnnotations.source] === undefined) return { type: 'none', why: `${configAnnotations.source} is not set` };
+  return decision;
+}
+
 export async function runNodeAgent(options: NodeAgentOptions): Promise<void> {
   const { api, nodeName, signal } = options;
   const emit = options.onEvent ?? (() => {});
@@ -86,74 +114,88 @@ export async function runNodeAgent(options: NodeAgentOptions): Promise<void> {
     const timer = setTimeout(done, ms);
     signal.addEventListener('abort', done, { once: true });
   });
-  let upgrade: { version: string; abort: AbortController; done: Promise<void> } | undefined;
+  /** The one change running at a time: an upgrade or a configuration. */
+  let job: { kind: 'upgrade' | 'config'; version: string; abort: AbortController; done: Promise<void> } | undefined;
+  const localConfig: LocalStatus | undefined = options.config === undefined ? undefined : { ...(await options.config.status()) };
 
   // Reports go out one at a time, in the order made, so a progress write in flight never lands
   // after the state that follows it; a state that did not get through is sent again at each resync.
   let chain: Promise<void> = Promise.resolve();
-  let unsent: AgentReport | undefined;
-  const report = (r: AgentReport): Promise<void> => {
+  const unsent = new Map<'upgrade' | 'config', AgentReport>();
+  const report = (r: AgentReport, kind: 'upgrade' | 'config' = 'upgrade'): Promise<void> => {
     const sent = chain.then(async () => {
       try {
-        await api.patchNode(nodeName, agentReportPatch(r));
+        await api.patchNode(nodeName, kind === 'config' ? agentConfigReportPatch(r) : agentReportPatch(r));
       } catch (error) {
-        if (r.progress === undefined) unsent = r;
+        if (r.progress === undefined) unsent.set(kind, r);
         throw error;
       }
-      if (r.progress === undefined && unsent !== undefined) unsent = undefined;
-      emit({ type: 'reported', report: r });
+      if (r.progress === undefined) unsent.delete(kind);
+      emit(kind === 'config' ? { type: 'reported', report: r, kind } : { type: 'reported', report: r });
     });
     chain = sent.catch(() => {});
     return sent;
   };
 
-  const runUpgrade = async (version: string, channel: string, allowDowngrade: boolean, abort: AbortController) => {
-    emit({ type: 'upgrade-started', version, channel });
+  const runUpgrade = async (kind: 'upgrade' | 'config', version: string, channel: string, allowDowngrade: boolean, abort: AbortController) => {
+    const state = kind === 'config' ? localConfig! : local;
+    emit(kind === 'config' ? { type: 'config-started', digest: version, source: channel } : { type: 'upgrade-started', version, channel });
     // byte counts go up at most every progressEveryMs (and on the last byte): a Node is no log
     let lastBytesAt = 0;
-    const progress: UpgradeProgress = async (state, bytes) => {
+    const progress: UpgradeProgress = async (step, bytes) => {
       if (bytes !== undefined) {
         const now = Date.now();
         if (bytes.done < bytes.total && now - lastBytesAt < progressEveryMs) return;
         lastBytesAt = now;
       }
-      await report({ state, stateVersion: version, currentVersion: local.currentVersion, ...(bytes === undefined ? {} : { progress: bytes }) });
+      await report({ state: step, stateVersion: version, currentVersion: state.currentVersion, ...(bytes === undefined ? {} : { progress: bytes }) }, kind);
     };
     let outcome: UpgradeOutcome;
     try {
-      await progress('downloading');
-      outcome = await options.upgrade(version, channel, progress, abort.signal, { allowDowngrade });
+      await progress(kind === 'config' ? 'installing' : 'downloading');
+      outcome = kind === 'config'
+        ? await options.config!.apply(channel, version, progress, abort.signal)
+        : await options.upgrade(version, channel, progress, abort.signal, { allowDowngrade });
     } catch (error) {
       outcome = { state: 'failed', error: error instanceof Error ? error.message : String(error) };
     }
-    emit({ type: 'upgrade-ended', outcome });
+    emit(kind === 'config' ? { type: 'config-ended', outcome } : { type: 'upgrade-ended', outcome });
     if (outcome.state === 'rebooting') {
-      Object.assign(local, { state: 'rebooting', stateVersion: version });
-      await report({ state: 'rebooting', stateVersion: version, currentVersion: local.currentVersion });
+      Object.assign(state, { state: 'rebooting', stateVersion: version });
+      await report({ state: 'rebooting', stateVersion: version, currentVersion: state.currentVersion }, kind);
       return;
     }
-    if (outcome.state === 'committed') Object.assign(local, { currentVersion: outcome.currentVersion, state: 'committed', stateVersion: version, lastError: undefined });
-    else if (outcome.state === 'fell-back') Object.assign(local, { currentVersion: outcome.currentVersion, state: 'fell-back', stateVersion: version, lastError: outcome.error });
-    else Object.assign(local, { state: 'failed', stateVersion: version, lastError: outcome.error });
-    await report({ state: local.state!, stateVersion: version, currentVersion: local.currentVersion, ...(local.lastError === undefined ? {} : { lastError: local.lastError }) });
+    if (outcome.state === 'committed') Object.assign(state, { currentVersion: outcome.currentVersion, state: 'committed', stateVersion: version, lastError: undefined });
+    else if (outcome.state === 'fell-back') Object.assign(state, { currentVersion: outcome.currentVersion, state: 'fell-back', stateVersion: version, lastError: outcome.error });
+    else Object.assign(state, { state: 'failed', stateVersion: version, lastError: outcome.error });
+    await report({ state: state.state!, stateVersion: version, currentVersion: state.currentVersion, ...(state.lastError === undefined ? {} : { lastError: state.lastError }) }, kind);
   };
 
   const consider = (node: NodeLike) => {
-    const desired = node.metadata?.annotations?.[annotations.desiredVersion];
+    const a = node.metadata?.annotations ?? {};
+    const desired = a[annotations.desiredVersion];
     // The operator withdrew or changed the target before we rebooted: stop.
-    if (upgrade !== undefined && desired !== upgrade.version) upgrade.abort.abort();
-    const decision = decideAgentAction(node, local, upgrade !== undefined);
+    if (job !== undefined && job.version !== (job.kind === 'config' ? a[configAnnotations.desired] : desired)) job.abort.abort();
+    let kind: 'upgrade' | 'config' = 'upgrade';
+    let decision = decideAgentAction(node, local, job !== undefined);
+    if (decision.type !== 'upgrade' && localConfig !== undefined && local.state !== 'rebooting') {
+      const forConfig = decideConfigAction(node, localConfig, job !== undefined);
+      if (forConfig.type === 'upgrade') {
+        kind = 'config';
+        decision = forConfig;
+      }
+    }
     if (decision.type !== 'upgrade') {
       emit({ type: 'idle', why: decision.why, desiredVersion: desired });
       return;
     }
     const abort = new AbortController();
-    const own = { version: decision.version, abort, done: Promise.resolve() };
-    upgrade = own;
-    own.done = runUpgrade(decision.version, decision.channel, decision.allowDowngrade, abort)
+    const own = { kind, version: decision.version, abort, done: Promise.resolve() };
+    job = own;
+    own.done = runUpgrade(kind, decision.version, decision.channel, decision.allowDowngrade, abort)
       .catch((error: unknown) => emit({ type: 'error', error: asKubeosError(error, 'E_KUBERNETES') }))
       .finally(() => {
-        if (upgrade === own) upgrade = undefined;
+        if (job === own) job = undefined;
       });
   };
 
@@ -161,10 +203,14 @@ export async function runNodeAgent(options: NodeAgentOptions): Promise<void> {
   const initial: AgentReport = { state: local.state ?? 'idle', currentVersion: local.currentVersion };
   if (local.stateVersion !== undefined) initial.stateVersion = local.stateVersion;
   if (local.lastError !== undefined) initial.lastError = local.lastError;
+  const initialConfig: AgentReport | undefined = localConfig === undefined ? undefined : { state: localConfig.state ?? 'idle', ...(localConfig.currentVersion === '' ? {} : { currentVersion: localConfig.currentVersion }) };
+  if (initialConfig !== undefined && localConfig?.stateVersion !== undefined) initialConfig.stateVersion = localConfig.stateVersion;
+  if (initialConfig !== undefined && localConfig?.lastError !== undefined) initialConfig.lastError = localConfig.lastError;
   // The API server may be unreachable for a while after a reboot: keep trying, the operator waits.
   for (let delay = 200; !signal.aborted; delay = Math.min(delay * 2, resyncMs)) {
     try {
       await report(initial);
+      if (initialConfig !== undefined) await report(initialConfig, 'config');
       break;
     } catch (error) {
       emit({ type: 'error', error: asKubeosError(error, 'E_KUBERNETES') });
@@ -187,8 +233,8 @@ export async function runNodeAgent(options: NodeAgentOptions): Promise<void> {
   };
 
   while (!signal.aborted) {
-    if (unsent !== undefined && upgrade === undefined) {
-      await report(unsent).catch((error: unknown) => emit({ type: 'error', error: asKubeosError(error, 'E_KUBERNETES') }));
+    for (const [kind, r] of job === undefined ? [...unsent] : []) {
+      await report(r, kind).catch((error: unknown) => emit({ type: 'error', error: asKubeosError(error, 'E_KUBERNETES') }));
     }
     try {
       const node = await api.readNode(nodeName);
@@ -201,6 +247,6 @@ export async function runNodeAgent(options: NodeAgentOptions): Promise<void> {
     }
     await wait(resyncMs);
   }
-  upgrade?.abort.abort();
-  await upgrade?.done;
+  job?.abort.abort();
+  await job?.done;
 }

@@ -20,6 +20,7 @@ import { homedir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { KubeosError } from '../core/errors.js';
 import { toMs, type NodeLike, type NodePatch, type PodLike } from './node-protocol.js';
+import { osConfigApi, type OSConfigObject } from './osconfig.js';
 import { osUpgradeApi, type OSUpgradeObject, type OSUpgradeStatus } from './osupgrade.js';
 
 export interface KubeConfigSource {
@@ -44,7 +45,7 @@ export type EvictionResult =
   | { outcome: 'blocked'; status: number; message: string; retryAfterSeconds: number | undefined };
 
 export interface EventInput {
-  kind: 'Node' | 'OSUpgrade';
+  kind: 'Node' | 'OSUpgrade' | 'OSConfig';
   name: string;
   /** The object's uid: `kubectl describe` shows only events whose involvedObject carries it. */
   uid: string | undefined;
@@ -234,9 +235,10 @@ export class KubeApi {
 
   async recordEvent(event: EventInput, component: string, now: number): Promise<void> {
     const at = new Date(now);
+    const custom = event.kind === 'OSConfig' ? osConfigApi : osUpgradeApi;
     const involved = event.kind === 'Node'
       ? { apiVersion: 'v1', kind: 'Node', name: event.name, uid: event.uid }
-      : { apiVersion: `${osUpgradeApi.group}/${osUpgradeApi.version}`, kind: osUpgradeApi.kind, name: event.name, uid: event.uid };
+      : { apiVersion: `${custom.group}/${custom.version}`, kind: custom.kind, name: event.name, uid: event.uid };
     try {
       await this.core.createNamespacedEvent({
         namespace: eventNamespace,
@@ -298,39 +300,67 @@ export class KubeApi {
   }
 
   async listOSUpgrades(): Promise<OSUpgradeObject[]> {
-    try {
-      const list = (await this.custom.listClusterCustomObject({ ...customObject(), })) as { items?: OSUpgradeObject[] };
-      return list.items ?? [];
-    } catch (error) {
-      throw kubeError('listing OSUpgrades', error);
-    }
+    return this.listCustom(osUpgradeApi) as Promise<OSUpgradeObject[]>;
   }
 
   async readOSUpgrade(name: string): Promise<OSUpgradeObject> {
-    try {
-      return (await this.custom.getClusterCustomObject({ ...customObject(), name })) as OSUpgradeObject;
-    } catch (error) {
-      if (statusOf(error) === 404) {
-        throw new KubeosError('E_OSUPGRADE_NOT_FOUND', `OSUpgrade ${name} not found`, { cause: error, hint: 'kubectl get osupgrades lists them' });
-      }
-      throw kubeError(`reading OSUpgrade ${name}`, error);
-    }
+    return this.readCustom(osUpgradeApi, name, 'E_OSUPGRADE_NOT_FOUND') as Promise<OSUpgradeObject>;
   }
 
   /** Merge-patches the OSUpgrade itself (spec.paused and the operator's annotations). */
   async patchOSUpgrade(name: string, patch: Record<string, unknown>): Promise<void> {
-    try {
-      await this.custom.patchClusterCustomObject({ ...customObject(), name, body: patch, fieldManager: this.fieldManager }, mergePatch);
-    } catch (error) {
-      throw kubeError(`patching OSUpgrade ${name}`, error);
-    }
+    await this.patchCustom(osUpgradeApi, name, patch);
   }
 
   async patchOSUpgradeStatus(name: string, status: OSUpgradeStatus): Promise<void> {
+    await this.patchCustom(osUpgradeApi, name, { status }, true);
+  }
+
+  /** The OSConfigs; none when their CRD is not installed (a cluster that only upgrades). */
+  async listOSConfigs(): Promise<OSConfigObject[]> {
+    return this.listCustom(osConfigApi, true) as Promise<OSConfigObject[]>;
+  }
+
+  async readOSConfig(name: string): Promise<OSConfigObject> {
+    return this.readCustom(osConfigApi, name, 'E_OSCONFIG_NOT_FOUND') as Promise<OSConfigObject>;
+  }
+
+  async patchOSConfig(name: string, patch: Record<string, unknown>): Promise<void> {
+    await this.patchCustom(osConfigApi, name, patch);
+  }
+
+  async patchOSConfigStatus(name: string, status: OSUpgradeStatus): Promise<void> {
+    await this.patchCustom(osConfigApi, name, { status }, true);
+  }
+
+  private async listCustom(api: CustomApi, absentIsEmpty = false): Promise<unknown[]> {
     try {
-      await this.custom.patchClusterCustomObjectStatus({ ...customObject(), name, body: { status }, fieldManager: this.fieldManager }, mergePatch);
+      const list = (await this.custom.listClusterCustomObject({ group: api.group, version: api.version, plural: api.plural })) as { items?: unknown[] };
+      return list.items ?? [];
     } catch (error) {
-      throw kubeError(`updating the status of OSUpgrade ${name}`, error);
+      if (absentIsEmpty && statusOf(error) === 404) return [];
+      throw kubeError(`listing ${api.kind}s`, error);
+    }
+  }
+
+  private async readCustom(api: CustomApi, name: string, notFound: 'E_OSUPGRADE_NOT_FOUND' | 'E_OSCONFIG_NOT_FOUND'): Promise<unknown> {
+    try {
+      return await this.custom.getClusterCustomObject({ group: api.group, version: api.version, plural: api.plural, name });
+    } catch (error) {
+      if (statusOf(error) === 404) {
+        throw new KubeosError(notFound, `${api.kind} ${name} not found`, { cause: error, hint: `kubectl get ${api.plural} lists them` });
+      }
+      throw kubeError(`reading ${api.kind} ${name}`, error);
+    }
+  }
+
+  private async patchCustom(api: CustomApi, name: string, body: Record<string, unknown>, status = false): Promise<void> {
+    const request = { group: api.group, version: api.version, plural: api.plural, name, body, fieldManager: this.fieldManager };
+    try {
+      if (status) await this.custom.patchClusterCustomObjectStatus(request, mergePatch);
+      else await this.custom.patchClusterCustomObject(request, mergePatch);
+    } catch (error) {
+      throw kubeError(`${status ? 'updating the status of' : 'patching'} ${api.kind} ${name}`, error);
     }
   }
 
@@ -338,8 +368,9 @@ export class KubeApi {
    * Streams changes to nodes (one node with `name`) or OSUpgrades until the signal aborts or the
    * server ends the watch; `onEnd` then says why (undefined: closed normally).
    */
-  async watch(what: { kind: 'nodes' | 'osupgrades'; name?: string; resourceVersion?: string }, onEvent: (event: WatchEvent) => void, onEnd: (error: unknown) => void, signal: AbortSignal): Promise<void> {
-    const path = what.kind === 'nodes' ? '/api/v1/nodes' : `/apis/${osUpgradeApi.group}/${osUpgradeApi.version}/${osUpgradeApi.plural}`;
+  async watch(what: { kind: 'nodes' | 'osupgrades' | 'osconfigs'; name?: string; resourceVersion?: string }, onEvent: (event: WatchEvent) => void, onEnd: (error: unknown) => void, signal: AbortSignal): Promise<void> {
+    const custom = what.kind === 'osconfigs' ? osConfigApi : osUpgradeApi;
+    const path = what.kind === 'nodes' ? '/api/v1/nodes' : `/apis/${custom.group}/${custom.version}/${custom.plural}`;
     const query: Record<string, string> = {};
     if (what.name !== undefined) query['fieldSelector'] = `metadata.name=${what.name}`;
     // from the version a read returned: every change after that read is delivered, none falls in between
@@ -359,8 +390,11 @@ export class KubeApi {
   }
 }
 
-function customObject() {
-  return { group: osUpgradeApi.group, version: osUpgradeApi.version, plural: osUpgradeApi.plural };
+interface CustomApi {
+  group: string;
+  version: string;
+  plural: string;
+  kind: string;
 }
 
 function leaseRecord(lease: V1Lease): LeaseRecord {

@@ -23,6 +23,24 @@ export const annotations = {
   rollout: 'kubeos.io/rollout',
 } as const;
 
+/**
+ * The same handshake for an OSConfig, in annotations of its own, so a configuration and an OS
+ * upgrade never read each other's state:
+ * - the operator writes `desired-config` (the configuration's digest), `config-source` (the
+ *   OSConfig's name, where the agent reads the configuration) and its record `config-rollout`;
+ * - the agent writes `config-applied` (the digest in force), `config-state`, `config-state-for`
+ *   (the digest that state is about) and `config-error`.
+ */
+export const configAnnotations = {
+  desired: 'kubeos.io/desired-config',
+  source: 'kubeos.io/config-source',
+  rollout: 'kubeos.io/config-rollout',
+  applied: 'kubeos.io/config-applied',
+  state: 'kubeos.io/config-state',
+  stateFor: 'kubeos.io/config-state-for',
+  lastError: 'kubeos.io/config-error',
+} as const;
+
 /** The label the operator keeps equal to the version a node runs (`kubectl get nodes -L kubeos.io/version`). */
 export const versionLabel = 'kubeos.io/version';
 
@@ -88,6 +106,20 @@ export interface NodeView {
   record: NodeRecord | undefined;
   /** Pods on the node; only filled in for nodes the operator is draining. */
   pods?: readonly PodView[];
+  /** The record of the other kind of rollout (an OSConfig's while planning an upgrade, and back): a node in flight there is not started here. */
+  otherRecord?: NodeRecord | undefined;
+  /** The OSConfig side of the handshake, when the node has any of it. */
+  config?: ConfigSide;
+}
+
+/** What a Node's annotations say about its OS configuration. */
+export interface ConfigSide {
+  desired: string | undefined;
+  applied: string | undefined;
+  state: AgentState | undefined;
+  stateFor: string | undefined;
+  lastError: string | undefined;
+  record: NodeRecord | undefined;
 }
 
 /** The subset of a v1 Node this module reads; matches both client-node's V1Node and plain JSON. */
@@ -169,7 +201,43 @@ export function readNodeView(node: NodeLike): NodeView {
     lastError: a[annotations.lastError],
     progress: parseProgress(a[annotations.progress]),
     record: decodeRecord(a[annotations.rollout]),
+    otherRecord: decodeRecord(a[configAnnotations.rollout]),
+    config: {
+      desired: a[configAnnotations.desired],
+      applied: a[configAnnotations.applied],
+      state: parseAgentState(a[configAnnotations.state]),
+      stateFor: a[configAnnotations.stateFor],
+      lastError: a[configAnnotations.lastError],
+      record: decodeRecord(a[configAnnotations.rollout]),
+    },
   };
+}
+
+/**
+ * The node as an OSConfig rollout sees it: the planner's version fields hold configuration digests
+ * and the records are the OSConfig ones, so the one planner runs both kinds of rollout.
+ */
+export function configView(node: NodeView): NodeView {
+  const c = node.config;
+  return {
+    ...node,
+    desiredVersion: c?.desired,
+    currentVersion: c?.applied,
+    agentState: c?.state,
+    stateVersion: c?.stateFor,
+    lastError: c?.lastError,
+    progress: undefined,
+    record: c?.record,
+    otherRecord: node.record,
+  };
+}
+
+/** What the agent reports about the configuration in force, as a merge patch of its own Node. */
+export function agentConfigReportPatch(report: AgentReport): NodePatch {
+  const patch: Record<string, string | null> = { [configAnnotations.state]: report.state, [configAnnotations.lastError]: report.lastError ?? null };
+  if (report.stateVersion !== undefined) patch[configAnnotations.stateFor] = report.stateVersion;
+  if (report.currentVersion !== undefined) patch[configAnnotations.applied] = report.currentVersion;
+  return { metadata: { annotations: patch } };
 }
 
 export function readPodView(pod: PodLike): PodView {

@@ -126,6 +126,10 @@ export interface Rollout {
   /** Failures already accounted for by a resume, for this target version. */
   failuresAcknowledged: number;
   previousStatus: Partial<OSUpgradeStatus> | undefined;
+  /** Cordon and drain a node before it is told to change (default true; an OSConfig drains only for a reboot). */
+  drainFirst?: boolean;
+  /** Reasons a node's failure is recorded with when its agent reports failed or fell-back (default UpgradeFailed, FellBack). */
+  failureReasons?: { failed: string; fellBack: string };
 }
 
 const defaults = {
@@ -140,48 +144,46 @@ const defaults = {
 const timePattern = /^([01]\d|2[0-3]):[0-5]\d$/;
 const percentPattern = /^(100|[1-9]?\d)%$/;
 
-function isRecord(value: unknown): value is Record<string, unknown> {
+export function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
-interface Problem {
+export interface Problem {
   path: string;
   expected: string;
   actual: unknown;
 }
 
-/** Validates a raw spec, collecting every problem, then applies defaults. */
-export function parseOSUpgradeSpec(raw: unknown, name = 'OSUpgrade'): OSUpgradeSpec {
-  const problems: Problem[] = [];
-  const spec = isRecord(raw) ? raw : {};
-  if (!isRecord(raw)) problems.push({ path: 'spec', expected: 'an object', actual: raw });
+/** The fields every rollout kind has (OSUpgrade and OSConfig), with defaults applied. */
+export type RolloutCommonSpec = Omit<OSUpgradeSpec, 'version' | 'channel' | 'allowDowngrade' | 'onFailureBudget'>;
 
-  const str = (path: string, value: unknown, fallback?: string): string => {
-    if (value === undefined && fallback !== undefined) return fallback;
-    if (typeof value === 'string' && value.length > 0) return value;
-    problems.push({ path, expected: 'a non-empty string', actual: value });
-    return '';
+/** Field readers that record a problem and return the fallback when a value is wrong. */
+function fieldReaders(problems: Problem[]) {
+  return {
+    str: (path: string, value: unknown, fallback?: string): string => {
+      if (value === undefined && fallback !== undefined) return fallback;
+      if (typeof value === 'string' && value.length > 0) return value;
+      problems.push({ path, expected: 'a non-empty string', actual: value });
+      return '';
+    },
+    int: (path: string, value: unknown, fallback: number, min: number): number => {
+      if (value === undefined) return fallback;
+      if (typeof value === 'number' && Number.isInteger(value) && value >= min) return value;
+      problems.push({ path, expected: `an integer >= ${min}`, actual: value });
+      return fallback;
+    },
+    bool: (path: string, value: unknown, fallback: boolean): boolean => {
+      if (value === undefined) return fallback;
+      if (typeof value === 'boolean') return value;
+      problems.push({ path, expected: 'true or false', actual: value });
+      return fallback;
+    },
   };
-  const int = (path: string, value: unknown, fallback: number, min: number): number => {
-    if (value === undefined) return fallback;
-    if (typeof value === 'number' && Number.isInteger(value) && value >= min) return value;
-    problems.push({ path, expected: `an integer >= ${min}`, actual: value });
-    return fallback;
-  };
-  const bool = (path: string, value: unknown, fallback: boolean): boolean => {
-    if (value === undefined) return fallback;
-    if (typeof value === 'boolean') return value;
-    problems.push({ path, expected: 'true or false', actual: value });
-    return fallback;
-  };
+}
 
-  let version = str('spec.version', spec['version']);
-  if (version !== '' && !versionPattern.test(version)) {
-    problems.push({ path: 'spec.version', expected: 'a semantic version such as "1.4.0"', actual: version });
-    version = '';
-  }
-  const channel = str('spec.channel', spec['channel'], defaults.channel);
-
+/** Validates the fields every rollout kind has, adding each problem to `problems`. */
+export function parseRolloutCommon(spec: Record<string, unknown>, problems: Problem[]): RolloutCommonSpec {
+  const { int, bool } = fieldReaders(problems);
   let maxUnavailable: number | string = defaults.maxUnavailable;
   const mu = spec['maxUnavailable'];
   if (mu !== undefined) {
@@ -228,9 +230,7 @@ export function parseOSUpgradeSpec(raw: unknown, name = 'OSUpgrade'): OSUpgradeS
   if (!isRecord(gateRaw)) problems.push({ path: 'spec.healthGate', expected: 'an object', actual: gateRaw });
   const gate = isRecord(gateRaw) ? gateRaw : {};
 
-  const result: OSUpgradeSpec = {
-    version,
-    channel,
+  return {
     maxUnavailable,
     nodeSelector,
     maintenanceWindows,
@@ -243,6 +243,31 @@ export function parseOSUpgradeSpec(raw: unknown, name = 'OSUpgrade'): OSUpgradeS
     failureBudget: int('spec.failureBudget', spec['failureBudget'], defaults.failureBudget, 1),
     nodeTimeoutSeconds: int('spec.nodeTimeoutSeconds', spec['nodeTimeoutSeconds'], defaults.nodeTimeoutSeconds, 1),
     paused: bool('spec.paused', spec['paused'], false),
+  };
+}
+
+/** One line listing every problem: "spec.x: expected ..., got ...; ...". */
+export function describeProblems(problems: readonly Problem[]): string {
+  return problems.map((p) => `${p.path}: expected ${p.expected}, got ${JSON.stringify(p.actual)}`).join('; ');
+}
+
+/** Validates a raw spec, collecting every problem, then applies defaults. */
+export function parseOSUpgradeSpec(raw: unknown, name = 'OSUpgrade'): OSUpgradeSpec {
+  const problems: Problem[] = [];
+  const spec = isRecord(raw) ? raw : {};
+  if (!isRecord(raw)) problems.push({ path: 'spec', expected: 'an object', actual: raw });
+  const { str, bool } = fieldReaders(problems);
+
+  let version = str('spec.version', spec['version']);
+  if (version !== '' && !versionPattern.test(version)) {
+    problems.push({ path: 'spec.version', expected: 'a semantic version such as "1.4.0"', actual: version });
+    version = '';
+  }
+  const channel = str('spec.channel', spec['channel'], defaults.channel);
+  const result: OSUpgradeSpec = {
+    version,
+    channel,
+    ...parseRolloutCommon(spec, problems),
     allowDowngrade: bool('spec.allowDowngrade', spec['allowDowngrade'], false),
     onFailureBudget: 'pause',
   };
@@ -255,7 +280,7 @@ export function parseOSUpgradeSpec(raw: unknown, name = 'OSUpgrade'): OSUpgradeS
   if (problems.length > 0) {
     throw new KubeosError(
       'E_OSUPGRADE_INVALID',
-      `${name}: ${problems.map((p) => `${p.path}: expected ${p.expected}, got ${JSON.stringify(p.actual)}`).join('; ')}`,
+      `${name}: ${describeProblems(problems)}`,
       { hint: 'fix the OSUpgrade spec (kubectl explain osupgrade.spec); the rollout does nothing until then', details: { problems } },
     );
   }
@@ -264,8 +289,12 @@ export function parseOSUpgradeSpec(raw: unknown, name = 'OSUpgrade'): OSUpgradeS
 
 /** Reads the rollout from an OSUpgrade object; throws E_OSUPGRADE_INVALID listing every problem. */
 export function readRollout(object: OSUpgradeObject): Rollout {
+  return rolloutFrom(object, parseOSUpgradeSpec(object.spec, object.metadata?.name ?? ''));
+}
+
+/** The rollout of an object whose spec is already read: the operator's marks come from its annotations. */
+export function rolloutFrom(object: OSUpgradeObject, spec: OSUpgradeSpec): Rollout {
   const name = object.metadata?.name ?? '';
-  const spec = parseOSUpgradeSpec(object.spec, name);
   const a = object.metadata?.annotations ?? {};
   let failuresAcknowledged = 0;
   try {

@@ -10,6 +10,7 @@ import type { OperatorEvent } from './run-operator.js';
 export class OperatorMetrics {
   readonly registry = new Registry();
   private readonly nodes: Gauge<'rollout' | 'phase'>;
+  private readonly configNodes: Gauge<'osconfig' | 'phase'>;
   private readonly failures: Counter<'rollout' | 'reason'>;
   private readonly drainSeconds: Histogram<'rollout'>;
   private readonly reconcileSeconds: Histogram;
@@ -20,6 +21,7 @@ export class OperatorMetrics {
   constructor(private readonly identity: string) {
     collectDefaultMetrics({ register: this.registry, prefix: 'kubeos_operator_' });
     this.nodes = new Gauge({ name: 'kubeos_rollout_nodes', help: 'Selected nodes of an OSUpgrade per phase, as of the last reconcile', labelNames: ['rollout', 'phase'], registers: [this.registry] });
+    this.configNodes = new Gauge({ name: 'kubeos_osconfig_nodes', help: 'Selected nodes of an OSConfig per phase, as of the last reconcile', labelNames: ['osconfig', 'phase'], registers: [this.registry] });
     this.failures = new Counter({ name: 'kubeos_node_failures_total', help: 'Nodes this replica marked failed, by reason', labelNames: ['rollout', 'reason'], registers: [this.registry] });
     this.drainSeconds = new Histogram({
       name: 'kubeos_drain_duration_seconds', help: 'From cordon to the last pod gone, per drained node', labelNames: ['rollout'],
@@ -45,22 +47,33 @@ export class OperatorMetrics {
       case 'reconciled': {
         this.reconcileSeconds.observe(event.seconds);
         const seen = new Set<string>();
+        const gauge = (kind: string, rollout: string, phase: string, value?: number) => {
+          const labels = kind === 'OSConfig' ? { osconfig: rollout, phase } : { rollout, phase };
+          const target = kind === 'OSConfig' ? this.configNodes : this.nodes;
+          if (value === undefined) (target as Gauge<string>).remove(labels);
+          else (target as Gauge<string>).set(labels, value);
+        };
         for (const report of event.reports) {
           for (const error of report.errors) this.errors.inc({ code: error.code });
           const counts = report.plan?.status.counts;
           if (counts !== undefined) {
-            seen.add(report.rollout);
-            for (const phase of nodePhases) this.nodes.set({ rollout: report.rollout, phase }, counts[phase]);
+            seen.add(`${report.kind}/${report.rollout}`);
+            for (const phase of nodePhases) gauge(report.kind, report.rollout, phase, counts[phase]);
           }
+          if (report.kind === 'OSConfig') continue;
           for (const action of report.appliedActions) {
             if (action.type === 'mark-failed') this.failures.inc({ rollout: report.rollout, reason: action.record.reason ?? 'Failed' });
             if (action.type === 'set-desired-version') this.drainSeconds.observe({ rollout: report.rollout }, Math.max(0, (action.record.since - action.drainStarted) / 1000));
           }
         }
-        // an OSUpgrade that was deleted drops out of the gauge
-        for (const rollout of this.known) if (!seen.has(rollout)) for (const phase of nodePhases) this.nodes.remove({ rollout, phase });
+        // a rollout that was deleted drops out of the gauge
+        for (const key of this.known) {
+          if (seen.has(key)) continue;
+          const [kind, rollout] = [key.slice(0, key.indexOf('/')), key.slice(key.indexOf('/') + 1)];
+          for (const phase of nodePhases) gauge(kind, rollout, phase);
+        }
         this.known.clear();
-        for (const rollout of seen) this.known.add(rollout);
+        for (const key of seen) this.known.add(key);
         return;
       }
     }

@@ -52,7 +52,8 @@ export interface PodRef {
 export type NodeAction =
   | { type: 'cordon'; node: string; record: NodeRecord }
   | { type: 'evict'; node: string; pods: PodRef[] }
-  | { type: 'set-desired-version'; node: string; version: string; channel: string; allowDowngrade: boolean; record: NodeRecord; drainStarted: number }
+  /** `starts`: the node goes from pending straight to upgrading (a rollout that does not drain). */
+  | { type: 'set-desired-version'; node: string; version: string; channel: string; allowDowngrade: boolean; record: NodeRecord; drainStarted: number; starts?: boolean }
   | { type: 'uncordon'; node: string; record: NodeRecord }
   | { type: 'mark-done'; node: string; record: NodeRecord }
   | { type: 'mark-failed'; node: string; record: NodeRecord; uncordon: boolean };
@@ -215,7 +216,8 @@ function advanceInFlight(rollout: Rollout, node: NodeView, rec: NodeRecord, now:
   }
 
   if (reported !== undefined && failedAgentStates.includes(reported)) {
-    const reason = reported === 'fell-back' ? 'FellBack' : 'UpgradeFailed';
+    const reasons = rollout.failureReasons ?? { failed: 'UpgradeFailed', fellBack: 'FellBack' };
+    const reason = reported === 'fell-back' ? reasons.fellBack : reasons.failed;
     return failed(node, rec, now, reason, node.lastError ?? `agent reported ${reported}`, node.ready);
   }
   const timeout = rec.since + spec.nodeTimeoutSeconds * 1000;
@@ -307,7 +309,8 @@ export function planRollout(rollout: Rollout, cluster: ClusterState, now: number
       outcome = { phase: 'done', action: undefined, record: undefined, unschedulable: node.unschedulable, wakeAt: undefined };
     } else {
       outcome = { phase: 'pending', action: undefined, record: undefined, unschedulable: node.unschedulable, wakeAt: undefined };
-      const busyElsewhere = rec !== undefined && !ours && inFlightPhases.includes(rec.phase);
+      const other = node.otherRecord;
+      const busyElsewhere = (rec !== undefined && !ours && inFlightPhases.includes(rec.phase)) || (other !== undefined && inFlightPhases.includes(other.phase));
       if (node.ready && !node.unschedulable && !busyElsewhere) candidates.push(node);
     }
 
@@ -377,10 +380,19 @@ export function planRollout(rollout: Rollout, cluster: ClusterState, now: number
   }
   if (!paused && inWindow && candidates.length > 0) {
     candidates.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    const from = (node: NodeView) => (node.currentVersion === undefined ? {} : { from: node.currentVersion });
     for (const node of candidates.slice(0, room)) {
-      const record: NodeRecord = { rollout: name, version: spec.version, phase: 'draining', since: now, ...(node.currentVersion === undefined ? {} : { from: node.currentVersion }) };
-      actions.push({ type: 'cordon', node: node.name, record });
       counts.pending--;
+      if (rollout.drainFirst === false) {
+        const record: NodeRecord = { rollout: name, version: spec.version, phase: 'upgrading', since: now, ...from(node) };
+        actions.push({ type: 'set-desired-version', node: node.name, version: spec.version, channel: spec.channel, allowDowngrade: spec.allowDowngrade, record, drainStarted: now, starts: true });
+        counts.upgrading++;
+        results.push({ name: node.name, phase: 'upgrading', since: new Date(now).toISOString() });
+        wake(now + spec.nodeTimeoutSeconds * 1000);
+        continue;
+      }
+      const record: NodeRecord = { rollout: name, version: spec.version, phase: 'draining', since: now, ...from(node) };
+      actions.push({ type: 'cordon', node: node.name, record });
       counts.draining++;
       results.push({ name: node.name, phase: 'draining', since: new Date(now).toISOString() });
       wake(now + spec.drain.timeoutSeconds * 1000);
@@ -389,7 +401,8 @@ export function planRollout(rollout: Rollout, cluster: ClusterState, now: number
     wake(nextWindowOpening(spec.maintenanceWindows, now));
   }
 
-  const complete = counts.pending === 0 && inFlightCount === 0 && counts.draining === 0;
+  // after the starts: a node started just now (drained or not) is in flight
+  const complete = counts.pending === 0 && counts.draining + counts.upgrading + counts.verifying === 0;
   const phase: RolloutPhase = complete ? 'Complete' : paused ? 'Paused' : !inWindow && inFlightCount === 0 ? 'Waiting' : 'Progressing';
   const condition = conditionMaker(rollout.previousStatus?.conditions, now, rollout.generation);
   const inFlightNow = counts.draining + counts.upgrading + counts.verifying;

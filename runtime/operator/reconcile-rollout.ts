@@ -5,9 +5,10 @@
  */
 import { asKubeosError, isKubeosError, KubeosError } from '../core/errors.js';
 import type { EventInput, KubeApi } from '../fleet/kube-api.js';
-import { annotations, encodeRecord, planVersionLabels, readNodeView, readPodView, type NodeView } from '../fleet/node-protocol.js';
-import { readRollout, rollBackPatch, rolloutAnnotations, type OSUpgradeObject, type OSUpgradeStatus } from '../fleet/osupgrade.js';
-import { nodePatchFor, planRollout, type ClusterState, type RolloutAction, type RolloutPlan } from './plan-rollout.js';
+import { annotations, configAnnotations, configView, encodeRecord, planVersionLabels, readNodeView, readPodView, type NodePatch, type NodeView } from '../fleet/node-protocol.js';
+import { readConfigRollout } from '../fleet/osconfig.js';
+import { readRollout, rollBackPatch, rolloutAnnotations, type OSUpgradeObject, type OSUpgradeStatus, type Rollout } from '../fleet/osupgrade.js';
+import { nodePatchFor, planRollout, type ClusterState, type NodeAction, type RolloutAction, type RolloutPlan } from './plan-rollout.js';
 
 export interface ReconcileOptions {
   api: KubeApi;
@@ -29,6 +30,7 @@ export interface BlockedEviction {
 
 export interface ReconcileReport {
   rollout: string;
+  kind: RolloutKind['kind'];
   plan: RolloutPlan | undefined;
   invalid: KubeosError | undefined;
   applied: number;
@@ -39,8 +41,8 @@ export interface ReconcileReport {
   errors: KubeosError[];
 }
 
-async function observeNodes(api: KubeApi, rollout: string): Promise<NodeView[]> {
-  const views = (await api.listNodes()).map(readNodeView);
+async function observeNodes(api: KubeApi, kind: RolloutKind, rollout: string): Promise<NodeView[]> {
+  const views = (await api.listNodes()).map((n) => kind.view(readNodeView(n)));
   for (const view of views) {
     if (view.record?.rollout === rollout && view.record.phase === 'draining') {
       view.pods = (await api.listPodsOnNode(view.name)).map(readPodView);
@@ -74,6 +76,90 @@ function eventFor(rollout: string, action: RolloutAction): EventDraft | undefine
   }
 }
 
+function configEventFor(rollout: string, action: RolloutAction): EventDraft | undefined {
+  switch (action.type) {
+    case 'cordon':
+      return { kind: 'Node', name: action.node, type: 'Normal', reason: 'KubeosDraining', message: `cordoned and draining for OSConfig ${rollout} (${action.record.version} changes the kernel command line)` };
+    case 'set-desired-version':
+      return { kind: 'Node', name: action.node, type: 'Normal', reason: 'KubeosConfigRequested', message: `asked the agent to apply OSConfig ${rollout} (${action.version})` };
+    case 'uncordon':
+      return { kind: 'Node', name: action.node, type: 'Normal', reason: 'KubeosConfigApplied', message: `${action.record.version} of OSConfig ${rollout} committed; health gate started` };
+    case 'mark-done':
+      return { kind: 'Node', name: action.node, type: 'Normal', reason: 'KubeosConfigDone', message: `Ready with ${action.record.version} of OSConfig ${rollout} through the health gate` };
+    case 'mark-failed':
+      return { kind: 'Node', name: action.node, type: 'Warning', reason: `KubeosConfig${action.record.reason ?? 'Failed'}`, message: action.record.message ?? 'configuration failed' };
+    case 'pause-rollout':
+      return { kind: 'OSConfig', name: rollout, type: 'Warning', reason: 'FailureBudgetExceeded', message: `${action.failed} node(s) failed; rollout paused (set spec.paused=false to resume)` };
+    case 'acknowledge-failures':
+      return { kind: 'OSConfig', name: rollout, type: 'Normal', reason: 'Resumed', message: `resumed; ${action.count} earlier failure(s) no longer count against the budget` };
+    case 'roll-back':
+    case 'evict':
+      return undefined;
+  }
+}
+
+/** The OSConfig's node patches: the upgrade's, in the configuration's own annotations; a rollout that does not drain leaves cordoning alone. */
+function configPatchFor(action: NodeAction, rollout: Rollout): NodePatch | undefined {
+  const patch = nodePatchFor(action);
+  if (patch === undefined) return undefined;
+  const rename: Record<string, string | undefined> = {
+    [annotations.rollout]: configAnnotations.rollout,
+    [annotations.desiredVersion]: configAnnotations.desired,
+    [annotations.desiredChannel]: configAnnotations.source,
+    [annotations.allowDowngrade]: undefined,
+  };
+  const renamed: Record<string, string | null> = {};
+  for (const [key, value] of Object.entries(patch.metadata?.annotations ?? {})) {
+    const to = key in rename ? rename[key] : key;
+    if (to !== undefined) renamed[to] = value;
+  }
+  const result: NodePatch = { metadata: { annotations: renamed } };
+  if (patch.spec !== undefined && rollout.drainFirst !== false) result.spec = patch.spec;
+  return result;
+}
+
+/** What differs between reconciling an OSUpgrade and an OSConfig; the planner is the same. */
+export interface RolloutKind {
+  kind: 'OSUpgrade' | 'OSConfig';
+  invalidCode: 'E_OSUPGRADE_INVALID' | 'E_OSCONFIG_INVALID';
+  /** The annotation holding the operator's per-node record. */
+  recordAnnotation: string;
+  read: (object: OSUpgradeObject) => Rollout;
+  /** The node as this kind's planner sees it. */
+  view: (node: NodeView) => NodeView;
+  patchFor: (action: NodeAction, rollout: Rollout) => NodePatch | undefined;
+  eventFor: (rollout: string, action: RolloutAction) => EventDraft | undefined;
+  list: (api: KubeApi) => Promise<OSUpgradeObject[]>;
+  patchObject: (api: KubeApi, name: string, patch: Record<string, unknown>) => Promise<void>;
+  patchStatus: (api: KubeApi, name: string, status: OSUpgradeStatus) => Promise<void>;
+}
+
+export const osUpgradeKind: RolloutKind = {
+  kind: 'OSUpgrade',
+  invalidCode: 'E_OSUPGRADE_INVALID',
+  recordAnnotation: annotations.rollout,
+  read: readRollout,
+  view: (node) => node,
+  patchFor: (action) => nodePatchFor(action),
+  eventFor,
+  list: (api) => api.listOSUpgrades(),
+  patchObject: (api, name, patch) => api.patchOSUpgrade(name, patch),
+  patchStatus: (api, name, status) => api.patchOSUpgradeStatus(name, status),
+};
+
+export const osConfigKind: RolloutKind = {
+  kind: 'OSConfig',
+  invalidCode: 'E_OSCONFIG_INVALID',
+  recordAnnotation: configAnnotations.rollout,
+  read: (object) => readConfigRollout(object).rollout,
+  view: configView,
+  patchFor: configPatchFor,
+  eventFor: configEventFor,
+  list: (api) => api.listOSConfigs(),
+  patchObject: (api, name, patch) => api.patchOSConfig(name, patch),
+  patchStatus: (api, name, status) => api.patchOSConfigStatus(name, status),
+};
+
 function canonical(value: unknown): string {
   return JSON.stringify(value, (_key, v: unknown) =>
     typeof v === 'object' && v !== null && !Array.isArray(v)
@@ -84,9 +170,14 @@ function canonical(value: unknown): string {
 
 /** Reconciles one OSUpgrade. Throws only E_LEADERSHIP_LOST; everything else is in the report. */
 export async function reconcileRollout(object: OSUpgradeObject, options: ReconcileOptions, newer: ClusterState['newer'] = []): Promise<ReconcileReport> {
+  return reconcileOne(osUpgradeKind, object, options, newer);
+}
+
+/** Reconciles one OSUpgrade or OSConfig. Throws only E_LEADERSHIP_LOST; everything else is in the report. */
+export async function reconcileOne(kind: RolloutKind, object: OSUpgradeObject, options: ReconcileOptions, newer: ClusterState['newer'] = []): Promise<ReconcileReport> {
   const { api } = options;
   const name = object.metadata?.name ?? '';
-  const report: ReconcileReport = { rollout: name, plan: undefined, invalid: undefined, applied: 0, appliedActions: [], blocked: [], errors: [] };
+  const report: ReconcileReport = { rollout: name, kind: kind.kind, plan: undefined, invalid: undefined, applied: 0, appliedActions: [], blocked: [], errors: [] };
   const guard = options.assertLeader ?? (() => {});
   const component = options.component ?? 'kubeos-operator';
   const recorded = options.recorded ?? new Set<string>();
@@ -94,7 +185,7 @@ export async function reconcileRollout(object: OSUpgradeObject, options: Reconci
   const uids = new Map<string, string | undefined>();
   const record = async (draft: EventDraft) => {
     if (options.dryRun) return;
-    const event: EventInput = { ...draft, uid: draft.kind === 'OSUpgrade' ? object.metadata?.uid : uids.get(draft.name) };
+    const event: EventInput = { ...draft, uid: draft.kind === 'Node' ? uids.get(draft.name) : object.metadata?.uid };
     try {
       guard();
       await api.recordEvent(event, component, options.now());
@@ -106,9 +197,9 @@ export async function reconcileRollout(object: OSUpgradeObject, options: Reconci
 
   let rollout;
   try {
-    rollout = readRollout(object);
+    rollout = kind.read(object);
   } catch (error) {
-    if (!isKubeosError(error, 'E_OSUPGRADE_INVALID')) throw error;
+    if (!isKubeosError(error, kind.invalidCode)) throw error;
     report.invalid = error;
     const now = options.now();
     const observedGeneration = object.metadata?.generation ?? 0;
@@ -125,13 +216,13 @@ export async function reconcileRollout(object: OSUpgradeObject, options: Reconci
     };
     if (!options.dryRun && object.status?.phase !== 'Invalid') {
       guard();
-      await api.patchOSUpgradeStatus(name, status as OSUpgradeStatus).catch((e: unknown) => report.errors.push(asKubeosError(e, 'E_KUBERNETES')));
-      await record({ kind: 'OSUpgrade', name, type: 'Warning', reason: 'InvalidSpec', message: error.message });
+      await kind.patchStatus(api, name, status as OSUpgradeStatus).catch((e: unknown) => report.errors.push(asKubeosError(e, 'E_KUBERNETES')));
+      await record({ kind: kind.kind, name, type: 'Warning', reason: 'InvalidSpec', message: error.message });
     }
     return report;
   }
 
-  const nodes = await observeNodes(api, name);
+  const nodes = await observeNodes(api, kind, name);
   for (const node of nodes) uids.set(node.name, node.uid);
   const now = options.now();
   const plan = planRollout(rollout, { nodes, newer }, now);
@@ -141,7 +232,7 @@ export async function reconcileRollout(object: OSUpgradeObject, options: Reconci
   let startsAllowed = true;
   for (const action of plan.actions) {
     // Capacity for new nodes was computed assuming every earlier action took effect.
-    if (action.type === 'cordon' && !startsAllowed) continue;
+    if ((action.type === 'cordon' || (action.type === 'set-desired-version' && action.starts === true)) && !startsAllowed) continue;
     try {
       guard();
       if (action.type === 'evict') {
@@ -163,26 +254,27 @@ export async function reconcileRollout(object: OSUpgradeObject, options: Reconci
         const message = blocked.length === 0 ? undefined : `blocked: ${blocked.slice(0, 3).map((b) => `${b.pod} by ${b.message}`).join('; ')}`;
         if (current !== undefined && message !== undefined && current.message !== message) {
           guard();
-          await api.patchNode(action.node, { metadata: { annotations: { [annotations.rollout]: encodeRecord({ ...current, message }) } } });
+          await api.patchNode(action.node, { metadata: { annotations: { [kind.recordAnnotation]: encodeRecord({ ...current, message }) } } });
         }
         continue;
       }
       if (action.type === 'roll-back') {
-        await api.patchOSUpgrade(name, rollBackPatch(action.from, action.to));
+        await kind.patchObject(api, name, rollBackPatch(action.from, action.to));
       } else if (action.type === 'pause-rollout') {
         // spec.paused and the mark that the budget did it go in one write
-        await api.patchOSUpgrade(name, { metadata: { annotations: { [rolloutAnnotations.pausedBy]: 'failure-budget' } }, spec: { paused: true } });
+        await kind.patchObject(api, name, { metadata: { annotations: { [rolloutAnnotations.pausedBy]: 'failure-budget' } }, spec: { paused: true } });
       } else if (action.type === 'acknowledge-failures') {
-        await api.patchOSUpgrade(name, {
+        await kind.patchObject(api, name, {
           metadata: { annotations: { [rolloutAnnotations.pausedBy]: null, [rolloutAnnotations.failuresAcknowledged]: JSON.stringify({ version: action.version, count: action.count }) } },
         });
       } else {
-        const patch = nodePatchFor(action);
+        const patch = kind.patchFor(action, rollout);
         if (patch !== undefined) await api.patchNode(action.node, patch);
       }
       report.applied++;
       report.appliedActions.push(action);
-      await record(eventFor(name, action)!);
+      const event = kind.eventFor(name, action);
+      if (event !== undefined) await record(event);
     } catch (error) {
       if (isKubeosError(error, 'E_LEADERSHIP_LOST')) throw error;
       report.errors.push(asKubeosError(error, 'E_KUBERNETES'));
@@ -195,7 +287,7 @@ export async function reconcileRollout(object: OSUpgradeObject, options: Reconci
   if (canonical(object.status ?? {}) !== canonical(plan.status)) {
     try {
       guard();
-      await api.patchOSUpgradeStatus(name, plan.status);
+      await kind.patchStatus(api, name, plan.status);
     } catch (error) {
       if (isKubeosError(error, 'E_LEADERSHIP_LOST')) throw error;
       report.errors.push(asKubeosError(error, 'E_KUBERNETES'));
@@ -231,25 +323,27 @@ function createdAt(object: OSUpgradeObject): number {
 }
 
 /**
- * Reconciles every OSUpgrade, oldest first, each against a fresh view of the nodes. A node selected
- * by several belongs to the newest (creation time, then name), so each is told the selectors of the
- * valid ones created after it.
+ * Reconciles every OSUpgrade, then every OSConfig, oldest first, each against a fresh view of the
+ * nodes. A node selected by several of one kind belongs to the newest (creation time, then name),
+ * so each is told the selectors of the valid ones of its kind created after it.
  */
 export async function reconcileAll(options: ReconcileOptions): Promise<ReconcileReport[]> {
-  const objects = await options.api.listOSUpgrades();
-  const name = (o: OSUpgradeObject) => o.metadata?.name ?? '';
-  objects.sort((a, b) => createdAt(a) - createdAt(b) || (name(a) < name(b) ? -1 : name(a) > name(b) ? 1 : 0));
-  const selectors = objects.map((o) => {
-    try {
-      return { name: name(o), nodeSelector: readRollout(o).spec.nodeSelector };
-    } catch {
-      return undefined; // an invalid OSUpgrade claims no node
-    }
-  });
   const reports: ReconcileReport[] = [];
-  for (const [i, object] of objects.entries()) {
-    const newer = selectors.slice(i + 1).filter((s): s is NonNullable<typeof s> => s !== undefined);
-    reports.push(await reconcileRollout(object, options, newer));
+  for (const kind of [osUpgradeKind, osConfigKind]) {
+    const objects = await kind.list(options.api);
+    const name = (o: OSUpgradeObject) => o.metadata?.name ?? '';
+    objects.sort((a, b) => createdAt(a) - createdAt(b) || (name(a) < name(b) ? -1 : name(a) > name(b) ? 1 : 0));
+    const selectors = objects.map((o) => {
+      try {
+        return { name: name(o), nodeSelector: kind.read(o).spec.nodeSelector };
+      } catch {
+        return undefined; // an invalid one claims no node
+      }
+    });
+    for (const [i, object] of objects.entries()) {
+      const newer = selectors.slice(i + 1).filter((s): s is NonNullable<typeof s> => s !== undefined);
+      reports.push(await reconcileOne(kind, object, options, newer));
+    }
   }
   return reports;
 }

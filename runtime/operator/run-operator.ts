@@ -58,7 +58,7 @@ export async function runOperator(options: OperatorOptions): Promise<void> {
   const startWatches = () => {
     watches = new AbortController();
     const own = watches;
-    for (const kind of ['nodes', 'osupgrades'] as const) {
+    for (const kind of ['nodes', 'osupgrades', 'osconfigs'] as const) {
       const start = (): void => {
         if (own.signal.aborted) return;
         api.watch({ kind }, () => poke(), () => {

@@ -14,6 +14,7 @@ export const mirroredKinds = {
   events: '/api/v1/events',
   leases: '/apis/coordination.k8s.io/v1/leases',
   osupgrades: '/apis/kubeos.io/v1alpha1/osupgrades',
+  osconfigs: '/apis/kubeos.io/v1alpha1/osconfigs',
   pdbs: '/apis/policy/v1/poddisruptionbudgets',
 } as const;
 export type MirroredKind = keyof typeof mirroredKinds;

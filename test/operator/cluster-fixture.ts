@@ -13,6 +13,7 @@ import { startControlPlane, type ControlPlane } from '../../scripts/kube/control
 const mergePatch = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
 export const systemNamespace = 'kubeos-system';
 const osupgrades = { group: 'kubeos.io', version: 'v1alpha1', plural: 'osupgrades' };
+const osconfigs = { group: 'kubeos.io', version: 'v1alpha1', plural: 'osconfigs' };
 
 export interface PodOptions {
   /** A controller of this kind owns the pod (a real object of that kind is created for it). */
@@ -35,7 +36,7 @@ export class OperatorCluster {
     this.apps = plane.admin.makeApiClient(AppsV1Api);
     this.custom = plane.admin.makeApiClient(CustomObjectsApi);
     this.coordination = plane.admin.makeApiClient(CoordinationV1Api);
-    this.mirror = new ClusterMirror(plane.admin, ['nodes', 'pods', 'events', 'leases', 'osupgrades', 'pdbs']);
+    this.mirror = new ClusterMirror(plane.admin, ['nodes', 'pods', 'events', 'leases', 'osupgrades', 'osconfigs', 'pdbs']);
   }
 
   /** The controller-manager keeps PodDisruptionBudget status; files that need none skip it. */
@@ -44,7 +45,15 @@ export class OperatorCluster {
     try {
       const cluster = new OperatorCluster(plane);
       await plane.kubectlOk(['apply', '-k', 'deploy/']);
-      await plane.kubectlOk(['wait', '--for=condition=Established', '--timeout=60s', 'crd/osupgrades.kubeos.io']);
+      // kubectl wait fails at once on a CRD so new it has no status.conditions yet: ask again until it has
+      for (let attempt = 1; ; attempt++) {
+        try {
+          await plane.kubectlOk(['wait', '--for=condition=Established', '--timeout=60s', 'crd/osupgrades.kubeos.io', 'crd/osconfigs.kubeos.io']);
+          break;
+        } catch (error) {
+          if (attempt === 20 || !/status\.conditions accessor error/.test(String(error))) throw error;
+        }
+      }
       cluster.operatorKubeconfig = await plane.serviceAccountKubeconfig(systemNamespace, 'kubeos-operator');
       await cluster.mirror.start();
       return cluster;
@@ -138,6 +147,14 @@ export class OperatorCluster {
     await this.custom.createClusterCustomObject({ ...osupgrades, body: { apiVersion: 'kubeos.io/v1alpha1', kind: 'OSUpgrade', metadata: { name }, spec } });
   }
 
+  async addOSConfig(name: string, spec: Record<string, unknown>): Promise<void> {
+    await this.custom.createClusterCustomObject({ ...osconfigs, body: { apiVersion: 'kubeos.io/v1alpha1', kind: 'OSConfig', metadata: { name }, spec } });
+  }
+
+  async patchOSConfig(name: string, patch: Record<string, unknown>): Promise<void> {
+    await this.custom.patchClusterCustomObject({ ...osconfigs, name, body: patch }, mergePatch);
+  }
+
   /** kubectl patch --type=merge, as a person would. */
   async patchOSUpgrade(name: string, patch: Record<string, unknown>): Promise<void> {
     await this.custom.patchClusterCustomObject({ ...osupgrades, name, body: patch }, mergePatch);
@@ -194,6 +211,7 @@ export class OperatorCluster {
   /** Removes what one test created, so the next test in the file starts from an empty fleet. */
   async reset(): Promise<void> {
     for (const o of this.mirror.list('osupgrades')) await this.custom.deleteClusterCustomObject({ ...osupgrades, name: o['metadata'].name }).catch(ignoreMissing);
+    for (const o of this.mirror.list('osconfigs')) await this.custom.deleteClusterCustomObject({ ...osconfigs, name: o['metadata'].name }).catch(ignoreMissing);
     for (const n of this.mirror.list('nodes')) await this.core.deleteNode({ name: n['metadata'].name }).catch(ignoreMissing);
     for (const ns of this.namespaces) {
       await this.core.deleteCollectionNamespacedPod({ namespace: ns, gracePeriodSeconds: 0 }).catch(ignoreMissing);
@@ -207,7 +225,7 @@ export class OperatorCluster {
     }
     await this.coordination.deleteNamespacedLease({ namespace: systemNamespace, name: 'kubeos-operator' }).catch(ignoreMissing);
     await this.mirror.waitFor('the test fleet to be gone', () =>
-      this.mirror.list('nodes').length === 0 && this.mirror.list('osupgrades').length === 0 && this.mirror.list('leases').every((l) => l['metadata'].name !== 'kubeos-operator'));
+      this.mirror.list('nodes').length === 0 && this.mirror.list('osupgrades').length === 0 && this.mirror.list('osconfigs').length === 0 && this.mirror.list('leases').every((l) => l['metadata'].name !== 'kubeos-operator'));
   }
 }
 

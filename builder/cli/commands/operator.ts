@@ -19,7 +19,9 @@ interface RunArgs extends GlobalArgs {
   'dry-run'?: boolean;
 }
 
-function describeReport(r: ReconcileReport): string[] {
+function describeReport(report: ReconcileReport): string[] {
+  // an OSConfig is named with its kind; an OSUpgrade, the common case, by its name alone
+  const r = report.kind === 'OSConfig' ? { ...report, rollout: `osconfig/${report.rollout}` } : report;
   if (r.invalid) return [`${r.rollout}: invalid: ${r.invalid.message}`];
   const lines: string[] = [];
   const s = r.plan?.status;
