@@ -178,6 +178,15 @@ export class Fleet {
     return line.slice(line.indexOf(marker) + marker.length + 1);
   }
 
+  /** What a shell command prints on a guest (one line), read on its console. */
+  async output(node: string, command: string): Promise<string> {
+    const vm = this.guest(node).vm;
+    const marker = `out-${Math.random().toString(36).slice(2, 8)}`;
+    vm.send(`echo "${marker}=$(${command} 2>&1 | tr '\\n' ' ')"`);
+    const line = await vm.waitFor(new RegExp(`^${marker}=`), 120_000);
+    return line.slice(marker.length + 1).trim();
+  }
+
   /** The guest's `kubeos agent status --json`, read on its console. */
   async agentStatus(node: string): Promise<{ booted: string; fellBack: boolean; slots: Record<string, { state: string; version?: string }> }> {
     const vm = this.guest(node).vm;

@@ -4,7 +4,7 @@
  * own disk through GRUB's boot counting. The tests share the guests and run in order:
  *   v2 with maxUnavailable 1 (v3 published meanwhile) → rollout undo back to v1 → v4 failing on the
  *   second node with onFailureBudget: rollback → v4 failing on the first node, paused → a version
- *   the signed channel does not list.
+ *   the signed channel does not list → an OSConfig of a sysctl and a file, one node at a time.
  * Waits are on watch events (the cluster mirror) and console markers, never on sleeps.
  */
 import anyTest, { type ExecutionContext } from 'ava';
@@ -32,6 +32,8 @@ const hookContext = { teardown: (fn: () => Promise<void> | void) => cleanups.pus
  */
 let maxUnavailable = 0;
 let maxCordoned = 0;
+/** The most guests applying (or verifying) an OSConfig at once. */
+let maxConfiguring = 0;
 /** Nodes seen NotReady (their stand-in kubelet's Lease lapsed while they rebooted). */
 const sawNotReady = new Set<string>();
 const phaseLog = new Map<string, { phase: string; at: number }[]>();
@@ -46,6 +48,8 @@ anyTest.before(async () => {
     maxUnavailable = Math.max(maxUnavailable, down.length);
     maxCordoned = Math.max(maxCordoned, all.filter((n) => n.spec?.unschedulable === true).length);
     for (const n of all) if (!fleet!.ready(n.metadata?.name ?? '')) sawNotReady.add(n.metadata?.name ?? '');
+    const configuring = all.filter((n) => /"phase":"(draining|upgrading|verifying)"/.test(n.metadata?.annotations?.['kubeos.io/config-rollout'] ?? ''));
+    maxConfiguring = Math.max(maxConfiguring, configuring.length);
     for (const n of all) {
       const record = n.metadata?.annotations?.['kubeos.io/rollout'];
       if (record === undefined) continue;
@@ -241,4 +245,30 @@ test.serial('a version the signed channel does not list fails on the first node 
   t.regex(annotation(f, 'fleet-1', 'last-error') ?? '', /E_VERSION_NOT_OFFERED/);
   t.deepEqual(await f.agentStatus('fleet-1'), before, 'the slots are as they were');
   for (const n of ['fleet-2', 'fleet-3']) t.not(record(f, n)?.rollout, 'to-unlisted', `${n} untouched`);
+});
+
+test.serial('an OSConfig of a sysctl and a file rolls across the fleet one node at a time, without a drain or a reboot, and each guest holds them', async (t) => {
+  const f = current();
+  const bootedBefore = Object.fromEntries(await Promise.all(nodes.map(async (n) => [n, await f.output(n, 'cat /proc/sys/kernel/random/boot_id')] as const)));
+  maxCordoned = 0;
+  maxConfiguring = 0;
+  const toml = 'version = 2\n[plugins."io.containerd.grpc.v1.cri"]\n  sandbox_image = "registry.k8s.io/pause:3.10"\n';
+  await f.cluster.addOSConfig('tuning', {
+    config: { sysctl: { 'net.core.somaxconn': 2048 }, files: [{ path: '/etc/containerd/config.toml', content: toml, mode: '0600' }] },
+    maxUnavailable: 1, nodeSelector: { 'kubeos.io/agent': 'host' }, healthGate: { readySeconds: 5 }, nodeTimeoutSeconds: 600,
+  });
+  const osconfig = () => f.cluster.mirror.get('osconfigs', 'tuning') as Obj | undefined;
+  await f.cluster.mirror.waitFor('OSConfig tuning Complete or Paused', () => ['Complete', 'Paused'].includes(String(osconfig()?.status?.['phase'])), rolloutTimeoutMs);
+  t.is(osconfig()?.status?.['phase'], 'Complete', (await f.operatorLog()).slice(-3000));
+  const digest = String(osconfig()?.status?.['targetVersion']);
+  t.is(maxConfiguring, 1, 'maxUnavailable 1: one guest at a time');
+  t.is(maxCordoned, 0, 'a sysctl and a file need no drain');
+  for (const n of nodes) {
+    t.is(annotation(f, n, 'config-applied'), digest, `${n} reports the configuration in force`);
+    t.is(annotation(f, n, 'config-state'), 'committed');
+    t.is(await f.output(n, 'cat /proc/sys/net/core/somaxconn'), '2048', `${n}: the sysctl is in force`);
+    t.is(await f.output(n, 'stat -c %a /etc/containerd/config.toml'), '600');
+    t.regex(await f.output(n, 'cat /etc/containerd/config.toml'), /sandbox_image = "registry.k8s.io\/pause:3.10"/);
+    t.is(await f.output(n, 'cat /proc/sys/kernel/random/boot_id'), bootedBefore[n] ?? '', `${n} did not reboot`);
+  }
 });
