@@ -11,6 +11,7 @@
 import anyTest, { type TestFn } from 'ava';
 import { EventEmitter, setMaxListeners } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { KubeosError } from '../../runtime/core/errors.js';
 import { KubeApi } from '../../runtime/fleet/kube-api.js';
 import { annotations, configAnnotations, decodeRecord } from '../../runtime/fleet/node-protocol.js';
 import { readConfigRollout } from '../../runtime/fleet/osconfig.js';
@@ -167,4 +168,16 @@ test.serial('an OSConfig whose configuration is wrong gets an Invalid status lis
 test.serial('the API server refuses an OSConfig file outside /etc through the CRD\'s own rules', async (t) => {
   const error = await t.throwsAsync(cluster.addOSConfig('tuning', { config: { files: [{ path: '/usr/bin/evil', content: 'x' }] } }));
   t.regex(String((error as { body?: unknown }).body ?? error?.message), /path must be under \/etc and outside \/etc\/kubeos/);
+});
+
+test.serial('docs/examples/osconfig.yaml applies with kubectl and reads as a valid rollout', async (t) => {
+  await cluster.plane.kubectlOk(['apply', '-f', 'docs/examples/osconfig.yaml']);
+  const api = KubeApi.connect({ kubeconfig: cluster.operatorKubeconfig }, 'op-1');
+  const { rollout, config } = readConfigRollout(await api.readOSConfig('node-tuning'));
+  t.like(rollout.spec, { maxUnavailable: '25%', failureBudget: 1, nodeTimeoutSeconds: 900 });
+  t.deepEqual(config.sysctl, { 'net.core.somaxconn': '4096', 'vm.max_map_count': '262144' });
+  t.is(config.files[0]?.path, '/etc/containerd/config.toml');
+  t.false(rollout.drainFirst);
+  const missing = await t.throwsAsync(api.readOSConfig('nope'));
+  t.true(missing instanceof KubeosError && missing.code === 'E_OSCONFIG_NOT_FOUND');
 });
