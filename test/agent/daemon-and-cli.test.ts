@@ -34,7 +34,9 @@ test('agent status prints JSON for machines through the CLI', async (t) => {
   const host = await makeHost(t);
   const result = await kubeos(['agent', 'status', '--config', host.configPath, '--json']);
   t.is(result.exitCode, 0, result.stderr);
-  t.like(result.json, { booted: 'A', bootKind: 'good', version: '1.0.0', fellBack: false, slots: { A: { state: 'good' }, B: { state: 'empty' } } });
+  t.like(result.json, { booted: 'A', bootKind: 'good', version: '1.0.0', fellBack: false, slots: { A: { state: 'good' }, B: { state: 'empty' } }, config: { committed: 0 } });
+  const human = await kubeos(['agent', 'status', '--config', host.configPath]);
+  t.regex(human.stdout, /^configuration: none committed$/m);
 });
 
 test('agent commands name a missing configuration file', async (t) => {

@@ -16,6 +16,7 @@ import { isKubeosError } from '../../runtime/core/errors.js';
 import { applyKernelArgs, parseOSConfig } from '../../runtime/core/os-config.js';
 import { validateImage } from '../../builder/image/load-image.js';
 import { bakeConfig } from '../../builder/rootfs/bake-config.js';
+import { configDigest } from '../../runtime/fleet/osconfig.js';
 import { makeHost } from './host-fixture.js';
 
 const agentBin = fileURLToPath(new URL('../../dist/runtime/agent/cli/main.js', import.meta.url));
@@ -103,6 +104,9 @@ test('apply converges the host on a generation and commits it once the health ch
   t.like(await configStatus(h.agent), { committed: 1, trying: undefined, history: [1], last: { generation: 1, result: 'committed' } });
   t.true(steps.includes('committed generation 1'));
   t.like(await applyConfig(h.agent, gen1, 'gen1 again'), { kind: 'unchanged', generation: 1 });
+  // agent status names the generation in force by the digest the cluster knows it by
+  const { stdout } = await execa('node', [agentBin, 'agent', 'status', '--config', h.configPath, '--json']);
+  t.like(JSON.parse(stdout), { config: { committed: 1, digest: configDigest(parseOSConfig(gen1, 'gen1')), last: { generation: 1, result: 'committed' } } });
 });
 
 test('the next generation undoes what it no longer sets: files and sysctls go back to what the image had', async (t) => {

@@ -8,6 +8,7 @@ import { runDaemon, settleBoot } from '../run-daemon.js';
 import { upgrade } from '../upgrade.js';
 import { readFile } from 'node:fs/promises';
 import { applyConfig, commitConfigBoot, configRollback, configStatus, type ConfigStatus } from '../os-config-apply.js';
+import { configDigest } from '../../fleet/osconfig.js';
 
 interface AgentArgs extends GlobalArgs {
   config: string;
@@ -17,17 +18,29 @@ const withConfig = <T>(y: Argv<T>) => y.option('config', { type: 'string', defau
 
 const statusCommand: CommandModule<AgentArgs, AgentArgs> = {
   command: 'status',
-  describe: 'Booted slot, what each slot holds and its state, the last upgrade, whether the last boot fell back',
+  describe: 'Booted slot, what each slot holds and its state, the last upgrade, whether the last boot fell back, the OS configuration in force',
   builder: (y) => y.example('$0 agent status --json', 'the same as JSON, for health checks and scripts') as any,
   handler: async (args) => {
-    const s = await status(await loadAgentConfig(args.config));
-    printResult(args, s, () => [
+    const agent = await loadAgentConfig(args.config);
+    const s = await status(agent);
+    // the slots are what status is for: unreadable configuration state is shown, not fatal
+    const c = await configStatus(agent).catch((error: unknown) => (error instanceof KubeosError ? error : new KubeosError('E_STATE_CORRUPT', String(error))));
+    const config = c instanceof KubeosError ? { error: { code: c.code, message: c.message } } : {
+      committed: c.committed,
+      ...(c.committed > 0 ? { digest: configDigest(c.config) } : {}),
+      ...(c.trying === undefined ? {} : { trying: c.trying }),
+      ...(c.last === undefined ? {} : { last: c.last }),
+    };
+    const configLine = c instanceof KubeosError ? `configuration: unreadable: ${c.code}: ${c.message}`
+      : `configuration: ${c.committed === 0 ? 'none committed' : `generation ${c.committed} (${configDigest(c.config)})`}${c.trying === undefined ? '' : `, generation ${c.trying} on trial`}${c.last?.result === 'rolled-back' ? `; generation ${c.last.generation} was rolled back: ${c.last.reason ?? 'no reason recorded'}` : ''}`;
+    printResult(args, { ...s, config }, () => [
       `booted slot ${s.booted} (${s.bootKind}), version ${s.version}, compatible ${s.compatible}${s.fellBack ? ' — FELL BACK: the last upgrade did not come up' : ''}`,
       ...(['A', 'B'] as const).map((slot) => {
         const x = s.slots[slot];
         return `  slot ${slot}: ${x.state}${x.triesLeft !== undefined ? ` (${x.triesLeft} tries left)` : ''}${x.version ? `, version ${x.version}` : ''}`;
       }),
       s.lastUpgrade ? `last upgrade: ${s.lastUpgrade.version} into slot ${s.lastUpgrade.slot}: ${s.lastUpgrade.result}${s.lastUpgrade.error ? ` (${s.lastUpgrade.error})` : ''} at ${s.lastUpgrade.at}` : 'last upgrade: none',
+      configLine,
     ].join('\n'));
   },
 };
