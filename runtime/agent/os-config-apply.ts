@@ -25,7 +25,9 @@ import { join } from 'node:path';
 import { KubeosError } from '../core/errors.js';
 import { runCommand } from '../core/exec.js';
 import { emptyOSConfig, needsReboot, parseOSConfig, renderLimits, renderSysctl, type OSConfig } from '../core/os-config.js';
+import type { Slot } from '../core/boot-env.js';
 import type { AgentConfig } from './agent-config.js';
+import { readBooted, type Booted } from './read-booted.js';
 import { readJsonFile, writeFileAtomic } from './atomic-file.js';
 import { readBootEnv, writeBootEnv } from './boot-env-store.js';
 import { takeLock } from './take-lock.js';
@@ -49,6 +51,12 @@ export interface ConfigState {
   /** Set before the host changes, cleared once the generation is committed or undone. */
   trying?: { generation: number; started: string; kind?: 'runtime' | 'boot' };
   last?: { generation: number; result: 'committed' | 'rolled-back'; reason?: string; at: string };
+  /**
+   * The generation last committed on each slot, with the version that slot ran then: a slot that
+   * boots again runs its own configuration (after a fallback or a rollback to it); a slot with a
+   * new version carries over the one in force.
+   */
+  slots?: Partial<Record<Slot, { generation: number; version: string }>>;
 }
 
 interface Originals {
@@ -182,6 +190,42 @@ async function readConfigState(agent: AgentConfig): Promise<ConfigState> {
 
 const writeConfigState = (agent: AgentConfig, state: ConfigState) => writeJson(join(dirOf(agent), 'state.json'), state);
 
+const keepSlots = (state: ConfigState): Pick<ConfigState, 'slots'> => (state.slots === undefined ? {} : { slots: state.slots });
+
+/** The slot records once generation `n` is committed on the booted slot (unchanged when the slot cannot be told). */
+async function slotsAfter(agent: AgentConfig, state: ConfigState, n: number, booted?: Booted): Promise<ConfigState['slots']> {
+  const here = booted ?? await readBooted(agent.runDir, agent.osRelease).catch(() => undefined);
+  if (here === undefined) return state.slots;
+  return { ...state.slots, [here.slot]: { generation: n, version: here.version } };
+}
+
+/**
+ * A slot that booted again with the version it had: its own generation comes back into force (after
+ * a fallback or a rollback to it). A slot with a new version (an upgrade) carries over the one in
+ * force and records it. Nothing happens while a generation is on trial.
+ */
+async function settleSlot(agent: AgentConfig, state: ConfigState, step: ConfigStep): Promise<ConfigState> {
+  if (state.trying !== undefined) return state;
+  const booted = await readBooted(agent.runDir, agent.osRelease).catch(() => undefined);
+  if (booted === undefined) return state;
+  const own = state.slots?.[booted.slot];
+  if (own !== undefined && own.version === booted.version && own.generation === state.committed) return state;
+  if (own === undefined || own.version !== booted.version) {
+    if (state.committed === 0) return state;
+    const next: ConfigState = { ...state, slots: { ...state.slots, [booted.slot]: { generation: state.committed, version: booted.version } } };
+    await writeConfigState(agent, next);
+    return next;
+  }
+  step(`slot ${booted.slot} (${booted.version}) booted again: restoring its generation ${own.generation} in place of ${state.committed}`);
+  await converge(agent, await readGeneration(agent, own.generation), [await readGeneration(agent, state.committed)], step);
+  const next: ConfigState = {
+    slots: state.slots, committed: own.generation, history: [...state.history.filter((g) => g !== own.generation), own.generation],
+    last: { generation: own.generation, result: 'committed', reason: `slot ${booted.slot} booted again with its own configuration`, at: new Date().toISOString() },
+  };
+  await writeConfigState(agent, next);
+  return next;
+}
+
 /** How this boot's kernel arguments came to be (the initramfs records kubeos.config=). */
 async function configBoot(agent: AgentConfig): Promise<'good' | 'trying' | 'fallback'> {
   const text = (await readFile(join(agent.runDir, 'config-boot'), 'utf8').catch(() => 'good')).trim();
@@ -208,7 +252,7 @@ async function recover(agent: AgentConfig, state: ConfigState, step: ConfigStep)
   step(`generation ${interrupted} was not committed (${reason}); restoring generation ${state.committed}`);
   const tried = await readGeneration(agent, interrupted).catch(() => emptyOSConfig);
   await converge(agent, await readGeneration(agent, state.committed), [tried], step);
-  const next: ConfigState = { committed: state.committed, history: state.history, last: { generation: interrupted, result: 'rolled-back', reason, at: new Date().toISOString() } };
+  const next: ConfigState = { ...keepSlots(state), committed: state.committed, history: state.history, last: { generation: interrupted, result: 'rolled-back', reason, at: new Date().toISOString() } };
   await writeConfigState(agent, next);
   return next;
 }
@@ -257,20 +301,20 @@ async function tryGeneration(agent: AgentConfig, state: ConfigState, config: OSC
     // a write that failed (a full disk, a read-only path): back to what was in force, then report it
     step(`generation ${n} could not be applied: ${(error as Error).message}; restoring generation ${state.committed}`);
     await converge(agent, current, [config], step);
-    await writeConfigState(agent, { committed: state.committed, history: state.history, last: { generation: n, result: 'rolled-back', reason: (error as Error).message, at: new Date().toISOString() } });
+    await writeConfigState(agent, { ...keepSlots(state), committed: state.committed, history: state.history, last: { generation: n, result: 'rolled-back', reason: (error as Error).message, at: new Date().toISOString() } });
     throw error instanceof KubeosError ? error : new KubeosError('E_CONFIG_ROLLED_BACK', `generation ${n} could not be applied: ${(error as Error).message}; generation ${state.committed} is in force again`, { cause: error, details: { generation: n, committed: state.committed } });
   }
   const failure = await runHealthChecks(agent, step);
   if (failure !== undefined) {
     step(`${failure}; restoring generation ${state.committed}`);
     await converge(agent, current, [config], step);
-    await writeConfigState(agent, { committed: state.committed, history: state.history, last: { generation: n, result: 'rolled-back', reason: failure, at: new Date().toISOString() } });
+    await writeConfigState(agent, { ...keepSlots(state), committed: state.committed, history: state.history, last: { generation: n, result: 'rolled-back', reason: failure, at: new Date().toISOString() } });
     throw new KubeosError('E_CONFIG_ROLLED_BACK', `generation ${n} was not committed: ${failure}; generation ${state.committed} is in force again`, {
       hint: 'kubeos agent config status shows the generation in force; fix the configuration or the failing check',
       details: { generation: n, committed: state.committed, reason: failure },
     });
   }
-  await writeConfigState(agent, { committed: n, history: historyAfter(n), last: { generation: n, result: 'committed', at: new Date().toISOString() } });
+  await writeConfigState(agent, { slots: await slotsAfter(agent, state, n), committed: n, history: historyAfter(n), last: { generation: n, result: 'committed', at: new Date().toISOString() } });
   step(`committed generation ${n}`);
   return { kind: 'committed', generation: n, config };
 }
@@ -285,7 +329,6 @@ async function tryBootGeneration(agent: AgentConfig, state: ConfigState, config:
       hint: 'remove them in image.json (config.kernelArgs.remove, or kernel.cmdline) and build the next release',
     });
   }
-  const { readBooted } = await import('./read-booted.js');
   const booted = await readBooted(agent.runDir, agent.osRelease);
   const { env, vars } = await readBootEnv(agent.bootEnv);
   if (booted.kind !== 'good' || env.trying !== undefined || (vars['kubeos_args_try'] ?? '') !== '') {
@@ -317,11 +360,10 @@ export async function commitConfigBoot(agent: AgentConfig, step: ConfigStep = ()
     }
     const n = state.trying.generation;
     const config = await readGeneration(agent, n);
-    const { readBooted } = await import('./read-booted.js');
-    const booted = await readBooted(agent.runDir, agent.osRelease);
+      const booted = await readBooted(agent.runDir, agent.osRelease);
     const { env, vars } = await readBootEnv(agent.bootEnv);
     await writeBootEnv(agent.bootEnv, env, { ...vars, [`kubeos_args_${booted.slot}`]: config.kernelArgs.add.join(' '), kubeos_args_try: '', kubeos_args_tries: '0' });
-    await writeConfigState(agent, { committed: n, history: [...state.history, n], last: { generation: n, result: 'committed', at: new Date().toISOString() } });
+    await writeConfigState(agent, { slots: await slotsAfter(agent, state, n, booted), committed: n, history: [...state.history, n], last: { generation: n, result: 'committed', at: new Date().toISOString() } });
     step(`committed generation ${n} with its kernel arguments on slot ${booted.slot}`);
     return { kind: 'committed', generation: n, config };
   });
@@ -339,7 +381,7 @@ async function withConfigLock<T>(agent: AgentConfig, what: string, fn: () => Pro
 export async function applyConfig(agent: AgentConfig, input: unknown, where: string, step: ConfigStep = () => {}, options: { reboot?: boolean } = {}): Promise<ApplyResult> {
   const config = parseOSConfig(input, where);
   return withConfigLock(agent, 'config apply', async () => {
-    const state = await recover(agent, await readConfigState(agent), step);
+    const state = await settleSlot(agent, await recover(agent, await readConfigState(agent), step), step);
     if (state.trying !== undefined) {
       throw new KubeosError('E_CONFIG_UNSUPPORTED', `${where}: generation ${state.trying.generation} is on trial (its kernel arguments wait for a reboot or for its health checks); nothing was changed`, {
         hint: 'reboot to try it (or let the boot commit it), then apply again; kubeos agent config status shows it',
@@ -354,7 +396,7 @@ export async function applyConfig(agent: AgentConfig, input: unknown, where: str
 
 export async function configRollback(agent: AgentConfig, step: ConfigStep = () => {}): Promise<ApplyResult> {
   return withConfigLock(agent, 'config rollback', async () => {
-    const state = await recover(agent, await readConfigState(agent), step);
+    const state = await settleSlot(agent, await recover(agent, await readConfigState(agent), step), step);
     const previous = state.history.at(-2);
     if (previous === undefined) {
       throw new KubeosError('E_CONFIG_NO_PREVIOUS', state.committed === 0 ? 'no configuration was ever committed here' : `generation ${state.committed} is the first committed one: there is nothing to roll back to`, {
@@ -368,7 +410,12 @@ export async function configRollback(agent: AgentConfig, step: ConfigStep = () =
 
 export async function configStatus(agent: AgentConfig, step: ConfigStep = () => {}): Promise<ConfigStatus> {
   const state = await readConfigState(agent);
-  const settled = state.trying === undefined ? state : await withConfigLock(agent, 'config status', async () => recover(agent, await readConfigState(agent), step));
+  // settling takes the lock: only when an apply was cut short or this slot's record is out of date
+  const booted = await readBooted(agent.runDir, agent.osRelease).catch(() => undefined);
+  const own = booted === undefined ? undefined : state.slots?.[booted.slot];
+  const slotSettled = booted === undefined || (state.committed === 0 && own === undefined) || (own !== undefined && own.version === booted.version && own.generation === state.committed);
+  const settled = state.trying === undefined && slotSettled ? state
+    : await withConfigLock(agent, 'config status', async () => settleSlot(agent, await recover(agent, await readConfigState(agent), step), step));
   const generation = async (n: number | undefined) => (n === undefined ? undefined : readGeneration(agent, n).catch(() => undefined));
   return {
     committed: settled.committed,

@@ -17,7 +17,7 @@ import { applyKernelArgs, parseOSConfig } from '../../runtime/core/os-config.js'
 import { validateImage } from '../../builder/image/load-image.js';
 import { bakeConfig } from '../../builder/rootfs/bake-config.js';
 import { configDigest } from '../../runtime/fleet/osconfig.js';
-import { makeHost } from './host-fixture.js';
+import { bootInto, makeHost } from './host-fixture.js';
 
 const agentBin = fileURLToPath(new URL('../../dist/runtime/agent/cli/main.js', import.meta.url));
 
@@ -300,4 +300,34 @@ test('a write that fails half way rolls back to the generation in force', async 
   t.deepEqual(await snapshot(h.root), snap);
   t.notDeepEqual(snap, before);
   t.like(await configStatus(h.agent), { committed: 1, trying: undefined, last: { result: 'rolled-back' } });
+});
+
+test('a configuration belongs to the slot it was committed on: an upgraded slot carries it over, the old slot booted again gets its own back', async (t) => {
+  const h = await configHost(t);
+  const host = { runDir: h.agent.runDir, osRelease: h.agent.osRelease } as Parameters<typeof bootInto>[0];
+  await applyConfig(h.agent, gen1, 'gen1'); // on slot A, 1.0.0
+  // the upgrade boots slot B with 2.0.0: generation 1 carries over
+  await bootInto(host, 'B', 'trying', '2.0.0');
+  t.like(await configStatus(h.agent), { committed: 1 });
+  t.is(await readFile(join(h.root, 'proc/sys/vm/swappiness'), 'utf8'), '10\n');
+  t.like(await applyConfig(h.agent, gen2, 'gen2'), { kind: 'committed', generation: 2 }); // on B
+  t.is(await readFile(join(h.root, 'proc/sys/vm/swappiness'), 'utf8'), '20\n');
+  // B is given up (a fallback, or agent rollback): slot A boots again with 1.0.0 and its generation 1
+  await bootInto(host, 'A', 'fallback', '1.0.0');
+  const steps: string[] = [];
+  t.like(await configStatus(h.agent, (s) => steps.push(s)), { committed: 1, last: { generation: 1, result: 'committed' } });
+  t.true(steps.some((s) => /slot A \(1\.0\.0\) booted again: restoring its generation 1 in place of 2/.test(s)), steps.join('\n'));
+  t.is(await readFile(join(h.root, 'proc/sys/vm/swappiness'), 'utf8'), '10\n');
+  t.is(await readFile(join(h.root, 'etc/containerd/config.toml'), 'utf8'), 'version = 2\n[plugins]\n');
+  await t.throwsAsync(readFile(join(h.root, 'etc/kubelet/config.yaml'), 'utf8'), { code: 'ENOENT' }, 'generation 2\'s file is gone');
+  // and booting B again (still 2.0.0) brings generation 2 back
+  await bootInto(host, 'B', 'good', '2.0.0');
+  t.like(await configStatus(h.agent), { committed: 2 });
+  t.is(await readFile(join(h.root, 'proc/sys/vm/swappiness'), 'utf8'), '20\n');
+  // a new version in B (the next upgrade) carries over what is in force instead
+  await bootInto(host, 'A', 'good', '1.0.0');
+  t.like(await configStatus(h.agent), { committed: 1 });
+  await bootInto(host, 'B', 'trying', '3.0.0');
+  t.like(await configStatus(h.agent), { committed: 1 });
+  t.is(await readFile(join(h.root, 'proc/sys/vm/swappiness'), 'utf8'), '10\n');
 });
