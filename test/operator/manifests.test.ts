@@ -8,7 +8,7 @@ import anyTest, { type TestFn } from 'ava';
 import { readFile } from 'node:fs/promises';
 import { agentConfigPath, imageAgentPaths } from '../../builder/rootfs/stage-agent.js';
 import { versionPattern } from '../../runtime/core/compare-versions.js';
-import { annotations } from '../../runtime/fleet/node-protocol.js';
+import { annotations, configAnnotations } from '../../runtime/fleet/node-protocol.js';
 import { OperatorCluster, systemNamespace } from './cluster-fixture.js';
 
 const test = anyTest as TestFn<unknown>;
@@ -101,12 +101,13 @@ test('the operator may do what it does and nothing else', async (t) => {
   for (const [verb, resource, ns] of [
     ['patch', 'nodes'], ['watch', 'nodes'], ['list', 'pods'], ['create', 'pods/eviction'], ['create', 'events'],
     ['patch', 'osupgrades.kubeos.io'], ['patch', 'osupgrades.kubeos.io/status'], ['create', 'leases.coordination.k8s.io', systemNamespace],
+    ['watch', 'osconfigs.kubeos.io'], ['patch', 'osconfigs.kubeos.io'], ['patch', 'osconfigs.kubeos.io/status'],
     ['update', 'leases.coordination.k8s.io/kubeos-operator', systemNamespace],
   ] as const) t.is(await can(op, verb, resource, ns), 'yes', `${verb} ${resource}`);
   for (const [verb, resource, ns] of [
     ['delete', 'pods'], ['delete', 'nodes'], ['create', 'osupgrades.kubeos.io'], ['get', 'secrets', 'default'],
     ['update', 'leases.coordination.k8s.io/other-lease', systemNamespace], ['patch', 'daemonsets.apps', systemNamespace],
-    ['update', 'osupgrades.kubeos.io/status'], ['create', 'pods'],
+    ['update', 'osupgrades.kubeos.io/status'], ['create', 'pods'], ['create', 'osconfigs.kubeos.io'], ['delete', 'osconfigs.kubeos.io'],
   ] as const) t.is(await can(op, verb, resource, ns), 'no', `${verb} ${resource}`);
   // and for real: the API server refuses it
   const result = await cluster.plane.kubectl(['delete', 'node', 'node-b', '--dry-run=server'], { kubeconfig: op });
@@ -122,6 +123,16 @@ test('the agent with a token bound to its pod on node-a may set its own annotati
   t.is(result.exitCode, 0, result.stderr);
   const node = await cluster.core.readNode({ name: 'node-a' });
   t.is(node.metadata?.annotations?.[annotations.state], 'idle');
+});
+
+test('the agent may report its configuration in its own annotations, and read OSConfigs but not change them', async (t) => {
+  const result = await agentPatch('node-a', { metadata: { annotations: { [configAnnotations.state]: 'committed', [configAnnotations.applied]: 'config-0123456789abcdef', [configAnnotations.stateFor]: 'config-0123456789abcdef' } } });
+  t.is(result.exitCode, 0, result.stderr);
+  const refused = await agentPatch('node-a', { metadata: { annotations: { [configAnnotations.desired]: 'config-0123456789abcdef' } } });
+  t.is(refused.exitCode, 1);
+  t.regex(refused.stderr, /only change the kubeos\.io annotations it owns/);
+  t.is(await can(agentOnA, 'get', 'osconfigs.kubeos.io'), 'yes');
+  for (const verb of ['list', 'patch', 'create', 'delete']) t.is(await can(agentOnA, verb, 'osconfigs.kubeos.io'), 'no', verb);
 });
 
 test('the agent may not patch another node', async (t) => {
