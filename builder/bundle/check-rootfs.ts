@@ -18,6 +18,12 @@ export async function checkRootfsImage(path: string): Promise<'ext4' | 'squashfs
   });
   let head: Buffer;
   try {
+    if (!(await handle.stat()).isFile()) {
+      throw new KubeosError('E_USAGE', `--rootfs ${path} is a directory, not a filesystem image`, {
+        hint: 'give the rootfs.img that kubeos build writes (a directory tree goes to kubeos build as a rootfs source)',
+        details: { path },
+      });
+    }
     head = Buffer.alloc(2048);
     const { bytesRead } = await handle.read(head, 0, head.length, 0);
     head = head.subarray(0, bytesRead);

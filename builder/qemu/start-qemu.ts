@@ -5,7 +5,7 @@
  * process exits, however a test ends.
  */
 import { constants } from 'node:fs';
-import { access, copyFile, mkdir, writeFile } from 'node:fs/promises';
+import { access, copyFile, mkdir, stat, writeFile } from 'node:fs/promises';
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { ResultPromise } from 'execa';
@@ -47,6 +47,13 @@ export async function preflightQemu(disk: string): Promise<void> {
     throw new KubeosError('E_QEMU', `disk image ${disk} cannot be opened for reading and writing: ${(error as NodeJS.ErrnoException).code ?? String(error)}`, {
       cause: error,
       hint: 'build one with kubeos build, e.g. out/minimal/disk.img',
+    });
+  }
+  const info = await stat(disk);
+  if (!info.isFile() && !info.isBlockDevice()) {
+    throw new KubeosError('E_QEMU', `disk image ${disk} is ${info.isDirectory() ? 'a directory' : 'not a regular file'}`, {
+      hint: 'give the disk.img that kubeos build writes, e.g. out/minimal/disk.img',
+      details: { disk },
     });
   }
   await requireTools(['qemu-system-x86_64']);
