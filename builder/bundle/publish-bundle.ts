@@ -64,18 +64,35 @@ function publishError(what: string, error: unknown): KubeosError {
   });
 }
 
-async function readCurrentChannel(options: PublishOptions, key: string, trustedKeys: TrustedKeys): Promise<ChannelSigned | undefined> {
+interface CurrentChannel {
+  signed: ChannelSigned | undefined;
+  /** The index object's ETag, for the conditional write that replaces it (undefined: there is none). */
+  etag: string | undefined;
+}
+
+async function readCurrentChannel(options: PublishOptions, key: string, trustedKeys: TrustedKeys): Promise<CurrentChannel> {
   let text: string;
+  let etag: string | undefined;
   try {
     const object = await options.client.send(new GetObjectCommand({ Bucket: options.bucket, Key: key }), { abortSignal: options.signal });
     text = (await object.Body?.transformToString('utf8')) ?? '';
+    etag = object.ETag;
   } catch (error) {
-    if (isNotFound(error)) return undefined;
+    if (isNotFound(error)) return { signed: undefined, etag: undefined };
     throw publishError(`reading s3://${options.bucket}/${key}`, error);
   }
   // Only the serial matters here; an expired index must not stop the publish that replaces it.
-  return verifyChannel(text, { trustedKeys, channel: options.channel, ignoreExpiry: true });
+  return { signed: verifyChannel(text, { trustedKeys, channel: options.channel, ignoreExpiry: true }), etag };
 }
+
+/** 412 (If-Match / If-None-Match failed) or 409 (a conditional write racing another): someone else wrote the index first. */
+function lostRace(error: unknown): boolean {
+  const status = (error as { $metadata?: { httpStatusCode?: number } })?.$metadata?.httpStatusCode;
+  return status === 412 || status === 409;
+}
+
+/** Attempts at the index write when other publishers keep winning the conditional write. */
+const channelWriteAttempts = 5;
 
 async function headSize(options: PublishOptions, key: string): Promise<{ size: number; sha256: string | undefined } | undefined> {
   try {
@@ -102,13 +119,15 @@ export async function publishBundle(options: PublishOptions): Promise<PublishRes
   const bundleKey = objectKey(options.prefix, bundlePath(verified.sha256));
   const channelKey = objectKey(options.prefix, channelPath(channel));
 
-  const previous = await readCurrentChannel(options, channelKey, trustedKeys);
-  if (previous !== undefined && !options.allowDowngrade && compareVersions(manifest.version, previous.version) < 0) {
-    throw new KubeosError('E_DOWNGRADE', `channel ${channel} is at ${previous.version}; publishing ${manifest.version} would downgrade it`, {
-      hint: 'pass --allow-downgrade to roll a channel back on purpose',
-      details: { current: previous.version, publishing: manifest.version },
-    });
-  }
+  const checkDowngrade = (previous: ChannelSigned | undefined) => {
+    if (previous !== undefined && !options.allowDowngrade && compareVersions(manifest.version, previous.version) < 0) {
+      throw new KubeosError('E_DOWNGRADE', `channel ${channel} is at ${previous.version}; publishing ${manifest.version} would downgrade it`, {
+        hint: 'pass --allow-downgrade to roll a channel back on purpose',
+        details: { current: previous.version, publishing: manifest.version },
+      });
+    }
+  };
+  checkDowngrade((await readCurrentChannel(options, channelKey, trustedKeys)).signed);
 
   progress('upload', 0);
   const existing = await headSize(options, bundleKey);
@@ -141,7 +160,62 @@ export async function publishBundle(options: PublishOptions): Promise<PublishRes
   }
   progress('upload', 1);
 
-  options.signal?.throwIfAborted();
+  // The index is replaced only if nobody replaced it since it was read (If-Match on its ETag, or
+  // If-None-Match: * for the first): two publishers at once never both write the same serial.
+  // The loser reads the new index and signs the next serial on top of it.
+  progress('channel');
+  let signed: ChannelSigned | undefined;
+  let previous: ChannelSigned | undefined;
+  for (let attempt = 1; signed === undefined; attempt++) {
+    options.signal?.throwIfAborted();
+    const current = await readCurrentChannel(options, channelKey, trustedKeys);
+    previous = current.signed;
+    checkDowngrade(previous);
+    const next = signIndex(previous, manifest, verified, channel, now, expiresIn);
+    const body = Buffer.from(signChannel(next, options.privateKey));
+    try {
+      await options.client.send(
+        new PutObjectCommand({
+          Bucket: options.bucket,
+          Key: channelKey,
+          Body: body,
+          ContentLength: body.length,
+          ContentType: 'application/json',
+          // Hosts poll this object; caches must revalidate so a new serial is seen promptly.
+          CacheControl: 'no-cache',
+          Metadata: { serial: String(next.serial), keyid: keyIdOf(options.privateKey) },
+          ...(current.etag === undefined ? { IfNoneMatch: '*' } : { IfMatch: current.etag }),
+        }),
+        { abortSignal: options.signal },
+      );
+      signed = next;
+    } catch (error) {
+      if (!lostRace(error)) throw publishError(`writing s3://${options.bucket}/${channelKey}`, error);
+      if (attempt === channelWriteAttempts) {
+        throw new KubeosError('E_PUBLISH', `channel ${channel} was replaced by another publisher ${attempt} times while this one wrote it; the bundle is stored, the channel holds the other publisher's index`, {
+          hint: 'publish again once the other publishers are done (one publisher per channel at a time, e.g. a CI concurrency group)',
+          details: { attempts: attempt },
+        });
+      }
+    }
+  }
+  progress('done');
+  return {
+    channel,
+    serial: signed.serial,
+    version: manifest.version,
+    expires: signed.expires,
+    bundleKey,
+    channelKey,
+    size: verified.size,
+    sha256: verified.sha256,
+    uploaded: !alreadyStored,
+    previous: previous === undefined ? undefined : { serial: previous.serial, version: previous.version },
+  };
+}
+
+/** The next index of the channel: the bundle as its newest release, one serial above `previous`. */
+function signIndex(previous: ChannelSigned | undefined, manifest: Awaited<ReturnType<typeof verifyBundleFile>>['manifest'], verified: { sha256: string; size: number }, channel: string, now: Date, expiresIn: number): ChannelSigned {
   const signed: ChannelSigned = {
     type: 'kubeos-channel',
     format: 1,
@@ -159,38 +233,7 @@ export async function publishBundle(options: PublishOptions): Promise<PublishRes
   const current = { version: signed.version, published: signed.published, bundle: signed.bundle };
   const earlier = previous === undefined ? [] : releasesOf(previous).filter((r) => r.version !== signed.version);
   signed.releases = [current, ...earlier].slice(0, releaseHistoryLimit);
-  const body = Buffer.from(signChannel(signed, options.privateKey));
-  progress('channel');
-  try {
-    await options.client.send(
-      new PutObjectCommand({
-        Bucket: options.bucket,
-        Key: channelKey,
-        Body: body,
-        ContentLength: body.length,
-        ContentType: 'application/json',
-        // Hosts poll this object; caches must revalidate so a new serial is seen promptly.
-        CacheControl: 'no-cache',
-        Metadata: { serial: String(signed.serial), keyid: keyIdOf(options.privateKey) },
-      }),
-      { abortSignal: options.signal },
-    );
-  } catch (error) {
-    throw publishError(`writing s3://${options.bucket}/${channelKey}`, error);
-  }
-  progress('done');
-  return {
-    channel,
-    serial: signed.serial,
-    version: manifest.version,
-    expires: signed.expires,
-    bundleKey,
-    channelKey,
-    size: verified.size,
-    sha256: verified.sha256,
-    uploaded: !alreadyStored,
-    previous: previous === undefined ? undefined : { serial: previous.serial, version: previous.version },
-  };
+  return signed;
 }
 
 function isoSeconds(date: Date): string {

@@ -9,7 +9,9 @@ import { releaseHistoryLimit } from '../../runtime/core/channel/channel-index.js
 import { channelUrlOf } from '../../runtime/core/channel/layout.js';
 import { flipByte, makeBundle, makeKeys, member, sha256File } from '../helpers/bundle-fixtures.js';
 import { makeTempDir } from '../helpers/temp-dir.js';
-import { startS3, type TestS3 } from '../helpers/s3-server.js';
+import { s3Credentials, startS3, type TestS3 } from '../helpers/s3-server.js';
+import { startConditionalFront } from '../helpers/conditional-s3-front.js';
+import { makeS3Client } from '../../builder/bundle/s3-client.js';
 
 const MiB = 1024 * 1024;
 
@@ -186,4 +188,26 @@ test('each publish lists the releases the channel offered before, newest first a
   t.deepEqual(listed, [...versions].reverse().slice(0, releaseHistoryLimit));
   const second = signed.releases![1]!;
   t.like(second.bundle, { sha256: bundles.at(-2)!.sha256, size: bundles.at(-2)!.size, path: `bundles/${bundles.at(-2)!.sha256}.kubeos` });
+});
+
+test('two publishers at once on a server with conditional writes: one wins each serial, the other signs the next on top, and no serial is written twice', async (t) => {
+  const { dir, keys, s3 } = await setup(t);
+  // s3rver lacks conditional writes; the front emulates them (and holds both index writes until both arrive, so they race for certain)
+  const front = await startConditionalFront(s3.endpoint, { holdPuts: 2 });
+  t.teardown(() => front.stop());
+  const client = makeS3Client({ endpoint: front.endpoint, region: 'us-east-1', ...s3Credentials });
+  t.teardown(() => client.destroy());
+  const v1 = await makeBundle(dir, keys, { name: 'v1', version: '1.1.0', size: 1024 * 1024 });
+  const v2 = await makeBundle(dir, keys, { name: 'v2', version: '1.2.0', size: 1024 * 1024 });
+  const publish = (bundle: string) => publishBundle({ bundle, client, bucket: s3.bucket, prefix: 'kubeos', channel: 'stable', privateKey: keys.privateKey, allowDowngrade: true });
+  const results = await Promise.all([publish(v1.path), publish(v2.path)]);
+  t.deepEqual(results.map((r) => r.serial).sort(), [1, 2]);
+  t.is(front.refused, 1, 'the second write of serial 1 was refused');
+  const serials = front.written.filter((w) => w.key.endsWith('/channels/stable.json')).map((w) => (JSON.parse(w.body.toString()) as { signed: { serial: number } }).signed.serial);
+  t.deepEqual(serials, [1, 2], 'each serial written once');
+  // the index in the bucket is the winner of serial 2, and lists both releases
+  const stored = JSON.parse(await getText(s3, 'kubeos/channels/stable.json')) as { signed: { serial: number; version: string; releases: Array<{ version: string }> } };
+  t.is(stored.signed.serial, 2);
+  t.is(stored.signed.version, results.find((r) => r.serial === 2)!.version);
+  t.deepEqual(stored.signed.releases.map((r) => r.version).sort(), ['1.1.0', '1.2.0']);
 });
