@@ -351,6 +351,13 @@ class VerifiedPayload extends Readable {
       });
       this.child = child;
       if (this.destroyed) child.kill();
+      // tar-stream may have destroyed the member already (the archive ended inside it) while zstd
+      // started: a pipeline from a destroyed streamx stream never settles, so that hung for ever
+      if ((this.entry as { destroyed?: boolean }).destroyed) {
+        child.kill();
+        await child.exited;
+        throw entries.classify(new Error('the payload member ended before its data did'));
+      }
       // Settled values, so an early exit (EPIPE, a kill) is judged below instead of escaping.
       const fed = pipeline(this.entry, compressed, child.stdin).then(() => undefined, (error: unknown) => error ?? new Error('feed failed'));
       let finish: () => Promise<void>;
