@@ -45,6 +45,8 @@ export interface AgentConfig {
   reboot: string[];
   /** Bounds each channel index fetch, and each stretch of a bundle download without data (seconds). */
   networkTimeoutSeconds: number;
+  /** A bundle download slower than this over twice networkTimeoutSeconds is resumed, then given up (0: no floor). */
+  minDownloadBytesPerSecond: number;
   /** Where `agent config` finds /etc and /proc/sys: "/" on a host; a test points it at a directory. */
   configRoot: string;
   /** The health checks `agent config apply` runs before it commits (the boot hook runs the same). */
@@ -93,6 +95,7 @@ export async function loadAgentConfig(file = defaultConfigPath): Promise<AgentCo
     jitterSeconds: typeof raw['jitterSeconds'] === 'number' ? raw['jitterSeconds'] : 60,
     reboot: Array.isArray(raw['reboot']) ? (raw['reboot'] as string[]) : ['reboot'],
     networkTimeoutSeconds: typeof raw['networkTimeoutSeconds'] === 'number' && raw['networkTimeoutSeconds'] > 0 ? raw['networkTimeoutSeconds'] : 30,
+    minDownloadBytesPerSecond: typeof raw['minDownloadBytesPerSecond'] === 'number' && raw['minDownloadBytesPerSecond'] >= 0 ? raw['minDownloadBytesPerSecond'] : 4096,
     configRoot: path(raw['configRoot'], 'configRoot', '/'),
     healthDir: path(raw['healthDir'], 'healthDir', '/etc/kubeos/health.d'),
   };

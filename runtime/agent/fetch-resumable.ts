@@ -25,6 +25,12 @@ export interface ResumableOptions {
    * this long is dropped and resumed (default 30 s): a stalled server never holds the lock forever.
    */
   idleMs?: number;
+  /**
+   * A body that trickles in slower than this (bytes per second, over any stretch of twice idleMs
+   * while the agent was ready for data) is dropped and resumed, then given up (default 4096): a
+   * server sending a byte at a time never holds the lock forever either. 0 turns it off.
+   */
+  minBytesPerSecond?: number;
 }
 
 const defaultIdleMs = 30_000;
@@ -147,17 +153,38 @@ class ResumableDownload extends Readable {
     }
     this.response = response;
     let idle: NodeJS.Timeout | undefined;
+    let rate: NodeJS.Timeout | undefined;
     try {
       await new Promise<void>((resolve, reject) => {
+        // the reason first: destroying the response also emits 'aborted', which would name none
+        const fail = (error: Error) => {
+          reject(error);
+          response.destroy(error);
+        };
         // idle only counts while the body flows: paused for backpressure, the wait is ours
         const arm = () => {
           clearTimeout(idle);
           idle = setTimeout(() => {
-            if (!response.isPaused()) response.destroy(new Error(`no data from ${url} for ${idleMs / 1000} s at byte ${this.received}`));
+            if (!response.isPaused()) fail(new Error(`no data from ${url} for ${idleMs / 1000} s at byte ${this.received}`));
             else arm();
           }, idleMs);
         };
         arm();
+        // the rate over the last `window` of time the body could flow (paused time is ours, not the server's)
+        const window = idleMs * 2;
+        const minRate = this.options.minBytesPerSecond ?? 4096;
+        let flowing = 0;
+        const samples: { at: number; received: number }[] = [{ at: 0, received: this.received }];
+        rate = setInterval(() => {
+          if (response.isPaused()) return;
+          flowing += 1000;
+          samples.push({ at: flowing, received: this.received });
+          while (samples.length > 1 && samples[1]!.at <= flowing - window) samples.shift();
+          const first = samples[0]!;
+          if (minRate > 0 && flowing - first.at >= window && (this.received - first.received) / ((flowing - first.at) / 1000) < minRate) {
+            fail(new Error(`slower than ${minRate} bytes/s for ${window / 1000} s at byte ${this.received}`));
+          }
+        }, 1000);
         response.on('data', (piece: Buffer) => {
           this.received += piece.length;
           arm();
@@ -172,6 +199,7 @@ class ResumableDownload extends Readable {
       });
     } finally {
       clearTimeout(idle);
+      clearInterval(rate);
       this.response = undefined;
     }
     return this.total === undefined || this.received >= this.total;

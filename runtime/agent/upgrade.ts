@@ -110,7 +110,7 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
         tap.destroy(tooLong);
       }
     }, release !== undefined);
-    const download = openSource(source as string, { signal, idleMs: config.networkTimeoutSeconds * 1000, onResume: (offset) => progress(`resuming at byte ${offset}`) });
+    const download = openSource(source as string, { signal, idleMs: config.networkTimeoutSeconds * 1000, minBytesPerSecond: config.minDownloadBytesPerSecond, onResume: (offset) => progress(`resuming at byte ${offset}`) });
     download.once('error', (error) => {
       sourceFailure ??= error;
       tap.destroy(error);

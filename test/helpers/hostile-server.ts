@@ -17,6 +17,8 @@ export const hostileModes = [
   'wrong-content-range',
   /** the resumed bytes come from another file (same ETag): what a changed object behind a cache looks like */
   'different-body-on-resume',
+  /** the bundle at 1 KiB every half second, from its first byte and on every resume */
+  'bundle-trickle',
   /** every request is redirected to itself */
   'redirect-loop',
   /** the channel index at one byte per second */
@@ -66,6 +68,18 @@ export async function startHostileServer(t: ExecutionContext, site: string, mode
     }
     const from = Number(/^bytes=(\d+)-$/.exec(req.headers.range ?? '')?.[1] ?? 0);
     const headers = { etag: '"same"', 'accept-ranges': 'bytes' };
+    if (mode === 'bundle-trickle') {
+      res.writeHead(from > 0 ? 206 : 200, { ...headers, 'content-length': String(data.length - from), ...(from > 0 ? { 'content-range': `bytes ${from}-${data.length - 1}/${data.length}` } : {}) });
+      let at = from;
+      const drip = () => {
+        if (res.destroyed || at >= data.length) return res.end();
+        res.write(data.subarray(at, at + 1024));
+        at += 1024;
+        const timer = setTimeout(drip, 500);
+        timers.add(timer);
+      };
+      return drip();
+    }
     if (from === 0 || mode === 'ignores-range') {
       res.writeHead(200, { ...headers, 'content-length': String(data.length) });
       if (mode === 'ignores-range' && from > 0) return res.end(data);
