@@ -18,7 +18,13 @@ const tools = ['qemu-system-x86_64', 'mke2fs', 'mkfs.vfat', 'sgdisk', 'grub-mkim
 const test = await testNeeding(tools);
 const runnable = await canRun(tools);
 const nodes = ['fleet-1', 'fleet-2', 'fleet-3'];
-const rolloutTimeoutMs = 15 * 60_000;
+/**
+ * ava stops the run after 20 minutes without a finished test (package.json) and says nothing of
+ * why, and CI removes the logs: every wait ends within 15 minutes of its test's start instead, and
+ * a failed test logs what the operator and the nodes were doing.
+ */
+let testStarted = Date.now();
+const rolloutTimeoutMs = () => Math.max(1000, testStarted + 15 * 60_000 - Date.now());
 
 type Obj = { metadata?: { name?: string; annotations?: Record<string, string>; labels?: Record<string, string> }; spec?: { unschedulable?: boolean }; status?: Record<string, unknown> };
 
@@ -68,6 +74,14 @@ anyTest.after.always(async () => {
   for (const cleanup of cleanups.reverse()) await cleanup();
 });
 anyTest.after.always('remove the temporary directories', removeFileTempDirs);
+anyTest.beforeEach(() => {
+  testStarted = Date.now();
+});
+anyTest.afterEach.always(async (t) => {
+  if (t.passed || fleet === undefined) return;
+  t.log((await fleet.operatorLog()).slice(-4000));
+  for (const n of nodes) t.log(`${n}: rollout ${annotation(fleet, n, 'rollout')}, state ${annotation(fleet, n, 'state')}, last-error ${annotation(fleet, n, 'last-error')}`);
+});
 
 function current(): Fleet {
   if (fleet === undefined) throw new Error('setup did not run');
@@ -99,7 +113,7 @@ function record(f: Fleet, name: string): { rollout: string; version: string; pha
   return raw === undefined ? undefined : JSON.parse(raw) as never;
 }
 
-async function waitPhase(f: Fleet, name: string, phases: string[], timeoutMs = rolloutTimeoutMs): Promise<void> {
+async function waitPhase(f: Fleet, name: string, phases: string[], timeoutMs = rolloutTimeoutMs()): Promise<void> {
   await f.cluster.mirror.waitFor(`OSUpgrade ${name} ${phases.join(' or ')}`, () => phases.includes(phaseOf(f, name) ?? ''), timeoutMs);
 }
 
@@ -153,7 +167,7 @@ test.serial('OSUpgrade to v2 with maxUnavailable 1: every node drained, upgraded
   const started = Date.now();
   await f.cluster.addOSUpgrade('to-v2', spec('2.0.0'));
   // v3 appears on the channel once the first node is on v2
-  await f.cluster.mirror.waitFor('a first node on 2.0.0', () => nodes.some((n) => version(f, n) === '2.0.0'), rolloutTimeoutMs);
+  await f.cluster.mirror.waitFor('a first node on 2.0.0', () => nodes.some((n) => version(f, n) === '2.0.0'), rolloutTimeoutMs());
   await f.publish('3.0.0');
   await waitPhase(f, 'to-v2', ['Complete', 'Paused']);
   const ended = Date.now();
@@ -187,7 +201,7 @@ test.serial('kubeos rollout undo takes the fleet back to the version it ran befo
   maxCordoned = 0;
   const result = await kubeos(['rollout', 'undo', 'to-v2', '--kubeconfig', f.cluster.plane.adminKubeconfig, '--json']);
   t.is(result.exitCode, 0, result.stderr);
-  await f.cluster.mirror.waitFor('to-v2 retargeted to 1.0.0 and complete', () => (osupgrade(f, 'to-v2')?.status?.['targetVersion'] as string | undefined) === '1.0.0' && phaseOf(f, 'to-v2') === 'Complete', rolloutTimeoutMs);
+  await f.cluster.mirror.waitFor('to-v2 retargeted to 1.0.0 and complete', () => (osupgrade(f, 'to-v2')?.status?.['targetVersion'] as string | undefined) === '1.0.0' && phaseOf(f, 'to-v2') === 'Complete', rolloutTimeoutMs());
   for (const n of nodes) {
     t.is(version(f, n), '1.0.0', n);
     t.is(annotation(f, n, 'state'), 'committed', n);
@@ -200,9 +214,9 @@ test.serial('v4 that never comes up healthy on the second node: GRUB falls back 
   await f.publish('4.0.0');
   t.is(await f.shell('fleet-2', 'echo 4.0.0 > /etc/kubeos/test-unhealthy-versions && sync'), '0');
   await f.cluster.addOSUpgrade('to-v4', spec('4.0.0', { onFailureBudget: 'rollback' }));
-  await f.cluster.mirror.waitFor('fleet-1 on 4.0.0', () => version(f, 'fleet-1') === '4.0.0', rolloutTimeoutMs);
-  await f.cluster.mirror.waitFor('fleet-2 fell back', () => annotation(f, 'fleet-2', 'state') === 'fell-back', rolloutTimeoutMs);
-  await f.cluster.mirror.waitFor('to-v4 rolled back to 1.0.0 and complete', () => (osupgrade(f, 'to-v4')?.status?.['targetVersion'] as string | undefined) === '1.0.0' && phaseOf(f, 'to-v4') === 'Complete', rolloutTimeoutMs);
+  await f.cluster.mirror.waitFor('fleet-1 on 4.0.0', () => version(f, 'fleet-1') === '4.0.0', rolloutTimeoutMs());
+  await f.cluster.mirror.waitFor('fleet-2 fell back', () => annotation(f, 'fleet-2', 'state') === 'fell-back', rolloutTimeoutMs());
+  await f.cluster.mirror.waitFor('to-v4 rolled back to 1.0.0 and complete', () => (osupgrade(f, 'to-v4')?.status?.['targetVersion'] as string | undefined) === '1.0.0' && phaseOf(f, 'to-v4') === 'Complete', rolloutTimeoutMs());
   t.deepEqual(JSON.parse(osupgrade(f, 'to-v4')?.metadata?.annotations?.['kubeos.io/rolled-back'] ?? '{}'), { from: '4.0.0', to: '1.0.0' });
   t.is(version(f, 'fleet-1'), '1.0.0');
   t.is(version(f, 'fleet-2'), '1.0.0');
@@ -258,7 +272,7 @@ test.serial('an OSConfig of a sysctl and a file rolls across the fleet one node 
     maxUnavailable: 1, nodeSelector: { 'kubeos.io/agent': 'host' }, healthGate: { readySeconds: 5 }, nodeTimeoutSeconds: 600,
   });
   const osconfig = () => f.cluster.mirror.get('osconfigs', 'tuning') as Obj | undefined;
-  await f.cluster.mirror.waitFor('OSConfig tuning Complete or Paused', () => ['Complete', 'Paused'].includes(String(osconfig()?.status?.['phase'])), rolloutTimeoutMs);
+  await f.cluster.mirror.waitFor('OSConfig tuning Complete or Paused', () => ['Complete', 'Paused'].includes(String(osconfig()?.status?.['phase'])), rolloutTimeoutMs());
   t.is(osconfig()?.status?.['phase'], 'Complete', (await f.operatorLog()).slice(-3000));
   const digest = String(osconfig()?.status?.['targetVersion']);
   t.is(maxConfiguring, 1, 'maxUnavailable 1: one guest at a time');

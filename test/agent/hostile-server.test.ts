@@ -23,6 +23,11 @@ const allowed: Record<HostileMode, string[]> = {
   'bundle-trickle': ['E_FETCH'],
   'index-one-byte-per-second': ['E_FETCH'],
   'index-5-gb': ['E_CHANNEL_INVALID'],
+  // the signed bytes all arrived: what follows them is not read
+  'more-than-content-length': ['installed', 'E_FETCH'],
+  // the body is bounded by the size the signed index gives: one byte more is refused
+  'endless-after-bundle': ['E_BUNDLE_INVALID'],
+  'stalls-mid-body': ['E_FETCH'],
 };
 /** networkTimeoutSeconds is 2: a stall, a drip or a dead resume ends within a few of them. */
 const boundMs = 30_000;
@@ -49,6 +54,8 @@ for (const mode of hostileModes) {
     // the reason, not undici's bare "fetch failed"
     if (mode === 'redirect-loop') t.regex(messages.join(' '), /fetch failed: .*redirect/i);
     if (mode === 'bundle-trickle') t.regex(messages.join(' '), /slower than 4096 bytes\/s/);
+    if (mode === 'endless-after-bundle') t.regex(messages.join(' '), /longer than the \d+ bytes the signed channel index gives/);
+    if (mode === 'stalls-mid-body') t.regex(messages.join(' '), /no data from .* for 2 s at byte \d+/);
     t.log(`${outcome} after ${took} ms and ${server.requests.length} requests`);
     t.true(allowed[mode].includes(outcome), `${outcome} (${server.requests.length} requests)`);
     t.true(took < boundMs, `took ${took} ms`);

@@ -25,6 +25,12 @@ export const hostileModes = [
   'index-one-byte-per-second',
   /** the channel index announces 5 GB */
   'index-5-gb',
+  /** the bundle with its true Content-Length, then 64 KiB more on the same connection */
+  'more-than-content-length',
+  /** the bundle without a Content-Length, then random bytes for as long as they are read */
+  'endless-after-bundle',
+  /** half the bundle, then the connection stays open and silent, resumes included */
+  'stalls-mid-body',
 ] as const;
 export type HostileMode = (typeof hostileModes)[number];
 
@@ -68,6 +74,28 @@ export async function startHostileServer(t: ExecutionContext, site: string, mode
     }
     const from = Number(/^bytes=(\d+)-$/.exec(req.headers.range ?? '')?.[1] ?? 0);
     const headers = { etag: '"same"', 'accept-ranges': 'bytes' };
+    if (mode === 'more-than-content-length' && from === 0) {
+      // past Node's own HTTP layer, which would refuse to write more than it announced
+      req.socket.write(`HTTP/1.1 200 OK\r\ncontent-length: ${data.length}\r\netag: "same"\r\naccept-ranges: bytes\r\nconnection: close\r\n\r\n`);
+      req.socket.write(data);
+      req.socket.end(Buffer.alloc(64 * 1024, 0x41));
+      return;
+    }
+    if (mode === 'endless-after-bundle' && from === 0) {
+      res.writeHead(200, { etag: '"same"' }); // chunked: no length at all
+      res.write(data);
+      const more = () => {
+        if (res.destroyed) return;
+        // as fast as the reader takes them
+        if (res.write(Buffer.alloc(64 * 1024, 0x42))) setImmediate(more);
+        else res.once('drain', more);
+      };
+      return more();
+    }
+    if (mode === 'stalls-mid-body') {
+      res.writeHead(from > 0 ? 206 : 200, { ...headers, 'content-length': String(data.length - from), ...(from > 0 ? { 'content-range': `bytes ${from}-${data.length - 1}/${data.length}` } : {}) });
+      return void res.write(data.subarray(from, from + ((data.length - from) >> 1))); // and then nothing, never an end
+    }
     if (mode === 'bundle-trickle') {
       res.writeHead(from > 0 ? 206 : 200, { ...headers, 'content-length': String(data.length - from), ...(from > 0 ? { 'content-range': `bytes ${from}-${data.length - 1}/${data.length}` } : {}) });
       let at = from;

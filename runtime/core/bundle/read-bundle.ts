@@ -355,6 +355,8 @@ class VerifiedPayload extends Readable {
       // started: a pipeline from a destroyed streamx stream never settles, so that hung for ever
       if ((this.entry as { destroyed?: boolean }).destroyed) {
         child.kill();
+        child.stdin.destroy();
+        child.stdout.destroy();
         await child.exited;
         throw entries.classify(new Error('the payload member ended before its data did'));
       }
