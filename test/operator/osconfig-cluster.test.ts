@@ -17,6 +17,7 @@ import { annotations, configAnnotations, decodeRecord } from '../../runtime/flee
 import { readConfigRollout } from '../../runtime/fleet/osconfig.js';
 import { runNodeAgent, type NodeAgentEvent, type UpgradeOutcome } from '../../runtime/agent/run-node-agent.js';
 import { runOperator } from '../../runtime/operator/run-operator.js';
+import { kubeos } from '../helpers/cli.js';
 import { OperatorCluster, systemNamespace } from './cluster-fixture.js';
 
 const test = anyTest as TestFn<unknown>;
@@ -137,6 +138,15 @@ test.serial('an OSConfig of sysctls is applied one node at a time without a drai
   t.false(reasons('node-a').has('KubeosDraining'));
   t.true(reasons('node-a').has('KubeosConfigDone'));
   t.is(cluster.mirror.get('pods', 'apps/web-1')?.['metadata'].deletionTimestamp, undefined, 'the pod was not evicted');
+  // kubeos rollout status follows an OSConfig as it does an OSUpgrade
+  const shown = await kubeos(['rollout', 'status', 'osconfig/tuning', '--kubeconfig', cluster.plane.adminKubeconfig, '--watch', '--json']);
+  t.is(shown.exitCode, 0, shown.stderr);
+  t.like(shown.json, { name: 'tuning', kind: 'osconfig', status: { phase: 'Complete', targetVersion: digest } });
+  const table = await kubeos(['rollout', 'status', 'osconfig/tuning', '--kubeconfig', cluster.plane.adminKubeconfig]);
+  t.regex(table.stdout, new RegExp(`3/3 on ${digest} · Complete`));
+  const wrong = await kubeos(['rollout', 'status', 'deployment/tuning', '--kubeconfig', cluster.plane.adminKubeconfig, '--json']);
+  t.is(wrong.exitCode, 2);
+  t.regex(wrong.stdout, /give an OSUpgrade name, osupgrade\/NAME or osconfig\/NAME/);
 });
 
 test.serial('an OSConfig with kernel arguments drains each node first; a node whose agent rolls it back fails as RolledBack and pauses the rollout', async (t) => {

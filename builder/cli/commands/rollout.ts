@@ -1,4 +1,4 @@
-/** `kubeos rollout status NAME`: where an OSUpgrade stands, once or following it with --watch. */
+/** `kubeos rollout status NAME`: where an OSUpgrade (or `osconfig/NAME`, an OSConfig) stands, once or following it with --watch. */
 import type { Argv, CommandModule } from 'yargs';
 import { KubeosError } from '../../../runtime/core/errors.js';
 import type { OSUpgradeObject, OSUpgradeStatus } from '../../../runtime/fleet/osupgrade.js';
@@ -65,32 +65,45 @@ function outcome(object: OSUpgradeObject): 'done' | 'failed' | 'running' {
   return 'running';
 }
 
-function failure(object: OSUpgradeObject): KubeosError {
+/** `osconfig/NAME` names an OSConfig, `NAME` or `osupgrade/NAME` an OSUpgrade (kubectl's TYPE/NAME). */
+export function parseRolloutName(raw: string): { kind: 'osupgrade' | 'osconfig'; name: string } {
+  const match = /^(osupgrades?|osconfigs?)\/(.+)$/.exec(raw);
+  if (match === null) {
+    if (raw.includes('/')) throw new KubeosError('E_USAGE', `${raw}: give an OSUpgrade name, osupgrade/NAME or osconfig/NAME`, { details: { name: raw } });
+    return { kind: 'osupgrade', name: raw };
+  }
+  return { kind: match[1]!.startsWith('osconfig') ? 'osconfig' : 'osupgrade', name: match[2]! };
+}
+
+function failure(object: OSUpgradeObject, kind: 'osupgrade' | 'osconfig'): KubeosError {
   const name = object.metadata?.name ?? '';
   if (object.status?.phase === 'Invalid') {
-    return new KubeosError('E_OSUPGRADE_INVALID', `${name}: ${object.status.conditions?.[0]?.message ?? 'invalid spec'}`, { hint: `kubectl get osupgrade ${name} -o yaml` });
+    return new KubeosError(kind === 'osconfig' ? 'E_OSCONFIG_INVALID' : 'E_OSUPGRADE_INVALID', `${name}: ${object.status.conditions?.[0]?.message ?? 'invalid spec'}`, { hint: `kubectl get ${kind} ${name} -o yaml` });
   }
   return new KubeosError('E_ROLLOUT_FAILED', `${name}: paused after ${object.status?.counts?.failed ?? '?'} failed node(s)`, {
-    hint: `see the failed nodes above; resume with: kubectl patch osupgrade ${name} --type merge -p '{"spec":{"paused":false}}'`,
+    hint: `see the failed nodes above; resume with: kubectl patch ${kind} ${name} --type merge -p '{"spec":{"paused":false}}'`,
     details: { status: object.status },
   });
 }
 
 const status: CommandModule<GlobalArgs, StatusArgs> = {
   command: 'status <name>',
-  describe: 'Show an OSUpgrade: per-node table and a progress line; --watch follows it to the end',
+  describe: 'Show an OSUpgrade (or osconfig/NAME, an OSConfig): per-node table and a progress line; --watch follows it to the end',
   builder: (y: Argv<GlobalArgs>) =>
     y
-      .positional('name', { type: 'string', demandOption: true, description: 'the OSUpgrade' })
+      .positional('name', { type: 'string', demandOption: true, description: 'the OSUpgrade, or osconfig/NAME' })
       .option('kubeconfig', { type: 'string', description: 'kubeconfig file (default: $KUBECONFIG or ~/.kube/config)' })
       .option('context', { type: 'string', description: 'kubeconfig context' })
       .option('watch', { alias: 'w', type: 'boolean', description: 'follow the rollout; exit 0 when complete, 1 when the failure budget pauses it' })
-      .example('$0 rollout status fleet-1-4-0 --watch', 'per-node phases and progress until the rollout ends; the exit code says how') as Argv<StatusArgs>,
+      .example('$0 rollout status fleet-1-4-0 --watch', 'per-node phases and progress until the rollout ends; the exit code says how')
+      .example('$0 rollout status osconfig/node-tuning', 'the same for an OSConfig') as Argv<StatusArgs>,
   handler: async (args) => {
+    const { kind, name } = parseRolloutName(args.name);
     // loaded on use: the Kubernetes client takes most of a second to import
     const { KubeApi } = await import('../../../runtime/fleet/kube-api.js');
     const api = KubeApi.connect({ kubeconfig: args.kubeconfig, context: args.context }, 'kubeos-cli');
-    let object = await api.readOSUpgrade(args.name);
+    const read = () => (kind === 'osconfig' ? api.readOSConfig(name) : api.readOSUpgrade(name));
+    let object = await read();
     if (args.watch) {
       const progress = makeProgress(args);
       const abort = new AbortController();
@@ -98,7 +111,7 @@ const status: CommandModule<GlobalArgs, StatusArgs> = {
       let changed: () => void = () => {};
       const restart = async (): Promise<void> => {
         if (abort.signal.aborted) return;
-        await api.watch({ kind: 'osupgrades', name: args.name }, (event) => {
+        await api.watch({ kind: kind === 'osconfig' ? 'osconfigs' : 'osupgrades', name }, (event) => {
           if (event.type === 'ADDED' || event.type === 'MODIFIED') {
             object = event.object as OSUpgradeObject;
             changed();
@@ -117,13 +130,13 @@ const status: CommandModule<GlobalArgs, StatusArgs> = {
             resolve();
           };
         });
-        if (!abort.signal.aborted) object = await api.readOSUpgrade(args.name).catch(() => object);
+        if (!abort.signal.aborted) object = await read().catch(() => object);
       }
       abort.abort();
       progress('done');
     }
-    printResult(args, { name: args.name, spec: object.spec, status: object.status ?? null }, () => renderTable(object));
-    if (args.watch && outcome(object) === 'failed') throw failure(object);
+    printResult(args, { name, kind, spec: object.spec, status: object.status ?? null }, () => renderTable(object));
+    if (args.watch && outcome(object) === 'failed') throw failure(object, kind);
   },
 };
 
@@ -166,7 +179,7 @@ const undo: CommandModule<GlobalArgs, UndoArgs> = {
 
 export const rolloutCommand: CommandModule<GlobalArgs, GlobalArgs> = {
   command: 'rollout <command>',
-  describe: 'Follow fleet rollouts (OSUpgrade objects), and undo one',
+  describe: 'Follow fleet rollouts (OSUpgrade and OSConfig objects), and undo an OSUpgrade',
   builder: (y) => y.command(status).command(undo).demandCommand(1, 'name a subcommand: kubeos rollout status NAME, or kubeos rollout undo NAME'),
   handler: () => {},
 };
