@@ -69,11 +69,13 @@ export async function runKubernetesAgent(config: AgentConfig, options: { nodeNam
         const current = before.committed > 0 ? configDigest(before.config) : '';
         try {
           // the configuration comes from the OSConfig the operator named, and must still be the one it meant
-          const wanted = readConfigRollout(await api.readOSConfig(source));
+          const object = await api.readOSConfig(source);
+          const wanted = readConfigRollout(object);
           if (wanted.digest !== digest) {
             return { state: 'failed', error: `E_CONFIG_CHANGED: OSConfig ${source} now holds ${wanted.digest}, not the ${digest} this node was asked for; nothing was changed` };
           }
-          const result = await applyConfig(config, wanted.config, `OSConfig ${source}`, options.log, { reboot: false });
+          // the configuration as written (apply reads it with the same model; modes are strings there)
+          const result = await applyConfig(config, (object.spec as { config?: unknown }).config, `OSConfig ${source}`, options.log, { reboot: false });
           if (result.kind !== 'trying') return { state: 'committed', currentVersion: digest };
           await progress('rebooting');
           await runCommand(rebootCommand(config, options.hostNamespaces === true), { timeoutMs: 60_000 });
