@@ -5,7 +5,7 @@
  */
 import { asKubeosError, KubeosError } from '../core/errors.js';
 import type { KubeApi } from '../fleet/kube-api.js';
-import { agentConfigReportPatch, agentReportPatch, annotations, configAnnotations, failedAgentStates, type AgentReport, type AgentState, type NodeLike } from '../fleet/node-protocol.js';
+import { agentConfigReportPatch, agentReportPatch, annotations, configAnnotations, configKeys, failedAgentStates, upgradeKeys, type AgentReport, type AgentState, type NodeLike, type RolloutKeys } from '../fleet/node-protocol.js';
 
 /** What the agent knows about this node from its own state (boot environment, slots). */
 export interface LocalStatus {
@@ -68,34 +68,25 @@ export type NodeAgentEvent =
 
 export type AgentDecision = { type: 'none'; why: string } | { type: 'upgrade'; version: string; channel: string; allowDowngrade: boolean };
 
-/** Pure: what to do given the Node's annotations and the local status. */
-export function decideAgentAction(node: NodeLike, local: LocalStatus, busy: boolean): AgentDecision {
+/**
+ * Pure: what to do given the Node's annotations and the local status, for an upgrade (`keys`
+ * upgradeKeys) or an OSConfig (configKeys, where the version is a configuration's digest).
+ */
+export function decideAgentAction(node: NodeLike, local: LocalStatus, busy: boolean, keys: RolloutKeys = upgradeKeys): AgentDecision {
   const a = node.metadata?.annotations ?? {};
-  const desired = a[annotations.desiredVersion];
-  if (desired === undefined || desired === '') return { type: 'none', why: 'no desired version' };
-  if (desired === local.currentVersion) return { type: 'none', why: 'already running the desired version' };
-  if (busy) return { type: 'none', why: 'an upgrade is running' };
-  if (local.state === 'rebooting' && local.stateVersion === desired) return { type: 'none', why: 'waiting for the reboot into the new slot' };
+  const what = keys === upgradeKeys ? 'version' : 'configuration';
+  const desired = a[keys.desired];
+  if (desired === undefined || desired === '') return { type: 'none', why: `no desired ${what}` };
+  if (desired === local.currentVersion) return { type: 'none', why: `already running the desired ${what}` };
+  if (busy) return { type: 'none', why: 'an upgrade or a configuration is being applied' };
+  if (local.state === 'rebooting' && local.stateVersion === desired) return { type: 'none', why: 'waiting for the reboot into it' };
   // An attempt at this version already failed: the operator decides what happens next, not us.
   if (local.stateVersion === desired && local.state !== undefined && failedAgentStates.includes(local.state)) {
     return { type: 'none', why: `the last attempt at ${desired} ended ${local.state}` };
   }
-  return { type: 'upgrade', version: desired, channel: a[annotations.desiredChannel] ?? 'stable', allowDowngrade: a[annotations.allowDowngrade] === 'true' };
-}
-
-
-/** Pure: what to do about the OSConfig the Node asks for, given the configuration in force. */
-export function decideConfigAction(node: NodeLike, local: LocalStatus, busy: boolean): AgentDecision {
-  const a = node.metadata?.annotations ?? {};
-  // the same rules as an upgrade, read from the configuration's annotations
-  const projected: NodeLike = { metadata: { annotations: {
-    ...(a[configAnnotations.desired] === undefined ? {} : { [annotations.desiredVersion]: a[configAnnotations.desired] }),
-    ...(a[configAnnotations.source] === undefined ? {} : { [annotations.desiredChannel]: a[configAnnotations.source] }),
-  } } };
-  const decision = decideAgentAction(projected, local, busy);
-  if (decision.type === 'none') return { type: 'none', why: decision.why.replace('desired version', 'desired configuration').replace('an upgrade is running', 'busy') };
-  if (a[configAnnotations.source] === undefined) return { type: 'none', why: `${configAnnotations.source} is not set` };
-  return decision;
+  const source = a[keys.source];
+  if (keys !== upgradeKeys && source === undefined) return { type: 'none', why: `${keys.source} is not set` };
+  return { type: 'upgrade', version: desired, channel: source ?? 'stable', allowDowngrade: keys.allowDowngrade !== undefined && a[keys.allowDowngrade] === 'true' };
 }
 
 export async function runNodeAgent(options: NodeAgentOptions): Promise<void> {
@@ -179,7 +170,7 @@ export async function runNodeAgent(options: NodeAgentOptions): Promise<void> {
     let kind: 'upgrade' | 'config' = 'upgrade';
     let decision = decideAgentAction(node, local, job !== undefined);
     if (decision.type !== 'upgrade' && localConfig !== undefined && local.state !== 'rebooting') {
-      const forConfig = decideConfigAction(node, localConfig, job !== undefined);
+      const forConfig = decideAgentAction(node, localConfig, job !== undefined, configKeys);
       if (forConfig.type === 'upgrade') {
         kind = 'config';
         decision = forConfig;

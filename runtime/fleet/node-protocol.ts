@@ -41,6 +41,21 @@ export const configAnnotations = {
   lastError: 'kubeos.io/config-error',
 } as const;
 
+/** The annotations the operator writes for one kind of rollout. */
+export interface RolloutKeys {
+  /** Its per-node record. */
+  record: string;
+  /** What the agent should install or apply. */
+  desired: string;
+  /** Where from: the channel, or the OSConfig. */
+  source: string;
+  /** Whether an older version may be installed (upgrades only). */
+  allowDowngrade?: string;
+}
+
+export const upgradeKeys: RolloutKeys = { record: annotations.rollout, desired: annotations.desiredVersion, source: annotations.desiredChannel, allowDowngrade: annotations.allowDowngrade };
+export const configKeys: RolloutKeys = { record: configAnnotations.rollout, desired: configAnnotations.desired, source: configAnnotations.source };
+
 /** The label the operator keeps equal to the version a node runs (`kubectl get nodes -L kubeos.io/version`). */
 export const versionLabel = 'kubeos.io/version';
 

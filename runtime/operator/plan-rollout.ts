@@ -11,8 +11,9 @@
  */
 import { isWithinAnyWindow, nextWindowOpening } from './maintenance-window.js';
 import {
-  annotations,
   encodeRecord,
+  upgradeKeys,
+  type RolloutKeys,
   failedAgentStates,
   inFlightPhases,
   type NodePatch,
@@ -89,36 +90,28 @@ export function evictionBlocker(pod: PodView, drain: DrainSpec): string | undefi
   return undefined;
 }
 
-export function nodePatchFor(action: NodeAction): NodePatch | undefined {
-  const record = (r: NodeRecord) => ({ [annotations.rollout]: encodeRecord(r) });
+/**
+ * The Node patch of an action, in the annotations of its kind of rollout (`keys`). A rollout that
+ * does not drain (`cordons` false) leaves the node's schedulability alone.
+ */
+export function nodePatchFor(action: NodeAction, keys: RolloutKeys = upgradeKeys, cordons = true): NodePatch | undefined {
+  const record = (r: NodeRecord) => ({ [keys.record]: encodeRecord(r) });
+  const unschedulable = (value: true | null): Pick<NodePatch, 'spec'> => (cordons ? { spec: { unschedulable: value } } : {});
+  const downgrade = (value: string | null) => (keys.allowDowngrade === undefined ? {} : { [keys.allowDowngrade]: value });
   switch (action.type) {
     case 'cordon':
-      return { spec: { unschedulable: true }, metadata: { annotations: record(action.record) } };
+      return { ...unschedulable(true), metadata: { annotations: record(action.record) } };
     case 'evict':
       return undefined;
     case 'set-desired-version':
-      return {
-        metadata: {
-          annotations: {
-            ...record(action.record),
-            [annotations.desiredVersion]: action.version,
-            [annotations.desiredChannel]: action.channel,
-            [annotations.allowDowngrade]: action.allowDowngrade ? 'true' : null,
-          },
-        },
-      };
+      return { metadata: { annotations: { ...record(action.record), [keys.desired]: action.version, [keys.source]: action.channel, ...downgrade(action.allowDowngrade ? 'true' : null) } } };
     case 'uncordon':
-      return { spec: { unschedulable: null }, metadata: { annotations: record(action.record) } };
+      return { ...unschedulable(null), metadata: { annotations: record(action.record) } };
     case 'mark-done':
       return { metadata: { annotations: record(action.record) } };
-    case 'mark-failed': {
+    case 'mark-failed':
       // Withdrawing the desired version is what stops the agent from retrying forever.
-      const patch: NodePatch = {
-        metadata: { annotations: { ...record(action.record), [annotations.desiredVersion]: null, [annotations.desiredChannel]: null, [annotations.allowDowngrade]: null } },
-      };
-      if (action.uncordon) patch.spec = { unschedulable: null };
-      return patch;
-    }
+      return { ...(action.uncordon ? unschedulable(null) : {}), metadata: { annotations: { ...record(action.record), [keys.desired]: null, [keys.source]: null, ...downgrade(null) } } };
   }
 }
 

@@ -5,10 +5,10 @@
  */
 import { asKubeosError, isKubeosError, KubeosError } from '../core/errors.js';
 import type { EventInput, KubeApi } from '../fleet/kube-api.js';
-import { annotations, configAnnotations, configView, encodeRecord, planVersionLabels, readNodeView, readPodView, type NodePatch, type NodeView } from '../fleet/node-protocol.js';
+import { configKeys, configView, encodeRecord, planVersionLabels, readNodeView, readPodView, upgradeKeys, type NodeView, type RolloutKeys } from '../fleet/node-protocol.js';
 import { readConfigRollout } from '../fleet/osconfig.js';
 import { readRollout, rollBackPatch, rolloutAnnotations, type OSUpgradeObject, type OSUpgradeStatus, type Rollout } from '../fleet/osupgrade.js';
-import { nodePatchFor, planRollout, type ClusterState, type NodeAction, type RolloutAction, type RolloutPlan } from './plan-rollout.js';
+import { nodePatchFor, planRollout, type ClusterState, type RolloutAction, type RolloutPlan } from './plan-rollout.js';
 
 export interface ReconcileOptions {
   api: KubeApi;
@@ -98,36 +98,15 @@ function configEventFor(rollout: string, action: RolloutAction): EventDraft | un
   }
 }
 
-/** The OSConfig's node patches: the upgrade's, in the configuration's own annotations; a rollout that does not drain leaves cordoning alone. */
-function configPatchFor(action: NodeAction, rollout: Rollout): NodePatch | undefined {
-  const patch = nodePatchFor(action);
-  if (patch === undefined) return undefined;
-  const rename: Record<string, string | undefined> = {
-    [annotations.rollout]: configAnnotations.rollout,
-    [annotations.desiredVersion]: configAnnotations.desired,
-    [annotations.desiredChannel]: configAnnotations.source,
-    [annotations.allowDowngrade]: undefined,
-  };
-  const renamed: Record<string, string | null> = {};
-  for (const [key, value] of Object.entries(patch.metadata?.annotations ?? {})) {
-    const to = key in rename ? rename[key] : key;
-    if (to !== undefined) renamed[to] = value;
-  }
-  const result: NodePatch = { metadata: { annotations: renamed } };
-  if (patch.spec !== undefined && rollout.drainFirst !== false) result.spec = patch.spec;
-  return result;
-}
-
 /** What differs between reconciling an OSUpgrade and an OSConfig; the planner is the same. */
 export interface RolloutKind {
   kind: 'OSUpgrade' | 'OSConfig';
   invalidCode: 'E_OSUPGRADE_INVALID' | 'E_OSCONFIG_INVALID';
-  /** The annotation holding the operator's per-node record. */
-  recordAnnotation: string;
+  /** The annotations the operator writes for this kind. */
+  keys: RolloutKeys;
   read: (object: OSUpgradeObject) => Rollout;
   /** The node as this kind's planner sees it. */
   view: (node: NodeView) => NodeView;
-  patchFor: (action: NodeAction, rollout: Rollout) => NodePatch | undefined;
   eventFor: (rollout: string, action: RolloutAction) => EventDraft | undefined;
   list: (api: KubeApi) => Promise<OSUpgradeObject[]>;
   patchObject: (api: KubeApi, name: string, patch: Record<string, unknown>) => Promise<void>;
@@ -137,10 +116,9 @@ export interface RolloutKind {
 export const osUpgradeKind: RolloutKind = {
   kind: 'OSUpgrade',
   invalidCode: 'E_OSUPGRADE_INVALID',
-  recordAnnotation: annotations.rollout,
+  keys: upgradeKeys,
   read: readRollout,
   view: (node) => node,
-  patchFor: (action) => nodePatchFor(action),
   eventFor,
   list: (api) => api.listOSUpgrades(),
   patchObject: (api, name, patch) => api.patchOSUpgrade(name, patch),
@@ -150,10 +128,9 @@ export const osUpgradeKind: RolloutKind = {
 export const osConfigKind: RolloutKind = {
   kind: 'OSConfig',
   invalidCode: 'E_OSCONFIG_INVALID',
-  recordAnnotation: configAnnotations.rollout,
+  keys: configKeys,
   read: (object) => readConfigRollout(object).rollout,
   view: configView,
-  patchFor: configPatchFor,
   eventFor: configEventFor,
   list: (api) => api.listOSConfigs(),
   patchObject: (api, name, patch) => api.patchOSConfig(name, patch),
@@ -254,7 +231,7 @@ export async function reconcileOne(kind: RolloutKind, object: OSUpgradeObject, o
         const message = blocked.length === 0 ? undefined : `blocked: ${blocked.slice(0, 3).map((b) => `${b.pod} by ${b.message}`).join('; ')}`;
         if (current !== undefined && message !== undefined && current.message !== message) {
           guard();
-          await api.patchNode(action.node, { metadata: { annotations: { [kind.recordAnnotation]: encodeRecord({ ...current, message }) } } });
+          await api.patchNode(action.node, { metadata: { annotations: { [kind.keys.record]: encodeRecord({ ...current, message }) } } });
         }
         continue;
       }
@@ -268,7 +245,8 @@ export async function reconcileOne(kind: RolloutKind, object: OSUpgradeObject, o
           metadata: { annotations: { [rolloutAnnotations.pausedBy]: null, [rolloutAnnotations.failuresAcknowledged]: JSON.stringify({ version: action.version, count: action.count }) } },
         });
       } else {
-        const patch = kind.patchFor(action, rollout);
+        // a rollout that does not drain leaves the node's schedulability alone
+        const patch = nodePatchFor(action, kind.keys, rollout.drainFirst !== false);
         if (patch !== undefined) await api.patchNode(action.node, patch);
       }
       report.applied++;

@@ -1,10 +1,12 @@
 /** OSConfig rules, case by case: the spec, its digest, the planner run on the configuration's side of each node, and the agent's decision. */
 import test from 'ava';
-import { agentConfigReportPatch, configAnnotations, configView, readNodeView, type NodeLike, type NodeView } from '../../runtime/fleet/node-protocol.js';
+import { agentConfigReportPatch, configAnnotations, configKeys, configView, readNodeView, type NodeLike, type NodeView } from '../../runtime/fleet/node-protocol.js';
 import { configDigest, readConfigRollout } from '../../runtime/fleet/osconfig.js';
 import { parseOSConfig } from '../../runtime/core/os-config.js';
 import { planRollout } from '../../runtime/operator/plan-rollout.js';
-import { decideConfigAction } from '../../runtime/agent/run-node-agent.js';
+import { decideAgentAction } from '../../runtime/agent/run-node-agent.js';
+
+const decideConfigAction = (node: NodeLike, local: Parameters<typeof decideAgentAction>[1], busy: boolean) => decideAgentAction(node, local, busy, configKeys);
 
 const t0 = Date.UTC(2025, 0, 6, 12, 0);
 
