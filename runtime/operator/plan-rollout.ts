@@ -115,6 +115,23 @@ export function nodePatchFor(action: NodeAction, keys: RolloutKeys = upgradeKeys
   }
 }
 
+/**
+ * Nodes held by a rollout that no longer exists (its OSUpgrade or OSConfig was deleted while they
+ * were in flight): each is released as failed (RolloutDeleted) with its desired version withdrawn,
+ * and uncordoned when the rollout had cordoned it. `nodes` are in that kind's view.
+ */
+export function planOrphanReleases(nodes: readonly NodeView[], live: ReadonlySet<string>, kind: 'OSUpgrade' | 'OSConfig', now: number): NodeAction[] {
+  const actions: NodeAction[] = [];
+  for (const node of nodes) {
+    const rec = node.record;
+    if (rec === undefined || !inFlightPhases.includes(rec.phase) || live.has(rec.rollout)) continue;
+    const record: NodeRecord = { ...rec, phase: 'failed', since: now, reason: 'RolloutDeleted', message: `${kind} ${rec.rollout} was deleted while this node was ${rec.phase}; released` };
+    // draining and upgrading nodes are the ones a rollout holds cordoned (verifying ones are uncordoned already)
+    actions.push({ type: 'mark-failed', node: node.name, record, uncordon: node.unschedulable && (rec.phase === 'draining' || rec.phase === 'upgrading') });
+  }
+  return actions;
+}
+
 interface NodeOutcome {
   phase: NodePhase;
   action: NodeAction | undefined;

@@ -5,10 +5,10 @@
  */
 import { asKubeosError, isKubeosError, KubeosError } from '../core/errors.js';
 import type { EventInput, KubeApi } from '../fleet/kube-api.js';
-import { configKeys, configView, encodeRecord, planVersionLabels, readNodeView, readPodView, upgradeKeys, type NodeView, type RolloutKeys } from '../fleet/node-protocol.js';
+import { configKeys, configView, encodeRecord, planVersionLabels, readNodeView, readPodView, upgradeKeys, type NodePatch, type NodeView, type RolloutKeys } from '../fleet/node-protocol.js';
 import { readConfigRollout } from '../fleet/osconfig.js';
 import { readRollout, rollBackPatch, rolloutAnnotations, type OSUpgradeObject, type OSUpgradeStatus, type Rollout } from '../fleet/osupgrade.js';
-import { nodePatchFor, planRollout, type ClusterState, type RolloutAction, type RolloutPlan } from './plan-rollout.js';
+import { nodePatchFor, planOrphanReleases, planRollout, type ClusterState, type NodeAction, type RolloutAction, type RolloutPlan } from './plan-rollout.js';
 
 export interface ReconcileOptions {
   api: KubeApi;
@@ -275,17 +275,33 @@ export async function reconcileOne(kind: RolloutKind, object: OSUpgradeObject, o
 }
 
 /**
- * Keeps the kubeos.io/version label equal to the version each node's agent reports, so
- * `kubectl get nodes -L kubeos.io/version` and node selectors see it. Returns the failures.
+ * One pass over the nodes after the rollouts: keeps the kubeos.io/version label equal to the
+ * version each node's agent reports (`kubectl get nodes -L kubeos.io/version`, node selectors), and
+ * releases nodes held by a rollout that was deleted (`live`: the names of the OSUpgrades and
+ * OSConfigs that exist). Returns the failures.
  */
-export async function syncVersionLabels(options: ReconcileOptions): Promise<KubeosError[]> {
+export async function syncNodes(options: ReconcileOptions, live: { upgrades: ReadonlySet<string>; configs: ReadonlySet<string> }): Promise<KubeosError[]> {
   const errors: KubeosError[] = [];
-  const patches = planVersionLabels((await options.api.listNodes()).map(readNodeView));
+  const views = (await options.api.listNodes()).map(readNodeView);
+  const now = options.now();
+  const releases = [
+    ...planOrphanReleases(views, live.upgrades, 'OSUpgrade', now).map((action) => ({ action, keys: upgradeKeys })),
+    ...planOrphanReleases(views.map(configView), live.configs, 'OSConfig', now).map((action) => ({ action, keys: configKeys })),
+  ];
+  const patches: Array<{ node: string; patch: NodePatch; released?: NodeAction }> = [
+    ...planVersionLabels(views),
+    ...releases.map(({ action, keys }) => ({ node: action.node, patch: nodePatchFor(action, keys)!, released: action })),
+  ];
   if (options.dryRun) return errors;
-  for (const { node, patch } of patches) {
+  for (const entry of patches) {
     try {
       options.assertLeader?.();
-      await options.api.patchNode(node, patch);
+      await options.api.patchNode(entry.node, entry.patch);
+      if (entry.released?.type === 'mark-failed') {
+        const uid = views.find((v) => v.name === entry.node)?.uid;
+        await options.api.recordEvent({ kind: 'Node', name: entry.node, uid, type: 'Warning', reason: 'KubeosRolloutDeleted', message: entry.released.record.message ?? 'released' }, options.component ?? 'kubeos-operator', now)
+          .catch((error: unknown) => errors.push(asKubeosError(error, 'E_KUBERNETES')));
+      }
     } catch (error) {
       if (isKubeosError(error, 'E_LEADERSHIP_LOST')) throw error;
       errors.push(asKubeosError(error, 'E_KUBERNETES'));

@@ -7,7 +7,7 @@ import { performance } from 'node:perf_hooks';
 import { asKubeosError, KubeosError } from '../core/errors.js';
 import { LeaderElector } from './elect-leader.js';
 import type { KubeApi } from '../fleet/kube-api.js';
-import { reconcileAll, syncVersionLabels, type ReconcileReport } from './reconcile-rollout.js';
+import { reconcileAll, syncNodes, type ReconcileReport } from './reconcile-rollout.js';
 
 export interface OperatorOptions {
   api: KubeApi;
@@ -102,7 +102,8 @@ export async function runOperator(options: OperatorOptions): Promise<void> {
           const started = performance.now();
           const reports = await reconcileAll(reconcile);
           emit({ type: 'reconciled', reports, seconds: (performance.now() - started) / 1000 });
-          for (const error of await syncVersionLabels(reconcile)) emit({ type: 'error', error });
+          const live = (kind: ReconcileReport['kind']) => new Set(reports.filter((r) => r.kind === kind).map((r) => r.rollout));
+          for (const error of await syncNodes(reconcile, { upgrades: live('OSUpgrade'), configs: live('OSConfig') })) emit({ type: 'error', error });
           // something moved: look again soon rather than at the next resync
           // (blocked evictions are retried at the resync interval, not in a tight loop)
           if (reports.some((r) => r.applied > 0)) dirty = true;

@@ -360,6 +360,19 @@ test.serial('two operator processes on one Lease: one acts, SIGKILL hands over w
   t.regex(metrics, /^kubeos_reconcile_duration_seconds_count \d+$/m);
 });
 
+test.serial('an OSUpgrade deleted while a node is in flight releases the node: uncordoned, desired version withdrawn, failed as RolloutDeleted', async (t) => {
+  const h = await harness(t, { 'node-a': 'ok' }, baseSpec, 5000);
+  h.startOperator('op-1');
+  await waitFor('node-a upgrading', () => record('node-a')?.phase === 'upgrading', 30_000);
+  t.true(cluster.mirror.node('node-a')['spec'].unschedulable);
+  await cluster.custom.deleteClusterCustomObject({ group: 'kubeos.io', version: 'v1alpha1', plural: 'osupgrades', name: 'fleet' });
+  await waitFor('node-a released', () => record('node-a')?.phase === 'failed', 30_000);
+  t.like(record('node-a'), { rollout: 'fleet', reason: 'RolloutDeleted', message: 'OSUpgrade fleet was deleted while this node was upgrading; released' });
+  t.not(cluster.mirror.node('node-a')['spec'].unschedulable, true, 'uncordoned');
+  t.is(cluster.mirror.annotations('node-a')[annotations.desiredVersion], undefined, 'the desired version is withdrawn');
+  await waitFor('the KubeosRolloutDeleted event', () => reasons('node-a').has('KubeosRolloutDeleted'));
+});
+
 test.serial('a failed API call is reported as E_KUBERNETES and retried on the next reconcile', async (t) => {
   const proxy = new FaultProxy(cluster.plane);
   await proxy.start();

@@ -4,7 +4,7 @@ import { isWithinWindow } from '../../runtime/operator/maintenance-window.js';
 import { formatAge } from '../../builder/cli/format-age.js';
 import { annotations, planVersionLabels, versionLabel, type NodeView, type PodView } from '../../runtime/fleet/node-protocol.js';
 import { parseOSUpgradeSpec, resolveMaxUnavailable, type Rollout } from '../../runtime/fleet/osupgrade.js';
-import { planRollout, previousVersion } from '../../runtime/operator/plan-rollout.js';
+import { planOrphanReleases, planRollout, previousVersion } from '../../runtime/operator/plan-rollout.js';
 import { decideAgentAction } from '../../runtime/agent/run-node-agent.js';
 
 const t0 = Date.UTC(2025, 0, 6, 12, 0); // a Monday
@@ -180,4 +180,17 @@ test('onFailureBudget rollback turns a spent budget into a roll-back to the prev
   t.deepEqual(plan.actions, [{ type: 'roll-back', from: '2.0.0', to: '1.0.0', failed: 1 }]);
   const again = planRollout({ ...rollout({ onFailureBudget: 'rollback' }), rolledBack: { from: '3.0.0', to: '2.0.0' } }, { nodes: [done, failedNode, node('c')] }, t0);
   t.like(again.actions[0], { type: 'pause-rollout' }, 'a rollout rolls back once, then pauses');
+});
+
+test('nodes held by a rollout that was deleted are released; a live rollout\'s and finished ones are left alone', (t) => {
+  const rec = (rollout: string, phase: 'draining' | 'upgrading' | 'verifying' | 'done') => ({ rollout, version: '2.0.0', phase, since: t0 - 60_000 });
+  const nodes = [
+    node('a', { unschedulable: true, record: rec('gone', 'draining') }),
+    node('b', { unschedulable: false, record: rec('gone', 'verifying') }),
+    node('c', { unschedulable: true, record: rec('fleet', 'upgrading') }),
+    node('d', { record: rec('gone', 'done') }),
+  ];
+  const actions = planOrphanReleases(nodes, new Set(['fleet']), 'OSUpgrade', t0);
+  t.deepEqual(actions.map((a) => [a.node, a.type === 'mark-failed' && a.uncordon]), [['a', true], ['b', false]]);
+  t.like(actions[0], { record: { rollout: 'gone', phase: 'failed', since: t0, reason: 'RolloutDeleted', message: 'OSUpgrade gone was deleted while this node was draining; released' } });
 });
