@@ -178,7 +178,8 @@ async function runHealthChecks(agent: AgentConfig, step: ConfigStep): Promise<st
     try {
       await runCommand([check], { timeoutMs: 120_000 });
     } catch (error) {
-      return `health check ${check} failed: ${(error as Error).message.split('\n')[0]}`;
+      // runCommand's message is "CHECK failed: its stderr" (or how it ended)
+      return `health check ${(error as Error).message.split('\n')[0]}`;
     }
   }
   return undefined;

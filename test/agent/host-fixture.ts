@@ -3,7 +3,7 @@
  * os-release, plus an agent config pointing at them. Slot A holds "v1"; a bundle holds "v2".
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, open, readFile, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, open, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ExecutionContext } from 'ava';
 import { bootEnvToGrub, initialBootEnv, type BootEnv, type Slot } from '../../runtime/core/boot-env.js';
@@ -99,4 +99,32 @@ export async function serveTwoReleases(t: ExecutionContext, host: Host) {
   const site = join(host.dir, 'site');
   await publishToDir(site, v3, host.keys.privateKey, { serial: 2, earlier: [v2] });
   return { v2, v3, server: await startUpdateServer(t, site) };
+}
+
+export interface ConfigHost {
+  agent: AgentConfig;
+  configPath: string;
+  /** The host's / for `agent config`: its /etc, and /proc/sys as a FAKE of files (a test must not set this machine's kernel parameters). */
+  root: string;
+  health: string;
+  host: Host;
+}
+
+/** A host for `agent config`: a root with a few sysctls and an image's containerd config.toml, and an empty health.d. */
+export async function makeConfigHost(t: ExecutionContext): Promise<ConfigHost> {
+  const host = await makeHost(t);
+  const root = join(host.dir, 'root');
+  const health = join(host.dir, 'health.d');
+  await mkdir(health, { recursive: true });
+  for (const [key, value] of Object.entries({ 'vm/swappiness': '60', 'net/ipv4/ip_forward': '0', 'kernel/pid_max': '32768', 'fs/inotify/max_user_watches': '8192' })) {
+    await mkdir(join(root, 'proc/sys', key, '..'), { recursive: true });
+    await writeFile(join(root, 'proc/sys', key), `${value}\n`);
+  }
+  await mkdir(join(root, 'etc/containerd'), { recursive: true });
+  await writeFile(join(root, 'etc/containerd/config.toml'), 'version = 2 # from the image\n', { mode: 0o600 });
+  await chmod(join(root, 'etc/containerd/config.toml'), 0o600);
+  const raw = JSON.parse(await readFile(host.configPath, 'utf8')) as Record<string, unknown>;
+  const configPath = join(host.dir, 'agent-config.json');
+  await writeFile(configPath, JSON.stringify({ ...raw, configRoot: root, healthDir: health }));
+  return { agent: await loadAgentConfig(configPath), configPath, root, health, host };
 }

@@ -4,12 +4,12 @@
  * /proc/sys are directories here (configRoot); /proc/sys is a FAKE of files, since a test must not
  * set the machine's own kernel parameters (the QEMU test sets real ones).
  */
-import test, { type ExecutionContext } from 'ava';
+import test from 'ava';
 import { execa } from 'execa';
-import { chmod, lstat, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { loadAgentConfig, type AgentConfig } from '../../runtime/agent/agent-config.js';
+import type { AgentConfig } from '../../runtime/agent/agent-config.js';
 import { applyConfig, commitConfigBoot, configRollback, configStatus } from '../../runtime/agent/os-config-apply.js';
 import { decodeGrubEnv, encodeGrubEnv } from '../../runtime/core/grubenv.js';
 import { isKubeosError } from '../../runtime/core/errors.js';
@@ -17,34 +17,9 @@ import { applyKernelArgs, parseOSConfig } from '../../runtime/core/os-config.js'
 import { validateImage } from '../../builder/image/load-image.js';
 import { bakeConfig } from '../../builder/rootfs/bake-config.js';
 import { configDigest } from '../../runtime/fleet/osconfig.js';
-import { bootInto, makeHost } from './host-fixture.js';
+import { bootInto, makeConfigHost as configHost } from './host-fixture.js';
 
 const agentBin = fileURLToPath(new URL('../../dist/runtime/agent/cli/main.js', import.meta.url));
-
-interface ConfigHost {
-  agent: AgentConfig;
-  configPath: string;
-  root: string;
-  health: string;
-}
-
-async function configHost(t: ExecutionContext): Promise<ConfigHost> {
-  const host = await makeHost(t);
-  const root = join(host.dir, 'root');
-  const health = join(host.dir, 'health.d');
-  await mkdir(health, { recursive: true });
-  for (const [key, value] of Object.entries({ 'vm/swappiness': '60', 'net/ipv4/ip_forward': '0', 'kernel/pid_max': '32768', 'fs/inotify/max_user_watches': '8192' })) {
-    await mkdir(join(root, 'proc/sys', key, '..'), { recursive: true });
-    await writeFile(join(root, 'proc/sys', key), `${value}\n`);
-  }
-  await mkdir(join(root, 'etc/containerd'), { recursive: true });
-  await writeFile(join(root, 'etc/containerd/config.toml'), 'version = 2 # from the image\n', { mode: 0o600 });
-  await chmod(join(root, 'etc/containerd/config.toml'), 0o600);
-  const raw = JSON.parse(await readFile(host.configPath, 'utf8')) as Record<string, unknown>;
-  const configPath = join(host.dir, 'agent-config.json');
-  await writeFile(configPath, JSON.stringify({ ...raw, configRoot: root, healthDir: health }));
-  return { agent: await loadAgentConfig(configPath), configPath, root, health };
-}
 
 /** Every file under the host root: path → mode and content. */
 async function snapshot(root: string): Promise<Record<string, string>> {

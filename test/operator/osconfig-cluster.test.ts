@@ -11,7 +11,11 @@
 import anyTest, { type TestFn } from 'ava';
 import { EventEmitter, setMaxListeners } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { readFile, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { KubeosError } from '../../runtime/core/errors.js';
+import { runKubernetesAgent } from '../../runtime/agent/run-kubernetes-agent.js';
+import { makeConfigHost } from '../agent/host-fixture.js';
 import { KubeApi } from '../../runtime/fleet/kube-api.js';
 import { annotations, configAnnotations, decodeRecord } from '../../runtime/fleet/node-protocol.js';
 import { readConfigRollout } from '../../runtime/fleet/osconfig.js';
@@ -190,4 +194,42 @@ test.serial('docs/examples/osconfig.yaml applies with kubectl and reads as a val
   t.false(rollout.drainFirst);
   const missing = await t.throwsAsync(api.readOSConfig('nope'));
   t.true(missing instanceof KubeosError && missing.code === 'E_OSCONFIG_NOT_FOUND');
+});
+
+test.serial('the real cluster-mode agent on a file-backed host applies an OSConfig as written (file modes, sysctls), and a failing health check rolls it back and stalls the rollout', async (t) => {
+  const hosts = { 'node-a': await makeConfigHost(t), 'node-b': await makeConfigHost(t) };
+  const stop = new AbortController();
+  const running: Promise<void>[] = [];
+  const logs: string[] = [];
+  for (const [name, h] of Object.entries(hosts)) {
+    await cluster.addNode(name, { 'kubeos.io/managed': 'true' });
+    const kubeconfig = await cluster.addAgent(name);
+    running.push(runKubernetesAgent(h.agent, { nodeName: name, kubeconfig, signal: stop.signal, log: (line) => logs.push(`${name}: ${line}`) }));
+  }
+  // node-b's health checks fail: it must put its previous configuration back
+  await writeFile(join(hosts['node-b'].health, '10-fails'), '#!/bin/sh\necho broken >&2\nexit 1\n', { mode: 0o755 });
+  running.push(runOperator({ api: KubeApi.connect({ kubeconfig: cluster.operatorKubeconfig }, 'op-1'), namespace: systemNamespace, leaseName: 'kubeos-operator', identity: 'op-1', intervalMs: 100, leaseDurationSeconds: 1, debounceMs: 10, signal: stop.signal }));
+  t.teardown(async () => {
+    stop.abort();
+    await Promise.allSettled(running);
+  });
+  const toml = 'version = 2\n[plugins]\n';
+  await cluster.addOSConfig('tuning', { ...baseSpec, config: { sysctl: { 'vm.swappiness': 10 }, files: [{ path: '/etc/containerd/config.toml', content: toml, mode: '0640' }] } });
+  // node-b is the last node: the rollout ends Complete with a failure, Stalled by the budget
+  await waitFor('node-b to fail', () => status().counts?.failed === 1, 60_000).catch((error: unknown) => {
+    t.log(logs.join('\n'), JSON.stringify(status()));
+    throw error;
+  });
+  const digest = status().targetVersion as string;
+  const a = hosts['node-a'];
+  t.like(cluster.mirror.annotations('node-a'), { [configAnnotations.applied]: digest, [configAnnotations.state]: 'committed' }, logs.join('\n'));
+  t.is(await readFile(join(a.root, 'proc/sys/vm/swappiness'), 'utf8'), '10\n');
+  t.is(await readFile(join(a.root, 'etc/containerd/config.toml'), 'utf8'), toml);
+  t.is((await stat(join(a.root, 'etc/containerd/config.toml'))).mode & 0o777, 0o640);
+  const b = hosts['node-b'];
+  t.like(configRecord('node-b'), { phase: 'failed', reason: 'RolledBack' });
+  t.regex(cluster.mirror.annotations('node-b')[configAnnotations.lastError] ?? '', /E_CONFIG_ROLLED_BACK: generation 1 was not committed: health check \S+10-fails failed: broken; generation 0 is in force again/);
+  t.like(status().conditions.find((c: { type: string }) => c.type === 'Stalled'), { status: 'True', reason: 'FailureBudgetExceeded' });
+  t.is(await readFile(join(b.root, 'proc/sys/vm/swappiness'), 'utf8'), '60\n', 'node-b is back on what it had');
+  t.is(await readFile(join(b.root, 'etc/containerd/config.toml'), 'utf8'), 'version = 2 # from the image\n');
 });
