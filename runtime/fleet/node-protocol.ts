@@ -247,12 +247,9 @@ export function configView(node: NodeView): NodeView {
   };
 }
 
-/** What the agent reports about the configuration in force, as a merge patch of its own Node. */
+/** What the agent reports about the configuration in force, as a merge patch of its own Node (no progress: an apply has no bytes to count). */
 export function agentConfigReportPatch(report: AgentReport): NodePatch {
-  const patch: Record<string, string | null> = { [configAnnotations.state]: report.state, [configAnnotations.lastError]: report.lastError ?? null };
-  if (report.stateVersion !== undefined) patch[configAnnotations.stateFor] = report.stateVersion;
-  if (report.currentVersion !== undefined) patch[configAnnotations.applied] = report.currentVersion;
-  return { metadata: { annotations: patch } };
+  return agentReportPatch(report, { state: configAnnotations.state, lastError: configAnnotations.lastError, stateVersion: configAnnotations.stateFor, currentVersion: configAnnotations.applied });
 }
 
 export function readPodView(pod: PodLike): PodView {
@@ -287,14 +284,20 @@ export interface AgentReport {
   lastError?: string;
 }
 
-export function agentReportPatch(report: AgentReport): NodePatch {
-  const patch: Record<string, string | null> = {
-    [annotations.state]: report.state,
-    [annotations.lastError]: report.lastError ?? null,
-    [annotations.progress]: report.progress === undefined ? null : `${report.progress.done}/${report.progress.total}`,
-  };
-  if (report.stateVersion !== undefined) patch[annotations.stateVersion] = report.stateVersion;
-  if (report.currentVersion !== undefined) patch[annotations.currentVersion] = report.currentVersion;
+/** The annotations an agent report goes to: the upgrade's, or (agentConfigReportPatch) the configuration's. */
+interface ReportKeys {
+  state: string;
+  lastError: string;
+  stateVersion: string;
+  currentVersion: string;
+  progress?: string;
+}
+
+export function agentReportPatch(report: AgentReport, keys: ReportKeys = annotations): NodePatch {
+  const patch: Record<string, string | null> = { [keys.state]: report.state, [keys.lastError]: report.lastError ?? null };
+  if (keys.progress !== undefined) patch[keys.progress] = report.progress === undefined ? null : `${report.progress.done}/${report.progress.total}`;
+  if (report.stateVersion !== undefined) patch[keys.stateVersion] = report.stateVersion;
+  if (report.currentVersion !== undefined) patch[keys.currentVersion] = report.currentVersion;
   return { metadata: { annotations: patch } };
 }
 
