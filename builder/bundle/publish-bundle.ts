@@ -22,6 +22,10 @@ export interface PublishOptions {
   client: S3Client;
   bucket: string;
   prefix?: string | undefined;
+  /** The client's endpoint (undefined: AWS S3), for messages and the hosts' URL. */
+  endpoint?: string | undefined;
+  /** The client's region, for the hosts' URL on AWS S3. */
+  region?: string | undefined;
   channel: string;
   /** Signs the channel index; its public half is trusted for the bundle and the old index. */
   privateKey: KeyObject;
@@ -47,21 +51,45 @@ export interface PublishResult {
   sha256: string;
   /** False when the bundle was already stored (a retry or a re-publish). */
   uploaded: boolean;
+  /** What hosts that reach the endpoint as written use for --update-server (the base of channels/ and bundles/). */
+  updateServer: string;
   previous?: { serial: number; version: string } | undefined;
 }
 
 function isNotFound(error: unknown): boolean {
   const e = error as { name?: string; $metadata?: { httpStatusCode?: number } };
+  // a missing bucket is a 404 too, but no object of this publish can be "not there yet" in it
+  if (e?.name === 'NoSuchBucket') return false;
   return e?.name === 'NoSuchKey' || e?.name === 'NotFound' || e?.$metadata?.httpStatusCode === 404;
 }
 
-function publishError(what: string, error: unknown): KubeosError {
+const credentialsHint = 'set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (a local s3rver takes S3RVER and S3RVER), or AWS_PROFILE, or pass --access-key-id with AWS_SECRET_ACCESS_KEY set';
+
+/** An S3 failure as an error that says which of endpoint, bucket or credentials is wrong, and how to fix it. */
+function publishError(what: string, error: unknown, options: Pick<PublishOptions, 'bucket' | 'endpoint'>): KubeosError {
   if (isKubeosError(error)) return error;
-  const e = error as { name?: string; message?: string };
-  return new KubeosError('E_PUBLISH', `${what} failed: ${e?.name ?? 'Error'}: ${e?.message ?? String(error)}`, {
-    cause: error,
-    hint: 'check --endpoint, --bucket and credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or --access-key-id)',
-  });
+  const e = error as { name?: string; message?: string; code?: string; cause?: { code?: string }; $metadata?: { httpStatusCode?: number } };
+  const where = options.endpoint ?? 'AWS S3';
+  const failed = `${what} failed: ${e?.name ?? 'Error'}: ${e?.message ?? String(error)}`;
+  const status = e?.$metadata?.httpStatusCode;
+  const network = [e?.code, e?.cause?.code].find((c) => c !== undefined && /^(ECONNREFUSED|ENOTFOUND|EAI_AGAIN|ETIMEDOUT|ECONNRESET|EHOSTUNREACH)$/.test(c));
+  const [message, hint] =
+    e?.name === 'CredentialsProviderError' ? [`no S3 credentials found for ${where}`, credentialsHint]
+    : e?.name === 'NoSuchBucket' ? [`bucket ${options.bucket} does not exist at ${where}`, `publish does not create buckets: create it first (e.g. aws s3 mb s3://${options.bucket}${options.endpoint === undefined ? '' : ` --endpoint-url ${options.endpoint}`}, or s3rver --configure-bucket ${options.bucket}), or name an existing one with --bucket`]
+    : e?.name === 'InvalidAccessKeyId' || e?.name === 'SignatureDoesNotMatch' ? [`${where} refused the credentials (${e.name})`, credentialsHint]
+    : e?.name === 'AccessDenied' || status === 403 ? [`${where} denied access to bucket ${options.bucket}`, `the credentials need s3:GetObject, s3:PutObject and s3:ListBucket on ${options.bucket}`]
+    : network !== undefined ? [`cannot reach the S3 endpoint ${where} (${network})`, 'check --endpoint (scheme, host and port) and that the server is running']
+    : [failed, 'check --endpoint, --bucket and credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or --access-key-id)'];
+  return new KubeosError('E_PUBLISH', message === failed ? failed : `${message}: ${what} failed`, { cause: error, hint, details: { bucket: options.bucket, endpoint: options.endpoint } });
+}
+
+/**
+ * The URL hosts fetch the channel from, for --update-server: the endpoint's path-style URL of the
+ * bucket and prefix, or AWS S3's virtual-hosted URL when there is no endpoint.
+ */
+export function updateServerOf(options: { endpoint?: string | undefined; bucket: string; prefix?: string | undefined; region?: string | undefined }): string {
+  const base = options.endpoint === undefined ? `https://${options.bucket}.s3.${options.region ?? 'us-east-1'}.amazonaws.com` : `${options.endpoint.replace(/\/+$/, '')}/${options.bucket}`;
+  return `${base}/${objectKey(options.prefix, '')}`.replace(/\/+$/, '/');
 }
 
 interface CurrentChannel {
@@ -79,7 +107,7 @@ async function readCurrentChannel(options: PublishOptions, key: string, trustedK
     etag = object.ETag;
   } catch (error) {
     if (isNotFound(error)) return { signed: undefined, etag: undefined };
-    throw publishError(`reading s3://${options.bucket}/${key}`, error);
+    throw publishError(`reading s3://${options.bucket}/${key}`, error, options);
   }
   // Only the serial matters here; an expired index must not stop the publish that replaces it.
   return { signed: verifyChannel(text, { trustedKeys, channel: options.channel, ignoreExpiry: true }), etag };
@@ -100,7 +128,7 @@ async function headSize(options: PublishOptions, key: string): Promise<{ size: n
     return { size: head.ContentLength ?? -1, sha256: head.Metadata?.['sha256'] };
   } catch (error) {
     if (isNotFound(error)) return undefined;
-    throw publishError(`HEAD s3://${options.bucket}/${key}`, error);
+    throw publishError(`HEAD s3://${options.bucket}/${key}`, error, options);
   }
 }
 
@@ -151,7 +179,7 @@ export async function publishBundle(options: PublishOptions): Promise<PublishRes
       if (options.signal?.aborted) {
         throw new KubeosError('E_PUBLISH', `upload of ${bundleKey} was interrupted; channel ${channel} is unchanged`, { cause: options.signal.reason });
       }
-      throw publishError(`uploading s3://${options.bucket}/${bundleKey}`, error);
+      throw publishError(`uploading s3://${options.bucket}/${bundleKey}`, error, options);
     }
     const stored = await headSize(options, bundleKey);
     if (stored?.size !== verified.size) {
@@ -190,7 +218,7 @@ export async function publishBundle(options: PublishOptions): Promise<PublishRes
       );
       signed = next;
     } catch (error) {
-      if (!lostRace(error)) throw publishError(`writing s3://${options.bucket}/${channelKey}`, error);
+      if (!lostRace(error)) throw publishError(`writing s3://${options.bucket}/${channelKey}`, error, options);
       if (attempt === channelWriteAttempts) {
         throw new KubeosError('E_PUBLISH', `channel ${channel} was replaced by another publisher ${attempt} times while this one wrote it; the bundle is stored, the channel holds the other publisher's index`, {
           hint: 'publish again once the other publishers are done (one publisher per channel at a time, e.g. a CI concurrency group)',
@@ -210,6 +238,7 @@ export async function publishBundle(options: PublishOptions): Promise<PublishRes
     size: verified.size,
     sha256: verified.sha256,
     uploaded: !alreadyStored,
+    updateServer: updateServerOf(options),
     previous: previous === undefined ? undefined : { serial: previous.serial, version: previous.version },
   };
 }

@@ -6,10 +6,10 @@ import { bundleCommand } from './commands/bundle.js';
 import { channelCommand } from './commands/channel.js';
 import { keygenCommand } from './commands/keygen.js';
 import { ociCommand } from './commands/oci.js';
-import { operatorCommand } from './commands/operator.js';
+import { operatorCommand } from '../../runtime/operator/cli/operator-command.js';
 import { publishCommand } from './commands/publish.js';
 import { qemuCommand } from './commands/qemu.js';
-import { rolloutCommand } from './commands/rollout.js';
+import { rolloutCommand } from '../../runtime/operator/cli/rollout-command.js';
 
 export const commands: CommandModule<any, any>[] = [
   buildCommand,

@@ -161,9 +161,9 @@ export async function buildOciImage(options: OciBuildOptions): Promise<OciBuildR
   // a fresh layout next to the target, moved into place at the end: a failed build leaves the old one
   const staging = `${options.out}.partial-${process.pid}`;
   try {
-    progress('bundling the kubeos CLI');
+    progress('bundling the operator program');
     const bundle = join(work, 'kubeos.mjs');
-    await bundleProgram('builder/cli/main.ts', bundle);
+    await bundleProgram('runtime/operator/cli/main.ts', bundle);
     const files = await planLayer(bundle, options.signal);
 
     await rm(staging, { recursive: true, force: true });

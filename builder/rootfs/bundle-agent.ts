@@ -14,19 +14,24 @@ export async function bundleAgent(outfile: string): Promise<void> {
 /** `entry` (relative to the project) bundled into `outfile`. */
 export async function bundleProgram(entry: string, outfile: string): Promise<void> {
   // loaded on use: esbuild is a native tool that the bundles themselves never carry
-  const { build } = await import('esbuild');
-  await build({
-    entryPoints: [join(projectRoot(), entry)],
-    outfile,
-    bundle: true,
-    platform: 'node',
-    format: 'esm',
-    target: 'node20',
-    minify: true,
-    legalComments: 'none',
-    logLevel: 'silent',
-    external: ['esbuild'],
-    // CommonJS dependencies call require() for Node's built-ins; give the ES module one
-    banner: { js: "import { createRequire as __kubeosRequire } from 'node:module'; const require = __kubeosRequire(import.meta.url);" },
-  });
+  const { build, stop } = await import('esbuild');
+  try {
+    await build({
+      entryPoints: [join(projectRoot(), entry)],
+      outfile,
+      bundle: true,
+      platform: 'node',
+      format: 'esm',
+      target: 'node20',
+      minify: true,
+      legalComments: 'none',
+      logLevel: 'silent',
+      external: ['esbuild'],
+      // CommonJS dependencies call require() for Node's built-ins; give the ES module one
+      banner: { js: "import { createRequire as __kubeosRequire } from 'node:module'; const require = __kubeosRequire(import.meta.url);" },
+    });
+  } finally {
+    // esbuild's API keeps a service process for later builds; kubeos builds once, so end it
+    await stop();
+  }
 }

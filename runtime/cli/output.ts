@@ -48,7 +48,8 @@ export function closeProgressLine(): void {
 const mib = (n: number) => `${(n / 1048576).toFixed(n < 10 * 1048576 ? 1 : 0)} MiB`;
 
 function describe(step: string, fraction: number | undefined, bytes: { done: number; total: number } | undefined, startedAt: number, now: number): string {
-  if (fraction === undefined) return step;
+  // a bare "0%" tells a log reader nothing but "stuck": a step that starts without sizes is its name
+  if (fraction === undefined || (fraction === 0 && bytes === undefined)) return step;
   const parts = [`${Math.floor(fraction * 100)}%`];
   if (bytes !== undefined) {
     parts.push(`${mib(bytes.done)} of ${mib(bytes.total)}`);

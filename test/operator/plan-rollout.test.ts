@@ -1,7 +1,7 @@
 /** Planner, spec and handshake rules, case by case. */
 import test from 'ava';
 import { isWithinWindow } from '../../runtime/operator/maintenance-window.js';
-import { formatAge } from '../../builder/cli/format-age.js';
+import { formatAge } from '../../runtime/cli/format-age.js';
 import { annotations, planVersionLabels, versionLabel, type NodeView, type PodView } from '../../runtime/fleet/node-protocol.js';
 import { parseOSUpgradeSpec, resolveMaxUnavailable, type Rollout } from '../../runtime/fleet/osupgrade.js';
 import { planOrphanReleases, planRollout, previousVersion } from '../../runtime/operator/plan-rollout.js';

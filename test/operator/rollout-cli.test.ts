@@ -8,7 +8,7 @@ import { execa } from 'execa';
 import { planRollout } from '../../runtime/operator/plan-rollout.js';
 import { readNodeView } from '../../runtime/fleet/node-protocol.js';
 import { readRollout } from '../../runtime/fleet/osupgrade.js';
-import { renderProgressLine, renderTable } from '../../builder/cli/commands/rollout.js';
+import { renderProgressLine, renderTable } from '../../runtime/operator/cli/rollout-command.js';
 import { cliPath, kubeos as runCli } from '../helpers/cli.js';
 import { makeTempDir } from '../helpers/temp-dir.js';
 import { OperatorCluster } from './cluster-fixture.js';

@@ -3,7 +3,7 @@ import type { CommandModule } from 'yargs';
 import { parseSourceDateEpoch } from '../../bundle/resolve-metadata.js';
 import { buildImage, diskFormats, type DiskFormat } from '../../build/build-image.js';
 import { formatSize } from '../../layout/size.js';
-import { makeProgress, printResult, type GlobalArgs } from '../output.js';
+import { makeProgress, printResult, type GlobalArgs } from '../../../runtime/cli/output.js';
 
 interface BuildArgs extends GlobalArgs {
   image: string;

@@ -5,7 +5,7 @@ import { parseSourceDateEpoch, readBuildInfo, resolveMetadata } from '../../bund
 import { loadPrivateKey, loadTrustedKeys } from '../../../runtime/core/crypto/keys.js';
 import { readBundleFileHeader, verifyBundleFile } from '../../../runtime/core/bundle/verify-bundle-file.js';
 import type { BundleManifest } from '../../../runtime/core/bundle/manifest.js';
-import { makeProgress, printResult, type GlobalArgs } from '../output.js';
+import { makeProgress, printResult, type GlobalArgs } from '../../../runtime/cli/output.js';
 import { checkRootfsImage } from '../../bundle/check-rootfs.js';
 
 interface CreateArgs extends GlobalArgs {

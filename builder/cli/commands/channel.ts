@@ -5,7 +5,7 @@ import { fetchChannel } from '../../../runtime/core/channel/fetch-channel.js';
 import { channelUrlOf, parseUpdateSource } from '../../../runtime/core/channel/layout.js';
 import { KubeosError } from '../../../runtime/core/errors.js';
 import { loadTrustedKeys } from '../../../runtime/core/crypto/keys.js';
-import { printResult, type GlobalArgs } from '../output.js';
+import { printResult, type GlobalArgs } from '../../../runtime/cli/output.js';
 
 interface ShowArgs extends GlobalArgs {
   url: string;

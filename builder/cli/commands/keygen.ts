@@ -1,7 +1,7 @@
 /** `kubeos keygen --out DIR`: an ed25519 key pair for signing bundles and channel indexes. */
 import type { CommandModule } from 'yargs';
 import { writeKeyPair } from '../../bundle/write-key-pair.js';
-import { printResult, type GlobalArgs } from '../output.js';
+import { printResult, type GlobalArgs } from '../../../runtime/cli/output.js';
 
 interface KeygenArgs extends GlobalArgs {
   out: string;

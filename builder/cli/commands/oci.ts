@@ -3,7 +3,7 @@ import type { Argv, CommandModule } from 'yargs';
 import { parseSourceDateEpoch } from '../../bundle/resolve-metadata.js';
 import { buildOciImage, projectVersion } from '../../oci/build-oci-image.js';
 import { projectRoot } from '../../project-root.js';
-import { makeProgress, printResult, type GlobalArgs } from '../output.js';
+import { makeProgress, printResult, type GlobalArgs } from '../../../runtime/cli/output.js';
 
 interface OciBuildArgs extends GlobalArgs {
   out: string;

@@ -3,7 +3,7 @@ import type { Argv, CommandModule } from 'yargs';
 import { loadPrivateKey, loadTrustedKeys } from '../../../runtime/core/crypto/keys.js';
 import { KubeosError } from '../../../runtime/core/errors.js';
 import { defaultExpiresDays } from '../../bundle/publish-defaults.js';
-import { makeProgress, printResult, type GlobalArgs } from '../output.js';
+import { makeProgress, printResult, type GlobalArgs } from '../../../runtime/cli/output.js';
 
 interface PublishArgs extends GlobalArgs {
   file: string;
@@ -75,6 +75,8 @@ export const publishCommand: CommandModule<GlobalArgs, PublishArgs> = {
       }),
       bucket: args.bucket,
       prefix: args.prefix,
+      endpoint: args.endpoint,
+      region: args.region ?? process.env['AWS_REGION'] ?? process.env['AWS_DEFAULT_REGION'],
       channel: args.channel,
       privateKey: await loadPrivateKey(args.key),
       extraTrustedKeys: args.pubkey === undefined ? undefined : await loadTrustedKeys(args.pubkey),
@@ -88,6 +90,7 @@ export const publishCommand: CommandModule<GlobalArgs, PublishArgs> = {
         `published ${result.version} to channel ${result.channel} (serial ${result.serial}${result.previous ? `, was ${result.previous.version} serial ${result.previous.serial}` : ''})`,
         `  bundle   s3://${args.bucket}/${result.bundleKey} (${result.uploaded ? 'uploaded' : 'already stored'}, ${result.size} bytes)`,
         `  channel  s3://${args.bucket}/${result.channelKey} (expires ${result.expires})`,
+        `  hosts    --update-server ${result.updateServer} --channel ${result.channel}${/^https?:\/\/(127\.0\.0\.1|localhost)[:/]/.test(result.updateServer) ? ' (a QEMU guest reaches this machine\'s 127.0.0.1 as 10.0.2.2)' : ''}`,
       ].join('\n'),
     );
   },

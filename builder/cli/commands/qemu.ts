@@ -5,7 +5,7 @@ import { join, resolve } from 'node:path';
 import type { CommandModule } from 'yargs';
 import { KubeosError } from '../../../runtime/core/errors.js';
 import { preflightQemu, QemuVm, runInteractive } from '../../qemu/start-qemu.js';
-import { makeProgress, printResult, type GlobalArgs } from '../output.js';
+import { makeProgress, printResult, type GlobalArgs } from '../../../runtime/cli/output.js';
 
 interface BootArgs extends GlobalArgs {
   disk: string;

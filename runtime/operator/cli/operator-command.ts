@@ -1,11 +1,11 @@
 /** `kubeos operator run`: the fleet rollout operator (deploy/operator-deployment.yaml runs it). */
 import { hostname } from 'node:os';
 import type { Argv, CommandModule } from 'yargs';
-import { KubeosError } from '../../../runtime/core/errors.js';
-import { reconcileAll, type ReconcileReport } from '../../../runtime/operator/reconcile-rollout.js';
-import { runOperator, type OperatorEvent } from '../../../runtime/operator/run-operator.js';
-import type { HealthState } from '../../../runtime/operator/serve-health.js';
-import { printResult, type GlobalArgs } from '../output.js';
+import { KubeosError } from '../../core/errors.js';
+import { reconcileAll, type ReconcileReport } from '../reconcile-rollout.js';
+import { runOperator, type OperatorEvent } from '../run-operator.js';
+import type { HealthState } from '../serve-health.js';
+import { printResult, type GlobalArgs } from '../../cli/output.js';
 
 interface RunArgs extends GlobalArgs {
   kubeconfig?: string;
@@ -72,7 +72,7 @@ const run: CommandModule<GlobalArgs, RunArgs> = {
       throw new KubeosError('E_USAGE', `--interval must be > 0 and --lease-duration >= 1, got ${args.interval} and ${args['lease-duration']}`);
     }
     // loaded on use: the Kubernetes client takes most of a second to import
-    const { KubeApi } = await import('../../../runtime/fleet/kube-api.js');
+    const { KubeApi } = await import('../../fleet/kube-api.js');
     const api = KubeApi.connect({ kubeconfig: args.kubeconfig, context: args.context }, args.identity);
     if (args['dry-run']) {
       const reports = await reconcileAll({ api, now: Date.now, dryRun: true });
@@ -85,8 +85,8 @@ const run: CommandModule<GlobalArgs, RunArgs> = {
     process.once('SIGINT', stop);
     process.once('SIGTERM', stop);
     // loaded on use, like the Kubernetes client: every other command starts without prom-client
-    const { OperatorMetrics } = await import('../../../runtime/operator/operator-metrics.js');
-    const { serveHealth } = await import('../../../runtime/operator/serve-health.js');
+    const { OperatorMetrics } = await import('../operator-metrics.js');
+    const { serveHealth } = await import('../serve-health.js');
     const metrics = new OperatorMetrics(args.identity);
     const health: HealthState = { lastLoopAt: Date.now(), apiReachable: false };
     const intervalMs = args.interval * 1000;

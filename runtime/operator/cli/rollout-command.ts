@@ -1,9 +1,9 @@
 /** `kubeos rollout status NAME`: where an OSUpgrade (or `osconfig/NAME`, an OSConfig) stands, once or following it with --watch. */
 import type { Argv, CommandModule } from 'yargs';
-import { KubeosError } from '../../../runtime/core/errors.js';
-import type { OSUpgradeObject, OSUpgradeStatus } from '../../../runtime/fleet/osupgrade.js';
-import { formatAge } from '../format-age.js';
-import { makeProgress, printResult, type GlobalArgs } from '../output.js';
+import { KubeosError } from '../../core/errors.js';
+import type { OSUpgradeObject, OSUpgradeStatus } from '../../fleet/osupgrade.js';
+import { formatAge } from '../../cli/format-age.js';
+import { makeProgress, printResult, type GlobalArgs } from '../../cli/output.js';
 
 interface StatusArgs extends GlobalArgs {
   name: string;
@@ -100,7 +100,7 @@ const status: CommandModule<GlobalArgs, StatusArgs> = {
   handler: async (args) => {
     const { kind, name } = parseRolloutName(args.name);
     // loaded on use: the Kubernetes client takes most of a second to import
-    const { KubeApi } = await import('../../../runtime/fleet/kube-api.js');
+    const { KubeApi } = await import('../../fleet/kube-api.js');
     const api = KubeApi.connect({ kubeconfig: args.kubeconfig, context: args.context }, 'kubeos-cli');
     const read = () => (kind === 'osconfig' ? api.readOSConfig(name) : api.readOSUpgrade(name));
     let object = await read();
@@ -159,10 +159,10 @@ const undo: CommandModule<GlobalArgs, UndoArgs> = {
       .example('kubeos rollout undo fleet-1-4-0', 'back to the version the upgraded nodes ran; kubeos rollout status fleet-1-4-0 --watch follows it')
       .epilogue('The previous version comes from the nodes\' own records, and must still be a release the signed channel lists.') as Argv<UndoArgs>,
   handler: async (args) => {
-    const { KubeApi } = await import('../../../runtime/fleet/kube-api.js');
-    const { readNodeView } = await import('../../../runtime/fleet/node-protocol.js');
-    const { previousVersion } = await import('../../../runtime/operator/plan-rollout.js');
-    const { rollBackPatch } = await import('../../../runtime/fleet/osupgrade.js');
+    const { KubeApi } = await import('../../fleet/kube-api.js');
+    const { readNodeView } = await import('../../fleet/node-protocol.js');
+    const { previousVersion } = await import('../plan-rollout.js');
+    const { rollBackPatch } = await import('../../fleet/osupgrade.js');
     const api = KubeApi.connect({ kubeconfig: args.kubeconfig, context: args.context }, 'kubeos-cli');
     const object = await api.readOSUpgrade(args.name);
     const version = (object.spec as { version?: unknown } | undefined)?.version;

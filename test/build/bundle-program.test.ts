@@ -1,0 +1,27 @@
+/** The programs images and the operator's container carry, bundled by esbuild into one file each. */
+import test from 'ava';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { execa } from 'execa';
+import { makeTempDir } from '../helpers/temp-dir.js';
+
+const bundler = fileURLToPath(new URL('../../dist/builder/rootfs/bundle-agent.js', import.meta.url));
+
+test('the operator bundle runs on its own, and no esbuild process outlives the bundling', async (t) => {
+  const dir = await makeTempDir(t, 'kubeos-bundle-program-');
+  const out = join(dir, 'operator.mjs');
+  // a process of its own (this one runs tsx, which keeps an esbuild of its own): bundle, then list
+  // its children. esbuild's API leaves its service running unless stopped; kubeos build left it in ps.
+  const script = `import { bundleProgram } from ${JSON.stringify(bundler)};
+import { execFileSync } from 'node:child_process';
+await bundleProgram('runtime/operator/cli/main.ts', ${JSON.stringify(out)});
+process.stdout.write(execFileSync('ps', ['-o', 'stat=,comm=', '--ppid', String(process.pid)], { encoding: 'utf8' }));`;
+  const run = await execa('node', ['--input-type=module', '-e', script], { reject: false });
+  t.is(run.exitCode, 0, run.stderr);
+  const children = run.stdout.split('\n').filter((line) => line.includes('esbuild') && !line.startsWith('Z'));
+  t.deepEqual(children, []);
+  const help = await execa('node', [out, '--help'], { cwd: dir });
+  t.regex(help.stdout, /kubeos operator <command>/);
+  t.regex(help.stdout, /kubeos rollout <command>/);
+  t.notRegex(help.stdout, /kubeos build/, 'the operator program carries no builder commands');
+});
