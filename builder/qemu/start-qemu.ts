@@ -82,6 +82,22 @@ socket.on('close', () => process.exit(0));
 socket.on('error', () => process.exit(1));
 `;
 
+/**
+ * `--forward GUEST_ADDRESS:GUEST_PORT=HOST_PORT` as a forward: the guest's connections to that
+ * address reach 127.0.0.1:HOST_PORT on this machine (e.g. 10.0.2.100:80=4568, an S3 server).
+ */
+export function parseForward(text: string): { guestAddress: string; guestPort: number; hostPort: number } {
+  const match = /^(\d{1,3}(?:\.\d{1,3}){3}):(\d{1,5})=(?:127\.0\.0\.1:)?(\d{1,5})$/.exec(text);
+  const ports = match === null ? [] : [Number(match[2]), Number(match[3])];
+  if (match === null || ports.some((p) => p < 1 || p > 65535) || match[1]!.split('.').some((octet) => Number(octet) > 255)) {
+    throw new KubeosError('E_USAGE', `--forward ${text} is not GUEST_ADDRESS:GUEST_PORT=HOST_PORT`, {
+      hint: 'e.g. --forward 10.0.2.100:80=4568: the guest\'s http://10.0.2.100/ is this machine\'s 127.0.0.1:4568 (ports 1 to 65535)',
+      details: { forward: text },
+    });
+  }
+  return { guestAddress: match[1]!, guestPort: ports[0]!, hostPort: ports[1]! };
+}
+
 export function qemuArgs(options: QemuOptions, varsFile: string, console: 'pipe' | 'interactive', relay?: string): string[] {
   const args = [
     '-machine', 'q35', '-accel', 'tcg', '-m', String(options.memoryMiB ?? 512), '-smp', '1',
@@ -220,7 +236,9 @@ export class QemuVm {
 export async function runInteractive(options: Omit<QemuOptions, 'log'> & { stateDir: string }): Promise<number> {
   await preflightQemu(options.disk);
   const vars = await prepareVars(join(options.stateDir, 'console.log'));
-  const { child } = await spawnTool('qemu-system-x86_64', qemuArgs({ ...options, log: '' }, vars, 'interactive'), { inherit: true, stdin: 'inherit', stdout: 'inherit', timeoutMs: 0, signal: options.signal });
+  const relay = join(options.stateDir, 'guestfwd-relay.mjs');
+  await writeFile(relay, relaySource);
+  const { child } = await spawnTool('qemu-system-x86_64', qemuArgs({ ...options, log: '' }, vars, 'interactive', relay), { inherit: true, stdin: 'inherit', stdout: 'inherit', timeoutMs: 0, signal: options.signal });
   running.add(child);
   const result = await child;
   running.delete(child);

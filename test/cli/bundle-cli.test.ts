@@ -136,3 +136,20 @@ test('keygen --out naming a file says it wants a directory, even with --force, a
   t.regex(result.json.error.message, /--out .*notes\.txt is a file; keygen writes a directory/);
   t.is(await readFile(file, 'utf8'), 'mine\n');
 });
+
+test('bundle verify, info and publish name a bundle that is missing or a directory, with the fix', async (t) => {
+  const dir = await makeTempDir(t);
+  t.is((await runCli(['keygen', '--out', join(dir, 'keys')])).exitCode, 0);
+  const cases = [
+    { args: ['bundle', 'verify', join(dir, 'missing.kubeos'), '--pubkey', join(dir, 'keys', 'signing.pub.pem')], message: /^cannot open bundle .*missing\.kubeos: no such file$/ },
+    { args: ['bundle', 'info', dir], message: /^bundle .* is a directory$/ },
+    { args: ['publish', dir, '--endpoint', 'http://127.0.0.1:9', '--bucket', 'b', '--channel', 'stable', '--key', join(dir, 'keys', 'signing.pem')], message: /^bundle .* is a directory$/ },
+  ];
+  for (const { args, message } of cases) {
+    const run = await runCli([...args, '--json']);
+    t.is(run.exitCode, 2, args.join(' '));
+    t.is(run.json.error.code, 'E_USAGE');
+    t.regex(run.json.error.message, message);
+    t.regex(run.json.error.hint, /the \.kubeos file kubeos bundle create wrote/);
+  }
+});

@@ -16,11 +16,19 @@ export interface VerifiedBundleFile {
 }
 
 async function openBundle(path: string) {
+  let file;
   try {
-    return await open(path, 'r');
+    file = await open(path, 'r');
   } catch (cause) {
-    throw new KubeosError('E_USAGE', `cannot open bundle ${path}`, { cause, details: { path } });
+    const code = (cause as NodeJS.ErrnoException).code;
+    const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : (code ?? String(cause));
+    throw new KubeosError('E_USAGE', `cannot open bundle ${path}: ${why}`, { cause, hint: 'name the .kubeos file kubeos bundle create wrote', details: { path } });
   }
+  if ((await file.stat()).isDirectory()) {
+    await file.close();
+    throw new KubeosError('E_USAGE', `bundle ${path} is a directory`, { hint: 'name the .kubeos file kubeos bundle create wrote', details: { path } });
+  }
+  return file;
 }
 
 export async function verifyBundleFile(path: string, options: ReadBundleOptions & { onBytes?: (bytes: number) => void }): Promise<VerifiedBundleFile> {
