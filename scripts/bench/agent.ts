@@ -1,33 +1,32 @@
 /**
  * Installing an update: `kubeos agent upgrade` from a server on 127.0.0.1 into a file-backed slot
  * (download, verify every chunk, decompress, write, sync, read back, switch the boot environment)
- * against the floor of the same bytes through `curl | zstd -d | dd`; and the agent's peak RSS on a
- * 1 GiB image against a 64 MiB one (flat = ratio ~1; the goal is under 150 MiB).
+ * against the floor of the same bytes through `curl | zstd -d | dd` in a shell of its own, and
+ * against `rauc install` of the same image (see run-rauc.ts); and the agent's peak RSS on a 1 GiB
+ * image against a 64 MiB one (flat = ratio ~1; the goal is under 150 MiB). The server is
+ * `busybox httpd`, a process apart from the bench, serving all three in the same run.
  */
 import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdir, mkdtemp, rm, stat, truncate, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { mkdir, mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
-import { execa } from 'execa';
 import * as tar from 'tar-stream';
 import { createBundle } from '../../builder/bundle/create-bundle.js';
 import { bootEnvToGrub, initialBootEnv } from '../../runtime/core/boot-env.js';
 import { payloadMember } from '../../runtime/core/bundle/manifest.js';
 import { generateKeyPair, parsePrivateKey } from '../../runtime/core/crypto/keys.js';
 import { encodeGrubEnv } from '../../runtime/core/grubenv.js';
-import { loadBinarySample, MiB, row, runChild, timeIt, writeImage, type Bench, type BenchRow } from './measure.js';
+import { loadBinarySample, median, MiB, row, runChild, runs, writeImage, type Bench, type BenchRow } from './measure.js';
+import { runFloor } from './run-floor.js';
+import { createRaucBundle, makeRaucSigner, missingRaucTools, startRaucHost, type RaucHost } from './run-rauc.js';
+import { serveStatic } from './serve-static.js';
 
 const child = fileURLToPath(new URL('./agent-child.js', import.meta.url));
 const rounds = 3;
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)] ?? Number.NaN;
-}
+const floorLabel = 'floor: curl -s | zstd -d | dd conv=notrunc,fdatasync in a shell, server busybox httpd (a separate process)';
+const raucLabel = 'rauc install URL + sync SLOT (plain bundle: downloaded whole, signature checked, loop-mounted, copied), rauc service on a private bus, same server';
 
 async function extractPayload(bundle: string, out: string): Promise<void> {
   const extract = tar.extract();
@@ -61,52 +60,90 @@ async function makeHost(dir: string, slotSize: number, pubPath: string): Promise
   return { config, slotB };
 }
 
+async function makeRaucSlots(dir: string, size: number): Promise<{ slotA: string; slotB: string }> {
+  await mkdir(dir, { recursive: true });
+  const slotA = join(dir, 'slotA.img');
+  const slotB = join(dir, 'slotB.img');
+  for (const slot of [slotA, slotB]) {
+    await rm(slot, { force: true });
+    await writeFile(slot, '');
+    await truncate(slot, size);
+  }
+  return { slotA, slotB };
+}
+
 export const bench: Bench = async () => {
   const dir = await mkdtemp(join(tmpdir(), 'kubeos-bench-agent-'));
-  const server = createServer((req, res) => {
-    const file = join(dir, 'www', new URL(req.url ?? '/', 'http://x').pathname.replace(/[^A-Za-z0-9._-]/g, ''));
-    stat(file).then((info) => {
-      res.writeHead(200, { 'content-length': String(info.size) });
-      createReadStream(file).pipe(res);
-    }, () => res.writeHead(404).end());
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const www = join(dir, 'www');
+  await mkdir(www);
+  const server = await serveStatic(www);
+  const base = server.base;
   try {
     const pair = generateKeyPair();
     const pub = join(dir, 'signing.pub.pem');
     await writeFile(pub, pair.publicPem);
-    await mkdir(join(dir, 'www'));
+    const raucMissing = await missingRaucTools();
+    const signer = raucMissing.length === 0 ? await makeRaucSigner(dir) : undefined;
     const sample = await loadBinarySample();
     const rows: BenchRow[] = [];
     const rss: Record<string, number> = {};
     for (const [label, size] of [['64 MiB', 64 * MiB], ['1 GiB', 1024 * MiB]] as const) {
       const image = join(dir, 'rootfs.img');
       await writeImage(image, size, sample);
-      const bundle = join(dir, 'www', 'bundle.kubeos');
+      const bundle = join(www, 'bundle.kubeos');
       await createBundle({ rootfs: image, out: bundle, privateKey: parsePrivateKey(pair.privatePem), sourceDateEpoch: 0, metadata: { os: 'kubeos', version: '2.0.0', arch: 'x86_64', compatible: 'bench', kernelVersion: '0' } });
+      if (signer !== undefined) await createRaucBundle(image, join(www, 'bundle.raucb'), join(dir, 'rauc-content'), signer);
       await rm(image);
-      await extractPayload(bundle, join(dir, 'www', 'payload.zst'));
+      await extractPayload(bundle, join(www, 'payload.zst'));
 
-      // alternating runs, medians: on a shared 2-core machine single runs swing by a third
-      const floorTimes: number[] = [];
-      const agentTimes: number[] = [];
-      for (let round = 0; round < rounds; round++) {
-        const floorHost = await makeHost(join(dir, `floor-${size}`), size, pub);
-        // buffer: false, or execa would also keep every byte that flows through the pipe
-        const floor = await timeIt(() => execa('curl', ['-sf', `${base}/payload.zst`], { buffer: false })
-          .pipe('zstd', ['-d', '-c', '-q'], { buffer: false })
-          .pipe('dd', [`of=${floorHost.slotB}`, 'bs=4M', 'conv=notrunc,fdatasync', 'status=none'], { buffer: false }));
-        floorTimes.push(floor.seconds);
-        await rm(join(dir, `floor-${size}`), { recursive: true, force: true });
-        const host = await makeHost(join(dir, `agent-${size}`), size, pub);
-        const agent = await runChild(child, [host.config, `${base}/bundle.kubeos`]);
-        agentTimes.push(agent.seconds);
-        rss[label] = Math.max(rss[label] ?? 0, agent.maxRssMiB);
-        await rm(join(dir, `agent-${size}`), { recursive: true, force: true });
+      let rauc: RaucHost | undefined;
+      let raucSlotB: string | undefined;
+      if (signer !== undefined) {
+        const slots = await makeRaucSlots(join(dir, `rauc-${size}`), size);
+        raucSlotB = slots.slotB;
+        rauc = await startRaucHost(join(dir, `rauc-${size}`), signer.cert, slots.slotA, slots.slotB);
       }
-      rows.push(row(`agent upgrade ${label} from 127.0.0.1 into a file slot (median of ${rounds})`, 'curl | zstd -d | dd of the same payload', median(agentTimes), median(floorTimes), 's',
-        `goal <= 1.25x; the agent also verifies every chunk and reads the slot back; runs ${agentTimes.map((v) => v.toFixed(2)).join('/')} vs ${floorTimes.map((v) => v.toFixed(2)).join('/')}`));
+      try {
+        // alternating runs, medians: on a shared 2-core machine single runs swing by a third.
+        // Each round starts with a different one, so none always runs first on a cold cache.
+        const times: Record<'floor' | 'agent' | 'rauc', number[]> = { floor: [], agent: [], rauc: [] };
+        const steps = {
+          floor: async () => {
+            const floorHost = await makeHost(join(dir, `floor-${size}`), size, pub);
+            times.floor.push(await runFloor('curl -sf "$1" | zstd -d -c -q | dd of="$2" bs=4M conv=notrunc,fdatasync status=none', [`${base}/payload.zst`, floorHost.slotB]));
+            await rm(join(dir, `floor-${size}`), { recursive: true, force: true });
+          },
+          agent: async () => {
+            const host = await makeHost(join(dir, `agent-${size}`), size, pub);
+            const agent = await runChild(child, [host.config, `${base}/bundle.kubeos`]);
+            times.agent.push(agent.seconds);
+            rss[label] = Math.max(rss[label] ?? 0, agent.maxRssMiB);
+            await rm(join(dir, `agent-${size}`), { recursive: true, force: true });
+          },
+          rauc: async () => {
+            if (rauc === undefined || raucSlotB === undefined) return;
+            // a fresh (sparse) standby slot each time, like the other two get
+            await rm(raucSlotB, { force: true });
+            await writeFile(raucSlotB, '');
+            await truncate(raucSlotB, size);
+            times.rauc.push(await rauc.install(`${base}/bundle.raucb`));
+          },
+        };
+        const order = ['floor', 'agent', 'rauc'] as const;
+        for (let round = 0; round < rounds; round++) {
+          for (let i = 0; i < order.length; i++) await steps[order[(round + i) % order.length] ?? 'floor']();
+        }
+        const agent = median(times.agent);
+        rows.push(row(`agent upgrade ${label} from 127.0.0.1 into a file slot (median of ${rounds})`, floorLabel, agent, median(times.floor), 's',
+          `goal <= 1.25x; the agent also verifies every chunk and reads the slot back; runs ${runs(times.agent)} vs ${runs(times.floor)}`));
+        rows.push(signer === undefined
+          ? row(`agent upgrade ${label} vs RAUC`, raucLabel, agent, Number.NaN, 's', `not run: missing ${raucMissing.join(', ')} (scripts/install-deps.sh)`)
+          : row(`agent upgrade ${label} vs RAUC (median of ${rounds})`, raucLabel, agent, median(times.rauc), 's',
+            `RAUC does not read the slot back nor switch a boot loader (noop); runs ${runs(times.agent)} vs ${runs(times.rauc)}`));
+      } finally {
+        await rauc?.close();
+        await rm(join(dir, `rauc-${size}`), { recursive: true, force: true });
+      }
     }
     const small = rss['64 MiB'];
     const large = rss['1 GiB'];
@@ -115,8 +152,7 @@ export const bench: Bench = async () => {
     }
     return rows;
   } finally {
-    server.closeAllConnections();
-    server.close();
+    await server.close();
     await rm(dir, { recursive: true, force: true });
   }
 };

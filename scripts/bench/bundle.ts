@@ -1,7 +1,14 @@
 /**
- * Bundle speed and memory, against baselines run on the same files in the same run:
- *   - `kubeos bundle create` (hash chunks + zstd + tar + sign) vs plain `zstd` at the same settings;
- *   - `kubeos bundle verify` (signature, zstd -d, chunk and payload hashes) vs `sha256sum` of the bundle;
+ * Bundle speed and memory, against floors run on the same files in the same run, each in a shell
+ * of its own with no Node process in the data path (run-floor.ts), alternating, medians:
+ *   - `kubeos bundle create` (hash chunks + zstd + tar + sign) vs `zstd -T0` at the same settings
+ *     with a sha256 of the image beside it, and vs `rauc bundle` of the same image (run-rauc.ts);
+ *   - `kubeos bundle verify` (signature, zstd -d, chunk and payload hashes) vs a sha256 of the
+ *     bundle beside `tar -xO payload | zstd -d | sha256`.
+ * The floors hash with `openssl dgst -sha256`, not `sha256sum`: Debian's coreutils does not use
+ * the CPU's SHA instructions and hashes about 3x slower here, which would flatter kubeos (its
+ * hashes are OpenSSL's, through Node).
+ *
  *   - peak RSS of the node process doing each, on a 1 GiB image vs a 64 MiB one (flat = ratio ~1).
  * Images mix incompressible, binary and zero blocks, like a filesystem image with free space.
  */
@@ -9,12 +16,20 @@ import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { zstdCompressArgs } from '../../builder/bundle/create-bundle.js';
+import { zstdCompressArgs, zstdLevel } from '../../builder/bundle/create-bundle.js';
+import { payloadMember } from '../../runtime/core/bundle/manifest.js';
 import { generateKeyPair } from '../../runtime/core/crypto/keys.js';
-import { run } from '../../runtime/core/exec.js';
-import { loadBinarySample, MiB, row, runChild, timeIt, writeImage, type Bench, type BenchRow } from './measure.js';
+import { loadBinarySample, median, MiB, row, runChild, runs, writeImage, type Bench, type BenchRow } from './measure.js';
+import { runFloor } from './run-floor.js';
+import { createRaucBundle, makeRaucSigner, missingRaucTools, raucBundleLabel } from './run-rauc.js';
 
 const child = fileURLToPath(new URL('./bundle-child.js', import.meta.url));
+const rounds = 3;
+
+// kubeos's own zstd settings, less the ones for a pipe (-c, --stream-size): the floor reads a file
+const floorZstdArgs = zstdCompressArgs(0).filter((a) => a !== '-c' && !a.startsWith('--stream-size'));
+const createFloorLabel = `floor: zstd ${floorZstdArgs.join(' ')} IMAGE -o OUT beside openssl dgst -sha256 IMAGE, in a shell`;
+const verifyFloorLabel = 'floor: openssl dgst -sha256 BUNDLE beside tar -xOf BUNDLE payload | zstd -d | openssl dgst -sha256, in a shell';
 
 export const bench: Bench = async () => {
   const dir = await mkdtemp(join(tmpdir(), 'kubeos-bench-bundle-'));
@@ -24,6 +39,8 @@ export const bench: Bench = async () => {
     const pub = join(dir, 'signing.pub.pem');
     await writeFile(key, keys.privatePem, { mode: 0o600 });
     await writeFile(pub, keys.publicPem);
+    const raucMissing = await missingRaucTools();
+    const signer = raucMissing.length === 0 ? await makeRaucSigner(dir) : undefined;
     const sample = await loadBinarySample();
 
     const rows: BenchRow[] = [];
@@ -31,17 +48,58 @@ export const bench: Bench = async () => {
     for (const [label, size] of [['64 MiB', 64 * MiB], ['1 GiB', 1024 * MiB]] as const) {
       const image = join(dir, `rootfs-${size}.img`);
       const bundle = join(dir, `bundle-${size}.kubeos`);
+      const raucBundle = join(dir, `bundle-${size}.raucb`);
       await writeImage(image, size, sample);
 
-      const zstd = await timeIt(() => run('zstd', [...zstdCompressArgs(size).filter((a) => a !== '-c' && !a.startsWith('--stream-size')), '-f', image, '-o', join(dir, 'plain.zst')]));
-      const create = await runChild(child, ['create', image, bundle, key]);
+      // alternating runs, medians: on a shared 2-core machine single runs swing by a third.
+      // Each round starts with a different one, so none always runs first.
+      const create: Record<'floor' | 'kubeos' | 'rauc', number[]> = { floor: [], kubeos: [], rauc: [] };
+      let createRss = 0;
+      const createSteps = {
+        floor: async () => {
+          create.floor.push(await runFloor('img=$1 out=$2\nshift 2\nzstd "$@" -f "$img" -o "$out" & z=$!\nopenssl dgst -sha256 "$img"\nwait "$z"', [image, join(dir, 'plain.zst'), ...floorZstdArgs]));
+        },
+        kubeos: async () => {
+          const made = await runChild(child, ['create', image, bundle, key]);
+          create.kubeos.push(made.seconds);
+          createRss = Math.max(createRss, made.maxRssMiB);
+        },
+        rauc: async () => {
+          if (signer !== undefined) create.rauc.push(await createRaucBundle(image, raucBundle, join(dir, 'rauc-content'), signer));
+        },
+      };
+      const order = ['floor', 'kubeos', 'rauc'] as const;
+      for (let round = 0; round < rounds; round++) {
+        for (let i = 0; i < order.length; i++) await createSteps[order[(round + i) % order.length] ?? 'floor']();
+      }
+      const kubeosCreate = median(create.kubeos);
       const bundleSize = (await stat(bundle)).size;
-      rows.push(row(`bundle create ${label}`, `zstd -${zstdCompressArgs(0)[0]?.slice(1)} -T0 of the same image`, create.seconds, zstd.seconds, 's', `bundle ${(bundleSize / MiB).toFixed(0)} MiB`));
+      const zstdSize = (await stat(join(dir, 'plain.zst'))).size;
+      rows.push(row(`bundle create ${label} (median of ${rounds})`, createFloorLabel, kubeosCreate, median(create.floor), 's',
+        `bundle ${(bundleSize / MiB).toFixed(0)} MiB, zstd alone ${(zstdSize / MiB).toFixed(0)} MiB; runs ${runs(create.kubeos)} vs ${runs(create.floor)}`));
+      if (signer === undefined) {
+        rows.push(row(`bundle create ${label} vs RAUC`, raucBundleLabel, kubeosCreate, Number.NaN, 's', `not run: missing ${raucMissing.join(', ')} (scripts/install-deps.sh)`));
+      } else {
+        const raucSize = (await stat(raucBundle)).size;
+        rows.push(row(`bundle create ${label} vs RAUC (median of ${rounds})`, raucBundleLabel, kubeosCreate, median(create.rauc), 's',
+          `RAUC bundle ${(raucSize / MiB).toFixed(0)} MiB (squashfs, 128 KiB blocks, zstd -${zstdLevel}); runs ${runs(create.kubeos)} vs ${runs(create.rauc)}`));
+      }
+      await rm(raucBundle, { force: true });
+      await rm(join(dir, 'plain.zst'), { force: true });
 
-      const sha = await timeIt(() => run('sha256sum', [bundle]));
-      const verify = await runChild(child, ['verify', bundle, pub]);
-      rows.push(row(`bundle verify ${label}`, 'sha256sum of the same bundle', verify.seconds, sha.seconds, 's'));
-      rss[label] = { create: create.maxRssMiB, verify: verify.maxRssMiB };
+      const verify: Record<'floor' | 'kubeos', number[]> = { floor: [], kubeos: [] };
+      let verifyRss = 0;
+      for (let round = 0; round < rounds; round++) {
+        const floor = () => runFloor('openssl dgst -sha256 "$1" & h=$!\ntar -xOf "$1" "$2" | zstd -d -c -q | openssl dgst -sha256\nwait "$h"', [bundle, payloadMember]);
+        const kubeos = () => runChild(child, ['verify', bundle, pub]);
+        if (round % 2 === 1) verify.floor.push(await floor());
+        const checked = await kubeos();
+        verify.kubeos.push(checked.seconds);
+        verifyRss = Math.max(verifyRss, checked.maxRssMiB);
+        if (round % 2 === 0) verify.floor.push(await floor());
+      }
+      rows.push(row(`bundle verify ${label} (median of ${rounds})`, verifyFloorLabel, median(verify.kubeos), median(verify.floor), 's', `runs ${runs(verify.kubeos)} vs ${runs(verify.floor)}`));
+      rss[label] = { create: createRss, verify: verifyRss };
       await rm(image, { force: true });
       await rm(bundle, { force: true });
     }

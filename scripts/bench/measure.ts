@@ -30,6 +30,17 @@ export async function timeIt<T>(fn: () => Promise<T>): Promise<{ seconds: number
   return { seconds: (performance.now() - start) / 1000, value };
 }
 
+/** The middle value (the upper middle of an even count). */
+export function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)] ?? Number.NaN;
+}
+
+/** Every run's seconds, for a row's note: "1.23/1.31/1.19". */
+export function runs(values: readonly number[]): string {
+  return values.map((v) => v.toFixed(2)).join('/');
+}
+
 export function row(name: string, baseline: string, value: number, baselineValue: number, unit: BenchRow['unit'], note?: string): BenchRow {
   return { name, baseline, value, baselineValue, unit, ratio: baselineValue === 0 ? Number.NaN : value / baselineValue, note };
 }
