@@ -16,6 +16,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { buildImage } from '../../builder/build/build-image.js';
+import { normalizeTimes } from '../../builder/rootfs/stage-rootfs.js';
 import { diffImages } from '../../builder/bundle/diff-images.js';
 import { defaultCdcRule, indexStream, type ChunkRule } from '../../runtime/core/bundle/chunk-index.js';
 import { findTool, requireTools, run } from '../../runtime/core/exec.js';
@@ -136,15 +137,19 @@ export const bench: Bench = async () => {
     await mkdir(tree);
     await run('debugfs', ['-R', `rdump / ${tree}`, oldImage], { timeoutMs: 10 * 60_000 });
     await rm(join(tree, 'lost+found'), { recursive: true, force: true });
+    // every time fixed, as the builder does: only the added file may differ between the trees
+    await normalizeTimes(tree, epoch);
     const sizeKiB = (g1.blocks * 4096) / 1024;
     const heldOld = join(dir, 'held-old.img');
     await mkfs(tree, heldOld, sizeKiB, g1.inodes);
-    for (const [where, rel] of [['first', 'bin/0-added.bin'], ['under usr/share, as built', 'usr/share/kubeos-delta/added.bin'], ['last', 'zzz/added.bin']] as const) {
-      const variant = join(dir, `tree-${where}`);
+    const places = [['first', 'bin/0-added.bin'], ['under usr/share, as built', 'usr/share/kubeos-delta/added.bin'], ['last', 'zzz/added.bin']] as const;
+    for (const [i, [where, rel]] of places.entries()) {
+      const variant = join(dir, `tree-${i}`);
       await cp(tree, variant, { recursive: true, verbatimSymlinks: true });
       await mkdir(dirname(join(variant, rel)), { recursive: true });
       await cp(added, join(variant, rel));
-      const image = join(dir, `held-${where}.img`);
+      await normalizeTimes(variant, epoch);
+      const image = join(dir, `held-${i}.img`);
       await mkfs(variant, image, sizeKiB, g1.inodes);
       await rm(variant, { recursive: true, force: true });
       const cdc = await newBytes(heldOld, image, defaultCdcRule);
