@@ -12,6 +12,7 @@ const benches: Record<string, () => Promise<{ bench: Bench }>> = {
   operator: () => import('./bench/operator.js'),
   'operator-cluster': () => import('./bench/operator-cluster.js'),
   unpack: () => import('./bench/unpack.js'),
+  delta: () => import('./bench/delta.js'),
   // last: it boots three QEMU guests and takes several minutes
   fleet: () => import('./bench/fleet.js'),
 };

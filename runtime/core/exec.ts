@@ -27,6 +27,7 @@ export const toolPackages = {
   'busybox': 'busybox-static',
   'cpio': 'cpio',
   'zstd': 'zstd',
+  'casync': 'casync',
   'dpkg-deb': 'dpkg',
   'apt-get': 'apt',
   'apt-cache': 'apt',

@@ -3,7 +3,7 @@ import test from 'ava';
 import { kubeos } from '../helpers/cli.js';
 
 const leaves = [
-  ['build'], ['bundle', 'create'], ['bundle', 'verify'], ['bundle', 'info'], ['channel', 'show'], ['keygen'], ['publish'],
+  ['build'], ['bundle', 'create'], ['bundle', 'verify'], ['bundle', 'info'], ['bundle', 'diff'], ['channel', 'show'], ['keygen'], ['publish'],
   ['oci', 'build'], ['operator', 'run'], ['qemu', 'boot'], ['rollout', 'status'], ['rollout', 'undo'],
   ['agent', 'status'], ['agent', 'upgrade'], ['agent', 'commit'], ['agent', 'rollback'], ['agent', 'daemon'],
   ['agent', 'config', 'apply'], ['agent', 'config', 'status'], ['agent', 'config', 'rollback'], ['agent', 'config', 'commit'],

@@ -33,6 +33,7 @@ const commands: Array<{ words: string[]; file: (path: string) => string[] }> = [
   { words: ['bundle', 'create'], file: (p) => ['--rootfs', p, '--image-version', '1.0.0', '--key', p, '--out', join(dir, 'out.bundle')] },
   { words: ['bundle', 'verify'], file: (p) => [p, '--key', p] },
   { words: ['bundle', 'info'], file: (p) => [p] },
+  { words: ['bundle', 'diff'], file: (p) => [p, p] },
   { words: ['channel', 'show'], file: (p) => [p] },
   { words: ['keygen'], file: (p) => ['--out', p] },
   { words: ['publish'], file: (p) => [p, '--channel', 'stable', '--key', p, '--bucket', 'b', '--endpoint', 'http://127.0.0.1:9'] },

@@ -1,4 +1,4 @@
-/** `kubeos bundle create|verify|info`: signed update bundles. */
+/** `kubeos bundle create|verify|info|diff`: signed update bundles. */
 import type { Argv, CommandModule } from 'yargs';
 import { createBundle } from '../../bundle/create-bundle.js';
 import { parseSourceDateEpoch, readBuildInfo, resolveMetadata } from '../../bundle/resolve-metadata.js';
@@ -7,6 +7,7 @@ import { readBundleFileHeader, verifyBundleFile } from '../../../runtime/core/bu
 import type { BundleManifest } from '../../../runtime/core/bundle/manifest.js';
 import { makeProgress, printResult, type GlobalArgs } from '../../../runtime/cli/output.js';
 import { checkRootfsImage } from '../../bundle/check-rootfs.js';
+import { diffImages, type ImageDiff } from '../../bundle/diff-images.js';
 
 interface CreateArgs extends GlobalArgs {
   rootfs: string;
@@ -27,6 +28,12 @@ interface VerifyArgs extends GlobalArgs {
 
 interface InfoArgs extends GlobalArgs {
   file: string;
+}
+
+interface DiffArgs extends GlobalArgs {
+  old: string;
+  new: string;
+  pubkey?: string[];
 }
 
 function describeManifest(m: BundleManifest): string {
@@ -112,9 +119,46 @@ const info: CommandModule<GlobalArgs, InfoArgs> = {
   },
 };
 
+function describeDiff(d: ImageDiff): string {
+  const mib = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
+  const pct = (n: number, of: number) => (of === 0 ? '0%' : `${((100 * n) / of).toFixed(1)}%`);
+  const side = (s: ImageDiff['old']) => `${s.path} (${s.kind === 'bundle' ? `bundle ${s.version ?? ''}, ${s.verified ? 'signature verified' : 'signature NOT verified'}` : 'image'})`;
+  const rule = d.rule.kind === 'cdc' ? `content-defined, ${d.rule.min / 1024}/${d.rule.avg / 1024}/${d.rule.max / 1024} KiB min/avg/max` : `fixed ${d.rule.size / 1024} KiB`;
+  const lines = [
+    `a host on OLD fetches ${d.missingChunks} of ${d.chunks} chunks of NEW: ${mib(d.missingBytes)} of ${mib(d.bytes)} (${pct(d.missingBytes, d.bytes)})`,
+    `  OLD             ${side(d.old)}`,
+    `  NEW             ${side(d.new)}`,
+    `  chunks          ${rule}`,
+    `  reused          ${mib(d.reusedBytes)} already on OLD`,
+  ];
+  if (d.missingCompressed !== undefined) lines.push(`  compressed      ~${mib(d.missingCompressed)} (zstd of the missing chunks)`);
+  if (d.fullBundle !== undefined) {
+    const fetched = d.missingCompressed ?? d.missingBytes;
+    lines.push(`  full bundle     ${d.fullBundle.estimated ? '~' : ''}${mib(d.fullBundle.bytes)}${d.fullBundle.estimated ? ' (zstd of NEW\'s image)' : ''}; the delta is ${pct(fetched, d.fullBundle.bytes)} of it`);
+  }
+  return lines.join('\n');
+}
+
+const diff: CommandModule<GlobalArgs, DiffArgs> = {
+  command: 'diff <old> <new>',
+  describe: 'How much a host on OLD would download to get NEW if it fetched only the chunks it does not hold (each a bundle or a rootfs image)',
+  builder: (y) =>
+    y
+      .positional('old', { type: 'string', demandOption: true, describe: 'What the host runs: a bundle file or a rootfs image' })
+      .positional('new', { type: 'string', demandOption: true, describe: 'The update: a bundle file or a rootfs image' })
+      .option('pubkey', { type: 'string', array: true, describe: 'Check bundle signatures against this public key (repeatable); without it a bundle is read unverified, its hashes still checked' })
+      .example('$0 bundle diff out/v1/rootfs.img v2.kubeos --pubkey keys/signing.pub.pem', 'chunks and bytes a host on v1 would fetch for v2, against the full bundle')
+      .example('$0 bundle diff v1.kubeos v2.kubeos --json', 'the same as JSON, for a release pipeline') as Argv<DiffArgs>,
+  handler: async (args) => {
+    const trustedKeys = args.pubkey === undefined || args.pubkey.length === 0 ? undefined : await loadTrustedKeys(args.pubkey);
+    const result = await diffImages(args.old, args.new, { trustedKeys, onProgress: makeProgress(args) });
+    printResult(args, result, () => describeDiff(result));
+  },
+};
+
 export const bundleCommand: CommandModule<GlobalArgs, GlobalArgs> = {
   command: 'bundle <command>',
   describe: 'Create, verify and inspect signed update bundles',
-  builder: (y) => y.command(create).command(verify).command(info).demandCommand(1, 'name a bundle command: create, verify or info'),
+  builder: (y) => y.command(create).command(verify).command(info).command(diff).demandCommand(1, 'name a bundle command: create, verify, info or diff'),
   handler: () => {},
 };

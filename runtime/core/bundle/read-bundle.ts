@@ -240,6 +240,18 @@ export async function readBundleHeader(source: Readable): Promise<UnverifiedHead
   }
 }
 
+/** The payload member's header, refused when its size is not the manifest's. */
+async function nextPayload(entries: BundleEntries, manifest: BundleManifest): Promise<Entry> {
+  const entry = await entries.next(payloadMember);
+  if (entry.header.size !== manifest.payload.size) {
+    entry.resume();
+    throw new KubeosError('E_BUNDLE_INVALID', `payload member is ${entry.header.size} bytes, the manifest says ${manifest.payload.size}`, {
+      details: { check: 'size', expected: manifest.payload.size, actual: entry.header.size },
+    });
+  }
+  return entry;
+}
+
 /**
  * Verifies the manifest signature (E_UNKNOWN_KEY, E_SIGNATURE) before trusting one byte of it, then
  * hands back the manifest and the verifying payload stream.
@@ -257,19 +269,32 @@ export async function readBundle(source: Readable, options: ReadBundleOptions): 
       throw new KubeosError('E_BUNDLE_INVALID', `manifest names key ${manifest.keyId} but is signed by ${keyId}`);
     }
     if (options.compatible !== undefined) checkCompatible(manifest, options.compatible);
-    payloadEntry = await entries.next(payloadMember);
-    if (payloadEntry.header.size !== manifest.payload.size) {
-      payloadEntry.resume();
-      throw new KubeosError('E_BUNDLE_INVALID', `payload member is ${payloadEntry.header.size} bytes, the manifest says ${manifest.payload.size}`, {
-        details: { check: 'size', expected: manifest.payload.size, actual: payloadEntry.header.size },
-      });
-    }
+    payloadEntry = await nextPayload(entries, manifest);
   } catch (error) {
     entries.close();
     throw error;
   }
   const payload = new VerifiedPayload(entries, payloadEntry, manifest, options);
   return { manifest, keyId, payload };
+}
+
+/**
+ * The payload checked against the manifest's own hashes, NOT against a signature: for diagnostics
+ * (`kubeos bundle diff` without --pubkey) that want a bundle's image and trust nothing it says.
+ * A host never installs from this.
+ */
+export async function readUnsignedBundle(source: Readable, options: { signal?: AbortSignal } = {}): Promise<{ manifest: BundleManifest; payload: Readable }> {
+  const entries = new BundleEntries(source);
+  let manifest: BundleManifest;
+  let payloadEntry: Entry;
+  try {
+    manifest = parseManifest((await readHeader(entries)).parsed);
+    payloadEntry = await nextPayload(entries, manifest);
+  } catch (error) {
+    entries.close();
+    throw error;
+  }
+  return { manifest, payload: new VerifiedPayload(entries, payloadEntry, manifest, { trustedKeys: new Map(), signal: options.signal }) };
 }
 
 /**
