@@ -153,3 +153,12 @@ test('bundle verify, info and publish name a bundle that is missing or a directo
     t.regex(run.json.error.hint, /the \.kubeos file kubeos bundle create wrote/);
   }
 });
+
+test('a private key where a public key belongs is refused, not quietly turned into its public half', async (t) => {
+  const { bundle, priv } = await setup(t);
+  const verify = await runCli(['bundle', 'verify', bundle, '--pubkey', priv, '--json']);
+  t.is(verify.exitCode, 1);
+  t.is(verify.json.error.code, 'E_KEY_INVALID');
+  t.regex(verify.json.error.message, /signing\.pem: is a private key, where a public key belongs$/);
+  t.regex(verify.json.error.hint, /signing\.pub\.pem/);
+});

@@ -51,6 +51,11 @@ export function parsePrivateKey(pem: string, source = 'private key'): KeyObject 
 
 /** Accepts a public key, or a private key whose public half is then used. */
 export function parsePublicKey(pem: string, source = 'public key'): KeyObject {
+  // createPublicKey takes a private key too (and derives its public half): a signing key named
+  // where a trusted key belongs would then be copied into images and configs
+  if (/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(pem)) {
+    throw new KubeosError('E_KEY_INVALID', `${source}: is a private key, where a public key belongs`, { hint: 'pass the signing.pub.pem written by kubeos keygen beside it; keep signing.pem to the signer', details: { source } });
+  }
   let key: KeyObject;
   try {
     key = createPublicKey({ key: pem, format: 'pem' });
