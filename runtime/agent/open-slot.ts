@@ -2,6 +2,7 @@
  * Slot access: resolve a slot to a device (by GPT partition name, via the PARTNAME the kernel puts
  * in each partition's uevent) or a byte range of a file, write an image into it, read it back.
  */
+import { constants } from 'node:fs';
 import { open, readFile, readdir, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
@@ -46,6 +47,8 @@ export interface SlotWriterOptions {
 
 const defaultSegmentBytes = 8 << 20;
 const readBackBytes = 1 << 20;
+/** What O_DIRECT asks of memory, offsets and lengths on 4 KiB-sector disks (512 B ones take it too). */
+const directAlignment = 4096;
 
 /**
  * A sink for the verified image that writes it sequentially into the slot (a batch of pieces per
@@ -59,14 +62,22 @@ const readBackBytes = 1 << 20;
  * released by the chunk verifier, whose signed chunk hashes cover the whole image, so a slot that
  * reads back equal holds the image with the signed sha256. It costs a memcmp where a second
  * sha256 pass would cost a core for most of a second per GiB.
+ *
+ * The read-back reads the medium, not the page cache (which would hand back what was written
+ * whatever the device kept): the slot is opened a second time with O_DIRECT and read in whole,
+ * aligned 4 KiB blocks. Where the file system refuses O_DIRECT (tmpfs), it reads through the cache
+ * and `readBack()` says so.
  */
-export async function openSlotWriter(target: SlotTarget, expectedBytes: number, options: SlotWriterOptions = {}): Promise<{ sink: Writable; written: () => number }> {
+export type ReadBackSource = 'medium' | 'page-cache';
+
+export async function openSlotWriter(target: SlotTarget, expectedBytes: number, options: SlotWriterOptions = {}): Promise<{ sink: Writable; written: () => number; readBack: () => ReadBackSource }> {
   if (expectedBytes > target.size) {
     throw new KubeosError('E_SLOT', `the image is ${expectedBytes} bytes but slot ${target.slot} holds ${target.size}`, { details: { expectedBytes, slotSize: target.size } });
   }
   const segmentBytes = options.segmentBytes ?? defaultSegmentBytes;
   const handle = await open(target.path, 'r+');
-  const readBack = new ReadBack(handle, target, options.signal, options.release);
+  const direct = await open(target.path, constants.O_RDONLY | constants.O_DIRECT).catch(() => undefined);
+  const readBack = new ReadBack(handle, direct, target, options.signal, options.release);
   let position = 0;
   /** Written since the last read-back was queued, kept until it is compared. */
   let segment: Buffer[] = [];
@@ -103,15 +114,15 @@ export async function openSlotWriter(target: SlotTarget, expectedBytes: number, 
         return;
       }
       options.onWritten?.();
-      queueSegment().then(() => readBack.drain()).then(() => handle.close()).then(() => callback(), callback);
+      queueSegment().then(() => readBack.drain()).then(() => readBack.close()).then(() => handle.close()).then(() => callback(), callback);
     },
     destroy(error, callback) {
       readBack.drain().catch(() => {}).finally(() => {
-        handle.close().then(() => callback(error), () => callback(error));
+        readBack.close().then(() => handle.close()).then(() => callback(error), () => callback(error));
       });
     },
   });
-  return { sink, written: () => position };
+  return { sink, written: () => position, readBack: () => readBack.source() };
 }
 
 /**
@@ -123,14 +134,65 @@ class ReadBack {
   private tail: Promise<void> = Promise.resolve();
   private waiting = 0;
   private failure: unknown;
-  private readonly buffer = Buffer.allocUnsafe(readBackBytes);
+  private buffer = Buffer.allocUnsafe(readBackBytes);
+  /** Set once an O_DIRECT read landed in `buffer` (Node cannot ask for aligned memory: found by trying). */
+  private aligned = false;
 
   constructor(
     private readonly handle: FileHandle,
+    private direct: FileHandle | undefined,
     private readonly target: SlotTarget,
     private readonly signal: AbortSignal | undefined,
     private readonly release: ((buffer: Buffer) => void) | undefined,
-  ) {}
+  ) {
+    this.fromMedium = direct !== undefined;
+  }
+
+  /** Where the reads went; closing after the last one does not change it. */
+  private fromMedium: boolean;
+
+  source(): ReadBackSource {
+    return this.fromMedium ? 'medium' : 'page-cache';
+  }
+
+  async close(): Promise<void> {
+    await this.direct?.close();
+    this.direct = undefined;
+  }
+
+  /**
+   * Reads bytes from `position` of the slot (at most up to `end`) into `buffer`, from the medium
+   * when it can: they sit at buffer[from, from + count).
+   */
+  private async readAt(position: number, end: number): Promise<{ from: number; count: number }> {
+    const direct = this.direct;
+    if (direct !== undefined) {
+      // O_DIRECT wants memory, offset and length aligned: whole 4 KiB blocks around the range
+      const lead = (this.target.offset + position) % directAlignment;
+      const length = Math.min(readBackBytes - lead, end - position);
+      const span = Math.ceil((lead + length) / directAlignment) * directAlignment;
+      const at = this.target.offset + position - lead;
+      const got = (bytesRead: number) => ({ from: lead, count: Math.max(0, Math.min(length, bytesRead - lead)) });
+      if (this.aligned) return got((await direct.read(this.buffer, 0, span, at)).bytesRead);
+      const spare = Buffer.allocUnsafeSlow(readBackBytes + directAlignment);
+      for (let shift = 0; shift < directAlignment; shift += 16) {
+        const view = spare.subarray(shift, shift + readBackBytes);
+        try {
+          const { bytesRead } = await direct.read(view, 0, span, at);
+          this.buffer = view;
+          this.aligned = true;
+          return got(bytesRead);
+        } catch (error) {
+          if ((error as NodeJS.ErrnoException).code !== 'EINVAL') throw error;
+        }
+      }
+      // no alignment works here: the cache it is, and source() says so
+      await this.close();
+      this.fromMedium = false;
+    }
+    const length = Math.min(readBackBytes, end - position);
+    return { from: 0, count: (await this.handle.read(this.buffer, 0, length, this.target.offset + position)).bytesRead };
+  }
 
   async queue(start: number, pieces: Buffer[]): Promise<void> {
     if (this.failure !== undefined) throw this.failure;
@@ -154,7 +216,7 @@ class ReadBack {
 
   private async check(start: number, pieces: Buffer[]): Promise<void> {
     await this.handle.datasync();
-    const { buffer, target } = this;
+    const { target } = this;
     const end = start + pieces.reduce((sum, piece) => sum + piece.length, 0);
     let at = start;
     let filled = 0;
@@ -163,12 +225,13 @@ class ReadBack {
       for (let offset = 0; offset < piece.length; ) {
         if (read === filled) {
           this.signal?.throwIfAborted();
-          const { bytesRead } = await this.handle.read(buffer, 0, Math.min(buffer.length, end - at), target.offset + at);
-          if (bytesRead === 0) throw new KubeosError('E_SLOT', `slot ${target.slot} ended at byte ${at} while reading it back`);
-          filled = bytesRead;
-          read = 0;
+          const { from, count } = await this.readAt(at, end);
+          if (count === 0) throw new KubeosError('E_SLOT', `slot ${target.slot} ended at byte ${at} while reading it back`);
+          read = from;
+          filled = from + count;
         }
         const take = Math.min(piece.length - offset, filled - read);
+        const buffer = this.buffer;
         if (!piece.subarray(offset, offset + take).equals(buffer.subarray(read, read + take))) {
           let first = 0;
           while (piece[offset + first] === buffer[read + first]) first += 1;

@@ -23,7 +23,7 @@ import type { AgentConfig } from './agent-config.js';
 import { readState, writeState } from './agent-state.js';
 import { readBootEnv, writeBootEnv } from './boot-env-store.js';
 import { openSource } from './fetch-resumable.js';
-import { openSlotWriter, resolveSlot } from './open-slot.js';
+import { openSlotWriter, resolveSlot, type ReadBackSource } from './open-slot.js';
 import { planForgetStandby, planTryStandby } from './plan-boot-env.js';
 import { readBooted } from './read-booted.js';
 import { takeLock } from './take-lock.js';
@@ -54,7 +54,7 @@ export type UpgradeStep = 'locked' | 'verified-header' | 'standby-released' | 'w
 
 export type UpgradeResult =
   | { kind: 'up-to-date'; version: string }
-  | { kind: 'installed'; version: string; from: string; slot: Slot; sha256: string; rebooting: boolean };
+  | { kind: 'installed'; version: string; from: string; slot: Slot; sha256: string; rebooting: boolean; /** Where the read-back read the slot from. */ readBack: ReadBackSource };
 
 export async function upgrade(config: AgentConfig, options: UpgradeOptions): Promise<UpgradeResult> {
   if ((options.channel === undefined) === (options.bundle === undefined)) {
@@ -184,7 +184,7 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
         progress('rebooting');
         await runCommand(config.reboot, { timeoutMs: 60_000 });
       }
-      return { kind: 'installed', version, from: booted.version, slot: standby, sha256: actual, rebooting };
+      return { kind: 'installed', version, from: booted.version, slot: standby, sha256: actual, rebooting, readBack: writer.readBack() };
     } finally {
       bundle.payload.destroy();
     }

@@ -3,7 +3,8 @@ import test from 'ava';
 import { randomBytes } from 'node:crypto';
 import { closeSync, openSync, writeSync } from 'node:fs';
 import { readFile, truncate, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { execa } from 'execa';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { openSlotWriter, type SlotTarget } from '../../runtime/agent/open-slot.js';
@@ -75,4 +76,17 @@ test('a stream that ends early fails with E_SLOT instead of leaving a short imag
   const writer = await openSlotWriter(target, 2 * MiB);
   const error = await t.throwsAsync(pipeline(Readable.from([randomBytes(MiB)]), writer.sink));
   t.true(isKubeosError(error) && error.code === 'E_SLOT', String(error));
+});
+
+test('the read-back reads the medium (O_DIRECT) at any slot offset and piece size', async (t) => {
+  // an offset and pieces that are not 4 KiB multiples: reads are widened to whole aligned blocks
+  const target = await fileSlot(t, 12 * MiB, 3 * MiB + 512);
+  const image = randomBytes(7 * MiB + 999);
+  const writer = await openSlotWriter(target, image.length, { segmentBytes: MiB + 4321 });
+  await pipeline(pieces(image), writer.sink);
+  t.true((await readFile(target.path)).subarray(target.offset, target.offset + image.length).equals(image));
+  // tmpfs took O_DIRECT only from Linux 6.6 on; anywhere else it is the medium
+  const fsType = (await execa('stat', ['-f', '-c', '%T', dirname(target.path)])).stdout.trim();
+  if (fsType === 'tmpfs') t.true(['medium', 'page-cache'].includes(writer.readBack()));
+  else t.is(writer.readBack(), 'medium', `${target.path} is on ${fsType}`);
 });
