@@ -7,7 +7,7 @@ import { makeTempDir } from '../helpers/temp-dir.js';
 
 const bundler = fileURLToPath(new URL('../../dist/builder/rootfs/bundle-agent.js', import.meta.url));
 
-test('the operator bundle runs on its own, and no esbuild process outlives the bundling', async (t) => {
+test('the cluster program (operator, rollout, agent) bundles into a file that runs on its own, and no esbuild process outlives the bundling', async (t) => {
   const dir = await makeTempDir(t, 'kubeos-bundle-program-');
   const out = join(dir, 'operator.mjs');
   // a process of its own (this one runs tsx, which keeps an esbuild of its own): bundle, then list
@@ -23,5 +23,6 @@ process.stdout.write(execFileSync('ps', ['-o', 'stat=,comm=', '--ppid', String(p
   const help = await execa('node', [out, '--help'], { cwd: dir });
   t.regex(help.stdout, /kubeos operator <command>/);
   t.regex(help.stdout, /kubeos rollout <command>/);
-  t.notRegex(help.stdout, /kubeos build/, 'the operator program carries no builder commands');
+  t.regex(help.stdout, /kubeos agent <command>/, 'the agent DaemonSet runs the same image');
+  t.notRegex(help.stdout, /kubeos build/, 'the cluster program carries no builder commands');
 });

@@ -64,6 +64,11 @@ test.serial('umoci unpacks it and the root filesystem runs the kubeos CLI', asyn
   const run = await execa(chroot, [join(bundle, 'rootfs'), '/usr/bin/node', '/opt/kubeos/kubeos.mjs', 'operator', 'run', '--help'], { reject: false, timeout: 60_000, env: { PATH: '/usr/bin' }, extendEnv: false });
   t.is(run.exitCode, 0, String(run.stderr));
   t.regex(String(run.stdout), /--metrics-address/);
+  // the same image is the agent DaemonSet's (deploy/agent-daemonset.yaml): agent daemon --kubernetes
+  const agent = await execa(chroot, [join(bundle, 'rootfs'), '/usr/bin/node', '/opt/kubeos/kubeos.mjs', 'agent', 'daemon', '--help'], { reject: false, timeout: 60_000, env: { PATH: '/usr/bin' }, extendEnv: false });
+  t.is(agent.exitCode, 0, String(agent.stderr));
+  t.regex(String(agent.stdout), /--kubernetes/);
+  t.regex(String(agent.stdout), /--host-namespaces/);
   // the agent DaemonSet reboots the host through nsenter: it must run from the image alone too
   const nsenter = await execa(chroot, [join(bundle, 'rootfs'), '/usr/bin/nsenter', '--version'], { reject: false, timeout: 60_000, env: { PATH: '/usr/bin' }, extendEnv: false });
   t.is(nsenter.exitCode, 0, String(nsenter.stderr));
