@@ -9,6 +9,7 @@ const benches: Record<string, () => Promise<{ bench: Bench }>> = {
   bundle: () => import('./bench/bundle.js'),
   build: () => import('./bench/build.js'),
   agent: () => import('./bench/agent.js'),
+  startup: () => import('./bench/startup.js'),
   operator: () => import('./bench/operator.js'),
   'operator-cluster': () => import('./bench/operator-cluster.js'),
   unpack: () => import('./bench/unpack.js'),

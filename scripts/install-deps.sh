@@ -8,9 +8,9 @@ packages=(
   mtools dosfstools gdisk e2fsprogs busybox-static cpio zstd
   erofs-utils squashfs-tools attr kmod curl ca-certificates mmdebstrap
   openssl skopeo umoci
-  # npm run bench only, not the tests: RAUC as a peer (with squashfs-tools, openssl, and a private
+  # npm run bench only, not the tests: casync (the delta row) and RAUC as peers (with squashfs-tools, openssl, and a private
   # D-Bus for `rauc service`); busybox-static above also serves the bench's files (busybox httpd)
-  rauc dbus-daemon
+  rauc dbus-daemon casync
 )
 
 missing=()

@@ -65,7 +65,7 @@ async function programFiles(source: string, target: string, signal?: AbortSignal
 }
 
 /** What goes into the layer, sorted so the tar is the same every time. */
-async function planLayer(bundle: string, signal?: AbortSignal): Promise<LayerFile[]> {
+async function planLayer(program: { dir: string; files: string[] }, signal?: AbortSignal): Promise<LayerFile[]> {
   // zstd: the agent decompresses payloads with it; nsenter: the DaemonSet reboots the host through PID 1
   await requireTools(['zstd', 'nsenter', 'ldd']);
   const files: LayerFile[] = [
@@ -73,7 +73,7 @@ async function planLayer(bundle: string, signal?: AbortSignal): Promise<LayerFil
     ...(await programFiles((await findTool('zstd'))!, 'usr/bin/zstd', signal)),
     ...(await programFiles((await findTool('nsenter'))!, 'usr/bin/nsenter', signal)),
     // not under /usr/lib/kubeos: the agent DaemonSet mounts the host's (agent.json, keys) there
-    { path: 'opt/kubeos/kubeos.mjs', mode: 0o644, source: bundle },
+    ...program.files.map((file) => ({ path: `opt/kubeos/${file}`, mode: 0o644, source: join(program.dir, file) })),
     { path: 'etc/passwd', mode: 0o644, source: Buffer.from(`root:x:0:0:root:/root:/sbin/nologin\nkubeos:x:${nonRoot}:${nonRoot}:kubeos:/tmp:/sbin/nologin\n`) },
     { path: 'etc/group', mode: 0o644, source: Buffer.from(`root:x:0:\nkubeos:x:${nonRoot}:\n`) },
   ];
@@ -162,9 +162,8 @@ export async function buildOciImage(options: OciBuildOptions): Promise<OciBuildR
   const staging = `${options.out}.partial-${process.pid}`;
   try {
     progress('bundling the operator program');
-    const bundle = join(work, 'kubeos.mjs');
-    await bundleProgram('runtime/operator/cli/main.ts', bundle);
-    const files = await planLayer(bundle, options.signal);
+    const dir = join(work, 'program');
+    const files = await planLayer({ dir, files: await bundleProgram('runtime/operator/cli/main.ts', dir) }, options.signal);
 
     await rm(staging, { recursive: true, force: true });
     const blobs = join(staging, 'blobs', 'sha256');

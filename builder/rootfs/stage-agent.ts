@@ -46,8 +46,8 @@ export async function stageAgent(input: AgentStageInput): Promise<void> {
   await copyBinary(tree, zstd, '/usr/bin/zstd', input.signal);
 
   await mkdir(join(tree, 'usr/lib/kubeos/keys'), { recursive: true });
-  await bundleAgent(join(tree, 'usr/lib/kubeos/agent.mjs'));
-  await writeFile(join(tree, 'usr/bin/kubeos'), '#!/bin/sh\nexec /usr/bin/node /usr/lib/kubeos/agent.mjs "$@"\n');
+  await bundleAgent(join(tree, 'usr/lib/kubeos/agent'));
+  await writeFile(join(tree, 'usr/bin/kubeos'), '#!/bin/sh\nexec /usr/bin/node /usr/lib/kubeos/agent/kubeos.mjs "$@"\n');
   await chmod(join(tree, 'usr/bin/kubeos'), 0o755);
 
   const keyPaths: string[] = [];

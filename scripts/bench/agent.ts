@@ -40,7 +40,7 @@ async function extractPayload(bundle: string, out: string): Promise<void> {
   await done;
 }
 
-async function makeHost(dir: string, slotSize: number, pubPath: string): Promise<{ config: string; slotB: string }> {
+export async function makeHost(dir: string, slotSize: number, pubPath: string): Promise<{ config: string; slotB: string }> {
   await mkdir(dir, { recursive: true });
   const slotA = join(dir, 'slotA.img');
   const slotB = join(dir, 'slotB.img');

@@ -9,12 +9,13 @@ const bundler = fileURLToPath(new URL('../../dist/builder/rootfs/bundle-agent.js
 
 test('the cluster program (operator, rollout, agent) bundles into a file that runs on its own, and no esbuild process outlives the bundling', async (t) => {
   const dir = await makeTempDir(t, 'kubeos-bundle-program-');
-  const out = join(dir, 'operator.mjs');
+  const outdir = join(dir, 'program');
+  const out = join(outdir, 'kubeos.mjs');
   // a process of its own (this one runs tsx, which keeps an esbuild of its own): bundle, then list
   // its children. esbuild's API leaves its service running unless stopped; kubeos build left it in ps.
   const script = `import { bundleProgram } from ${JSON.stringify(bundler)};
 import { execFileSync } from 'node:child_process';
-await bundleProgram('runtime/operator/cli/main.ts', ${JSON.stringify(out)});
+await bundleProgram('runtime/operator/cli/main.ts', ${JSON.stringify(outdir)});
 process.stdout.write(execFileSync('ps', ['-o', 'stat=,comm=', '--ppid', String(process.pid)], { encoding: 'utf8' }));`;
   const run = await execa('node', ['--input-type=module', '-e', script], { reject: false });
   t.is(run.exitCode, 0, run.stderr);

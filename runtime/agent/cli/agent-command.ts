@@ -1,14 +1,18 @@
-/** `kubeos agent ...`: the host-side commands. Thin: parse, call runtime/agent, print. */
+/**
+ * `kubeos agent ...`: the host-side commands. Thin: parse, call runtime/agent, print. Each handler
+ * loads what it runs (the install path, the daemon, OS configuration) when it runs: `agent status`
+ * on a host starts without parsing the download and bundle code, and nothing here loads an S3 or
+ * Kubernetes client (only `daemon --kubernetes` loads the latter).
+ */
 import type { Argv, CommandModule } from 'yargs';
 import { makeProgress, printResult, type GlobalArgs } from '../../cli/output.js';
 import { KubeosError } from '../../core/errors.js';
 import { defaultConfigPath, loadAgentConfig } from '../agent-config.js';
 import { commit, rollback, status } from '../commit-rollback-status.js';
-import { runDaemon, settleBoot } from '../run-daemon.js';
-import { upgrade } from '../upgrade.js';
 import { readFile } from 'node:fs/promises';
-import { applyConfig, commitConfigBoot, configRollback, configStatus, type ConfigStatus } from '../os-config-apply.js';
-import { configDigest } from '../../fleet/osconfig.js';
+import type { ConfigStatus } from '../os-config-apply.js';
+
+const configCode = () => import('../os-config-apply.js');
 
 interface AgentArgs extends GlobalArgs {
   config: string;
@@ -22,6 +26,7 @@ const statusCommand: CommandModule<AgentArgs, AgentArgs> = {
   builder: (y) => y.example('$0 agent status --json', 'the same as JSON, for health checks and scripts') as any,
   handler: async (args) => {
     const agent = await loadAgentConfig(args.config);
+    const [{ configStatus }, { configDigest }] = await Promise.all([configCode(), import('../../fleet/osconfig.js')]);
     const s = await status(agent);
     // the slots are what status is for: unreadable configuration state is shown, not fatal
     const c = await configStatus(agent).catch((error: unknown) => (error instanceof KubeosError ? error : new KubeosError('E_STATE_CORRUPT', String(error))));
@@ -70,6 +75,7 @@ const upgradeCommand: CommandModule<AgentArgs, UpgradeArgs> = {
     .example('$0 agent upgrade --bundle ./os-2.0.0.kubeos --no-reboot', 'Install a local bundle, reboot later') as any,
   handler: async (args) => {
     const config = await loadAgentConfig(args.config);
+    const { upgrade } = await import('../upgrade.js');
     const result = await upgrade(config, {
       channel: args.channel ?? (args.bundle === undefined ? config.channel : undefined),
       ...(args.imageVersion === undefined ? {} : { version: args.imageVersion }),
@@ -126,6 +132,7 @@ const daemonCommand: CommandModule<AgentArgs, DaemonArgs> = {
     .example('$0 agent daemon --kubernetes --kubeconfig /etc/kubeos/kubeconfig --node-name node-1', 'a cluster node: upgrade only when the operator asks (the DaemonSet adds --host-namespaces)') as any,
   handler: async (args) => {
     const config = await loadAgentConfig(args.config);
+    const { runDaemon, settleBoot } = await import('../run-daemon.js');
     const controller = new AbortController();
     for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => controller.abort());
     // one line per decision; with --json one JSON object per line, as operator run --json writes
@@ -187,6 +194,7 @@ const configApply: CommandModule<AgentArgs, AgentArgs & { file: string; reboot: 
     } catch (error) {
       throw new KubeosError('E_CONFIG_INVALID', `${args.file} is not JSON: ${(error as Error).message}`, { cause: error, hint: 'docs/agent.md shows a configuration' });
     }
+    const { applyConfig } = await configCode();
     const result = await applyConfig(config, input, args.file, configSteps(args), { reboot: args.reboot });
     printResult(args, result, () => result.kind === 'unchanged' ? `generation ${result.generation} already holds this configuration`
       : result.kind === 'trying' ? `generation ${result.generation} is on trial: its kernel arguments are tried on the next boot${result.rebooting ? ' (rebooting)' : ' (run reboot)'}`
@@ -199,6 +207,7 @@ const configStatusCommand: CommandModule<AgentArgs, AgentArgs> = {
   describe: 'The configuration generation in force, the last attempt and the history',
   builder: (y) => y.example('$0 agent config status --json', 'committed and trying generations, and why the last one was rolled back') as any,
   handler: async (args) => {
+    const { configStatus } = await configCode();
     const s = await configStatus(await loadAgentConfig(args.config), configSteps(args));
     printResult(args, s, () => describeConfig(s));
   },
@@ -209,6 +218,7 @@ const configRollbackCommand: CommandModule<AgentArgs, AgentArgs> = {
   describe: 'Go back to the configuration committed before the one in force (health checks again)',
   builder: (y) => y.example('$0 agent config rollback', 'the previous generation, tried and committed like a new one') as any,
   handler: async (args) => {
+    const { configRollback } = await configCode();
     const result = await configRollback(await loadAgentConfig(args.config), configSteps(args));
     printResult(args, result, () => `committed generation ${result.generation} (the configuration before)`);
   },
@@ -219,6 +229,7 @@ const configCommitCommand: CommandModule<AgentArgs, AgentArgs> = {
   describe: 'Commit the kernel arguments on trial in this boot (the boot hook runs it once the health checks pass)',
   builder: (y) => y.example('$0 agent config commit', 'in a boot hook, after the health checks, when /run/kubeos/config-boot says trying') as any,
   handler: async (args) => {
+    const { commitConfigBoot } = await configCode();
     const result = await commitConfigBoot(await loadAgentConfig(args.config), configSteps(args));
     printResult(args, result, () => `committed generation ${result.generation}`);
   },
