@@ -19,6 +19,13 @@ const blocks = readmeBlocks(readme);
 /** The blocks this file runs, by section; the first block (no section) is CI's own two commands. */
 const run = ['A release, end to end', 'Building and booting'];
 
+anyTest('every other block of the README is a file of the checkout as it is: the layout shown is layouts/kubeos.json', async (t) => {
+  const others = readmeBlocks(readme, '*').filter((b) => b.lang !== 'sh');
+  t.deepEqual(others.map((b) => `${b.lang} under ${b.section}`), ['json under Layouts']);
+  const { $schema: _schema, ...layout } = JSON.parse(await readFile(fileURLToPath(new URL('../layouts/kubeos.json', import.meta.url)), 'utf8')) as Record<string, unknown>;
+  t.deepEqual(JSON.parse(others[0]!.code), layout);
+});
+
 anyTest('every sh block of the README is run by this file, or is the two commands CI runs', (t) => {
   t.deepEqual(blocks.map((b) => b.section), ['', ...run]);
   const first = blocks[0]!.code.trim().split('\n');

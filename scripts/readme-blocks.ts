@@ -17,25 +17,29 @@ import { KubeosError } from '../runtime/core/errors.js';
 export interface ReadmeBlock {
   /** The `##` heading the block sits under. */
   section: string;
+  /** What follows the opening fence: sh, json. */
+  lang: string;
   code: string;
 }
 
-/** Every ```sh block of a Markdown text, with the heading it sits under. */
-export function readmeBlocks(markdown: string): ReadmeBlock[] {
+/** Every fenced block of a Markdown text (```sh by default), with the heading it sits under. */
+export function readmeBlocks(markdown: string, lang = 'sh'): ReadmeBlock[] {
   const blocks: ReadmeBlock[] = [];
   let section = '';
   let code: string[] | undefined;
+  let fence = '';
   for (const line of markdown.split('\n')) {
     if (code !== undefined) {
       if (line.startsWith('```')) {
-        blocks.push({ section, code: `${code.join('\n')}\n` });
+        if (lang === '*' || fence === lang) blocks.push({ section, lang: fence, code: `${code.join('\n')}\n` });
         code = undefined;
       } else {
         code.push(line);
       }
     } else if (line.startsWith('## ')) {
       section = line.slice(3).trim();
-    } else if (line.trim() === '```sh') {
+    } else if (line.startsWith('```')) {
+      fence = line.slice(3).trim();
       code = [];
     }
   }
