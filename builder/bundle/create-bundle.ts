@@ -1,8 +1,11 @@
 /**
- * Writes a signed bundle without holding the image in memory. One read of the rootfs feeds both
- * the chunk hasher and `zstd` (so the hashes describe exactly the bytes compressed); the compressed
- * payload goes to a temp file next to the output because the manifest, which precedes it in the
- * tar, must carry its size and sha256. The bundle appears at `out` only once complete (rename).
+ * Writes a signed bundle without holding the image in memory. `zstd` reads the rootfs itself while
+ * a worker thread reads it too and hashes it (per chunk and whole), so no uncompressed byte passes
+ * through this thread; the file's size, mtime and inode are compared before and after, so the
+ * hashes describe the bytes compressed (and the agent checks every chunk against them anyway).
+ * The compressed payload goes to a temp file next to the output because the manifest, which
+ * precedes it in the tar, must carry its size and sha256. The bundle appears at `out` only once
+ * complete (rename).
  */
 import { dirname } from 'node:path';
 import { createReadStream, createWriteStream } from 'node:fs';
@@ -26,14 +29,14 @@ import {
   type BundleManifest,
 } from '../../runtime/core/bundle/manifest.js';
 import { startZstd } from '../../runtime/core/bundle/run-zstd.js';
-import { ChunkHasher } from './hash-chunks.js';
+import { hashImageFile } from './hash-image-file.js';
 import type { BundleMetadata } from './resolve-metadata.js';
 
 /** Fixed level; multi-threaded zstd output does not depend on the thread count, so -T0 is safe. */
 export const zstdLevel = 3;
-export function zstdCompressArgs(size: number): string[] {
-  // --stream-size records the content size like a file input would, for identical frames.
-  return [`-${zstdLevel}`, '-T0', '-c', '-q', '--no-progress', `--stream-size=${size}`];
+export const zstdCompressFlags = [`-${zstdLevel}`, '-T0', '-q', '--no-progress'];
+export function zstdCompressArgs(file: string): string[] {
+  return [...zstdCompressFlags, '-c', '--', file];
 }
 
 export interface CreateBundleOptions {
@@ -75,11 +78,11 @@ export async function createBundle(options: CreateBundleOptions): Promise<Create
   const payloadTemp = `${out}.payload-${process.pid}.tmp`;
   const bundleTemp = `${out}.partial-${process.pid}.tmp`;
   try {
-    const hasher = new ChunkHasher(chunkSize, (bytes) => progress('compress', bytes / info.size, { done: bytes, total: info.size }));
     const compressed = new HashTap();
-    const child = await startZstd(zstdCompressArgs(info.size), { signal, timeoutMs: zstdTimeoutMs });
+    const child = await startZstd(zstdCompressArgs(rootfs), { signal, timeoutMs: zstdTimeoutMs });
+    child.stdin.end();
     const results = await Promise.allSettled([
-      pipeline(createReadStream(rootfs), hasher, child.stdin, { signal }),
+      hashImageFile(rootfs, chunkSize, { signal, onBytes: (bytes) => progress('compress', bytes / info.size, { done: bytes, total: info.size }) }),
       pipeline(child.stdout, compressed, createWriteStream(payloadTemp), { signal }),
     ]);
     const exit = await child.exited;
@@ -97,8 +100,13 @@ export async function createBundle(options: CreateBundleOptions): Promise<Create
     if (exit.exitCode !== 0) {
       throw new KubeosError('E_TOOL_FAILED', `zstd failed: ${exit.stderr || `exit ${exit.exitCode ?? 'by signal'}`}`, { details: { tool: 'zstd', stderr: exit.stderr } });
     }
-    for (const result of results) if (result.status === 'rejected') throw new KubeosError('E_OUTPUT', `writing the payload failed: ${String(result.reason)}`, { cause: result.reason });
-    if (hasher.bytes !== info.size) throw new KubeosError('E_USAGE', `rootfs ${rootfs} changed size while it was read`);
+    const hashed = results[0];
+    if (hashed.status === 'rejected') throw hashed.reason;
+    const hashes = hashed.value;
+    const after = await stat(rootfs);
+    if (hashes.bytes !== info.size || after.size !== info.size || after.mtimeMs !== info.mtimeMs || after.ino !== info.ino) {
+      throw new KubeosError('E_USAGE', `rootfs ${rootfs} changed while it was read`, { hint: 'bundle an image nothing writes to (kubeos build\'s rootfs.img once the build is done)', details: { path: rootfs } });
+    }
 
     const manifest: BundleManifest = validateManifest({
       format: bundleFormat,
@@ -109,10 +117,10 @@ export async function createBundle(options: CreateBundleOptions): Promise<Create
         compression: 'zstd',
         size: compressed.bytes,
         sha256: compressed.digest(),
-        uncompressedSize: hasher.bytes,
-        uncompressedSha256: hasher.sha256(),
+        uncompressedSize: hashes.bytes,
+        uncompressedSha256: hashes.sha256,
         chunkSize,
-        chunks: hasher.chunks,
+        chunks: hashes.chunks,
       },
     });
     const manifestBytes = Buffer.from(canonicalJson(manifest));

@@ -16,7 +16,7 @@ import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { zstdCompressArgs, zstdLevel } from '../../builder/bundle/create-bundle.js';
+import { zstdCompressFlags, zstdLevel } from '../../builder/bundle/create-bundle.js';
 import { payloadMember } from '../../runtime/core/bundle/manifest.js';
 import { generateKeyPair } from '../../runtime/core/crypto/keys.js';
 import { loadBinarySample, median, MiB, row, runChild, runs, writeImage, type Bench, type BenchRow } from './measure.js';
@@ -26,8 +26,8 @@ import { createRaucBundle, makeRaucSigner, missingRaucTools, raucBundleLabel } f
 const child = fileURLToPath(new URL('./bundle-child.js', import.meta.url));
 const rounds = 3;
 
-// kubeos's own zstd settings, less the ones for a pipe (-c, --stream-size): the floor reads a file
-const floorZstdArgs = zstdCompressArgs(0).filter((a) => a !== '-c' && !a.startsWith('--stream-size'));
+// kubeos's own zstd settings; the floor, like kubeos, has zstd read the image file
+const floorZstdArgs = zstdCompressFlags;
 const createFloorLabel = `floor: zstd ${floorZstdArgs.join(' ')} IMAGE -o OUT beside openssl dgst -sha256 IMAGE, in a shell`;
 const verifyFloorLabel = 'floor: openssl dgst -sha256 BUNDLE beside tar -xOf BUNDLE payload | zstd -d | openssl dgst -sha256, in a shell';
 
