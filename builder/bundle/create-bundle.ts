@@ -7,7 +7,7 @@
 import { dirname } from 'node:path';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { rename, rm, stat } from 'node:fs/promises';
-import { Readable } from 'node:stream';
+import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { KeyObject } from 'node:crypto';
 import * as tar from 'tar-stream';
@@ -20,12 +20,14 @@ import {
   bundleFormat,
   defaultChunkSize,
   manifestMember,
+  maxManifestBytes,
   payloadMember,
   signatureMember,
   validateManifest,
   type BundleManifest,
 } from '../../runtime/core/bundle/manifest.js';
 import { startZstd } from '../../runtime/core/bundle/run-zstd.js';
+import { Chunker, defaultCdcRule, type Chunk } from '../../runtime/core/bundle/chunk-index.js';
 import { ChunkHasher } from './hash-chunks.js';
 import type { BundleMetadata } from './resolve-metadata.js';
 
@@ -44,6 +46,11 @@ export interface CreateBundleOptions {
   /** Seconds since 1970 (SOURCE_DATE_EPOCH); defaults to the rootfs mtime, never the wall clock. */
   sourceDateEpoch?: number | undefined;
   chunkSize?: number;
+  /**
+   * Sign a content-defined chunk index of the image into the manifest (format 2, for delta
+   * installs; default true). Format 1 readers ignore it.
+   */
+  index?: boolean;
   signal?: AbortSignal | undefined;
   onProgress?: (step: string, fraction?: number, bytes?: { done: number; total: number }) => void;
 }
@@ -77,9 +84,22 @@ export async function createBundle(options: CreateBundleOptions): Promise<Create
   try {
     const hasher = new ChunkHasher(chunkSize, (bytes) => progress('compress', bytes / info.size, { done: bytes, total: info.size }));
     const compressed = new HashTap();
+    const chunker = options.index === false ? undefined : new Chunker(defaultCdcRule);
+    const indexed: Chunk[] = [];
+    // the index is cut from the same read as the hashes and the compressed payload
+    const indexTap = new Transform({
+      transform(data: Buffer, _encoding, callback) {
+        if (chunker !== undefined) for (const c of chunker.push(data)) indexed.push(c);
+        callback(null, data);
+      },
+      flush(callback) {
+        if (chunker !== undefined) for (const c of chunker.finish()) indexed.push(c);
+        callback();
+      },
+    });
     const child = await startZstd(zstdCompressArgs(info.size), { signal, timeoutMs: zstdTimeoutMs });
     const results = await Promise.allSettled([
-      pipeline(createReadStream(rootfs), hasher, child.stdin, { signal }),
+      pipeline(createReadStream(rootfs), hasher, indexTap, child.stdin, { signal }),
       pipeline(child.stdout, compressed, createWriteStream(payloadTemp), { signal }),
     ]);
     const exit = await child.exited;
@@ -113,9 +133,17 @@ export async function createBundle(options: CreateBundleOptions): Promise<Create
         uncompressedSha256: hasher.sha256(),
         chunkSize,
         chunks: hasher.chunks,
+        ...(chunker === undefined ? {} : { index: { rule: { ...defaultCdcRule }, chunks: indexed.map((c) => [c.length, c.sha256]) } }),
       },
     });
     const manifestBytes = Buffer.from(canonicalJson(manifest));
+    if (manifestBytes.length > maxManifestBytes) {
+      // the limit is every host's, today's included: a bigger manifest would install nowhere
+      throw new KubeosError('E_USAGE', `the manifest of ${rootfs} would be ${manifestBytes.length} bytes, over the ${maxManifestBytes} every host reads`, {
+        hint: 'the chunk index grows with the image (about 80 bytes a 64 KiB chunk): create it with --no-index',
+        details: { bytes: manifestBytes.length, limit: maxManifestBytes },
+      });
+    }
     const signatureBytes = Buffer.from(canonicalJson(signBytes(privateKey, manifestBytes)));
 
     progress('write bundle');

@@ -1,6 +1,8 @@
 /** `kubeos bundle create|verify|info|diff`: signed update bundles. */
 import type { Argv, CommandModule } from 'yargs';
+import { createReadStream } from 'node:fs';
 import { createBundle } from '../../bundle/create-bundle.js';
+import { writeChunkFiles } from '../../bundle/write-chunk-files.js';
 import { parseSourceDateEpoch, readBuildInfo, resolveMetadata } from '../../bundle/resolve-metadata.js';
 import { loadPrivateKey, loadTrustedKeys } from '../../../runtime/core/crypto/keys.js';
 import { readBundleFileHeader, verifyBundleFile } from '../../../runtime/core/bundle/verify-bundle-file.js';
@@ -18,6 +20,8 @@ interface CreateArgs extends GlobalArgs {
   'os-name'?: string;
   arch?: string;
   'kernel-version'?: string;
+  index: boolean;
+  chunks?: string;
 }
 
 interface VerifyArgs extends GlobalArgs {
@@ -48,6 +52,9 @@ function describeManifest(m: BundleManifest): string {
     `  payload sha256  ${m.payload.sha256}`,
     `  image sha256    ${m.payload.uncompressedSha256}`,
     `  chunks          ${m.payload.chunks.length} x ${mib(m.payload.chunkSize)}`,
+    m.payload.index === undefined
+      ? '  delta index     none (format 1: hosts take the full bundle)'
+      : `  delta index     ${m.payload.index.chunks.length} content-defined chunks (${m.payload.index.rule.min / 1024}/${m.payload.index.rule.avg / 1024}/${m.payload.index.rule.max / 1024} KiB)`,
   ].join('\n');
 }
 
@@ -66,6 +73,9 @@ const create: CommandModule<GlobalArgs, CreateArgs> = {
       .option('os-name', { type: 'string', describe: 'OS name' })
       .option('arch', { type: 'string', describe: 'Architecture (default x86_64)' })
       .option('kernel-version', { type: 'string', describe: 'Kernel version inside the image' })
+      .option('index', { type: 'boolean', default: true, describe: 'Sign a content-defined chunk index into the manifest, for delta installs (--no-index: a format 1 bundle)' })
+      .option('chunks', { type: 'string', describe: 'Also write the chunk store: each chunk as DIR/<sha256>.zst, skipping those already there (kubeos publish uploads them itself)' })
+      .conflicts('chunks', 'no-index')
       .example('SOURCE_DATE_EPOCH=1700000000 $0 bundle create --rootfs out/v2/rootfs.img --key keys/signing.pem --out v2.kubeos', 'version, compatible and kernel from out/v2/build.json; the same inputs give the same bytes'),
   handler: async (args) => {
     await checkRootfsImage(args.rootfs);
@@ -80,10 +90,13 @@ const create: CommandModule<GlobalArgs, CreateArgs> = {
       privateKey: await loadPrivateKey(args.key),
       metadata,
       sourceDateEpoch: parseSourceDateEpoch(process.env['SOURCE_DATE_EPOCH']),
+      index: args.index,
       onProgress: makeProgress(args),
     });
-    printResult(args, { path: created.path, size: created.size, sha256: created.sha256, manifest: created.manifest }, () =>
-      `wrote ${created.path} (${created.size} bytes, sha256 ${created.sha256})\n${describeManifest(created.manifest)}`,
+    const index = created.manifest.payload.index;
+    const chunks = args.chunks === undefined || index === undefined ? undefined : await writeChunkFiles(createReadStream(args.rootfs), index, args.chunks);
+    printResult(args, { path: created.path, size: created.size, sha256: created.sha256, manifest: created.manifest, ...(chunks === undefined ? {} : { chunks: { dir: args.chunks, written: chunks.written.length, skipped: chunks.skipped, compressedBytes: chunks.compressedBytes } }) }, () =>
+      `wrote ${created.path} (${created.size} bytes, sha256 ${created.sha256})\n${describeManifest(created.manifest)}${chunks === undefined ? '' : `\n  chunk store     ${args.chunks}: ${chunks.written.length} written (${chunks.compressedBytes} bytes), ${chunks.skipped} already there`}`,
     );
   },
 };
