@@ -29,6 +29,12 @@ export interface UpdateServer {
   slow: boolean;
   /** Bundle responses wait for this before their first byte (a test holding a download open). */
   gate?: Promise<void>;
+  /** Called with the number of chunk requests (chunks/) so far, as each arrives. */
+  onChunkRequest?: (count: number) => void;
+  /** Each chunk response waits this long first. */
+  chunkDelayMs: number;
+  /** TCP connections accepted (keep-alive shows as fewer connections than requests). */
+  connections: number;
 }
 
 export async function startUpdateServer(t: ExecutionContext, root: string): Promise<UpdateServer> {
@@ -39,11 +45,18 @@ export async function startUpdateServer(t: ExecutionContext, root: string): Prom
     requests: [],
     dropOnce: (path, bytes) => drops.set(path, bytes),
     slow: false,
+    chunkDelayMs: 0,
+    connections: 0,
   };
+  let chunkRequests = 0;
   const server: Server = createServer((req, res) => {
     void (async () => {
       const path = normalize(decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname)).replace(/^\/+/, '');
       state.requests.push({ path, range: req.headers.range });
+      if (path.startsWith('chunks/')) {
+        state.onChunkRequest?.(++chunkRequests);
+        if (state.chunkDelayMs > 0) await new Promise((resolve) => setTimeout(resolve, state.chunkDelayMs));
+      }
       const file = join(root, path);
       let size: number;
       try {
@@ -80,6 +93,9 @@ export async function startUpdateServer(t: ExecutionContext, root: string): Prom
       }
       res.end();
     })().catch(() => res.destroy());
+  });
+  server.on('connection', () => {
+    state.connections++;
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   t.teardown(() => new Promise<void>((resolve) => {
