@@ -7,6 +7,7 @@ import { parseSourceDateEpoch, readBuildInfo, resolveMetadata } from '../../bund
 import { loadPrivateKey, loadTrustedKeys } from '../../../runtime/core/crypto/keys.js';
 import { readBundleFileHeader, verifyBundleFile } from '../../../runtime/core/bundle/verify-bundle-file.js';
 import type { BundleManifest } from '../../../runtime/core/bundle/manifest.js';
+import { KubeosError } from '../../../runtime/core/errors.js';
 import { makeProgress, printResult, type GlobalArgs } from '../../../runtime/cli/output.js';
 import { checkRootfsImage } from '../../bundle/check-rootfs.js';
 import { diffImages, type ImageDiff } from '../../bundle/diff-images.js';
@@ -75,9 +76,11 @@ const create: CommandModule<GlobalArgs, CreateArgs> = {
       .option('kernel-version', { type: 'string', describe: 'Kernel version inside the image' })
       .option('index', { type: 'boolean', default: true, describe: 'Sign a content-defined chunk index into the manifest, for delta installs (--no-index: a format 1 bundle)' })
       .option('chunks', { type: 'string', describe: 'Also write the chunk store: each chunk as DIR/<sha256>.zst, skipping those already there (kubeos publish uploads them itself)' })
-      .conflicts('chunks', 'no-index')
       .example('SOURCE_DATE_EPOCH=1700000000 $0 bundle create --rootfs out/v2/rootfs.img --key keys/signing.pem --out v2.kubeos', 'version, compatible and kernel from out/v2/build.json; the same inputs give the same bytes'),
   handler: async (args) => {
+    if (args.chunks !== undefined && !args.index) {
+      throw new KubeosError('E_USAGE', `--chunks ${args.chunks} needs the chunk index that --no-index leaves out`, { hint: 'drop --no-index, or --chunks' });
+    }
     await checkRootfsImage(args.rootfs);
     const build = await readBuildInfo(args.rootfs);
     const metadata = resolveMetadata(
