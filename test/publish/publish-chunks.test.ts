@@ -8,7 +8,8 @@ import { publishBundle } from '../../builder/bundle/publish-bundle.js';
 import { makeBundle, makeKeys, makeRootfs } from '../helpers/bundle-fixtures.js';
 import { startS3 } from '../helpers/s3-server.js';
 import { makeTempDir } from '../helpers/temp-dir.js';
-import { sha256 } from '../agent/host-fixture.js';
+import { makeHost, readSlot, sha256 } from '../agent/host-fixture.js';
+import { upgrade } from '../../runtime/agent/upgrade.js';
 
 async function setup(t: ExecutionContext) {
   const dir = await makeTempDir(t);
@@ -59,4 +60,21 @@ test('a format 1 bundle publishes no chunks', async (t) => {
   const result = await publish(created.path);
   t.is(result.chunks, undefined);
   t.false((await s3.listKeys()).some((k) => k.includes('chunks/')));
+});
+
+test('a host installs by delta from what kubeos publish put in the bucket (s3rver, anonymous GETs)', async (t) => {
+  const host = await makeHost(t);
+  const s3 = await startS3(t);
+  const image = Buffer.from((await readSlot(host, 'A')).subarray(0, 6 * 1024 * 1024));
+  image.fill(9, 3 * 1024 * 1024, 3 * 1024 * 1024 + 20_000);
+  const rootfs = join(host.dir, 'v2.img');
+  await writeFile(rootfs, image);
+  const v2 = await makeBundle(host.dir, host.keys, { rootfs, name: 'v2' });
+  const published = await publishBundle({ bundle: v2.path, client: s3.client, bucket: s3.bucket, prefix: 'kubeos', channel: 'stable', privateKey: host.keys.privateKey });
+  const result = await upgrade(host.config, { channel: `${s3.baseUrl}kubeos/channels/stable.json`, reboot: false });
+  if (result.kind !== 'installed') return t.fail(result.kind);
+  t.is(result.transfer.mode, 'delta', JSON.stringify(result.transfer));
+  t.true(result.transfer.fetchedChunks! <= 4, JSON.stringify(result.transfer));
+  t.is(sha256(await readSlot(host, 'B', image.length)), sha256(image));
+  t.log(`published ${published.chunks!.uploaded} chunks; the host fetched ${result.transfer.fetchedBytes} bytes (${result.transfer.fetchedChunks} chunks, ${result.transfer.bundleBytes} of the bundle) for a ${v2.size}-byte bundle`);
 });
