@@ -10,7 +10,7 @@
 import { dirname } from 'node:path';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { rename, rm, stat } from 'node:fs/promises';
-import { Readable } from 'node:stream';
+import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { KeyObject } from 'node:crypto';
 import * as tar from 'tar-stream';
@@ -23,12 +23,14 @@ import {
   bundleFormat,
   defaultChunkSize,
   manifestMember,
+  maxManifestBytes,
   payloadMember,
   signatureMember,
   validateManifest,
   type BundleManifest,
 } from '../../runtime/core/bundle/manifest.js';
 import { startZstd } from '../../runtime/core/bundle/run-zstd.js';
+import { Chunker, defaultCdcRule, type Chunk } from '../../runtime/core/bundle/chunk-index.js';
 import { hashImageFile } from './hash-image-file.js';
 import type { BundleMetadata } from './resolve-metadata.js';
 
@@ -47,6 +49,11 @@ export interface CreateBundleOptions {
   /** Seconds since 1970 (SOURCE_DATE_EPOCH); defaults to the rootfs mtime, never the wall clock. */
   sourceDateEpoch?: number | undefined;
   chunkSize?: number;
+  /**
+   * Sign a content-defined chunk index of the image into the manifest (format 2, for delta
+   * installs; default true). Format 1 readers ignore it.
+   */
+  index?: boolean;
   signal?: AbortSignal | undefined;
   onProgress?: (step: string, fraction?: number, bytes?: { done: number; total: number }) => void;
 }
@@ -79,11 +86,26 @@ export async function createBundle(options: CreateBundleOptions): Promise<Create
   const bundleTemp = `${out}.partial-${process.pid}.tmp`;
   try {
     const compressed = new HashTap();
+    const chunker = options.index === false ? undefined : new Chunker(defaultCdcRule);
+    const indexed: Chunk[] = [];
+    // the delta index (content-defined chunks) is cut on this thread from a read of its own, while
+    // zstd reads the file and the worker hashes it; the stat check below ties the three together
+    const indexing = chunker === undefined ? Promise.resolve() : pipeline(createReadStream(rootfs), new Writable({
+      write(data: Buffer, _encoding, callback) {
+        for (const c of chunker.push(data)) indexed.push(c);
+        callback();
+      },
+      final(callback) {
+        for (const c of chunker.finish()) indexed.push(c);
+        callback();
+      },
+    }), { signal });
     const child = await startZstd(zstdCompressArgs(rootfs), { signal, timeoutMs: zstdTimeoutMs });
     child.stdin.end();
     const results = await Promise.allSettled([
       hashImageFile(rootfs, chunkSize, { signal, onBytes: (bytes) => progress('compress', bytes / info.size, { done: bytes, total: info.size }) }),
       pipeline(child.stdout, compressed, createWriteStream(payloadTemp), { signal }),
+      indexing,
     ]);
     const exit = await child.exited;
     signal?.throwIfAborted();
@@ -103,8 +125,11 @@ export async function createBundle(options: CreateBundleOptions): Promise<Create
     const hashed = results[0];
     if (hashed.status === 'rejected') throw hashed.reason;
     const hashes = hashed.value;
+    const cut = results[2];
+    if (cut.status === 'rejected') throw new KubeosError('E_USAGE', `cannot read rootfs ${rootfs}: ${(cut.reason as NodeJS.ErrnoException).code ?? String(cut.reason)}`, { cause: cut.reason, details: { path: rootfs } });
+    const indexedBytes = indexed.reduce((sum, c) => sum + c.length, 0);
     const after = await stat(rootfs);
-    if (hashes.bytes !== info.size || after.size !== info.size || after.mtimeMs !== info.mtimeMs || after.ino !== info.ino) {
+    if (hashes.bytes !== info.size || (chunker !== undefined && indexedBytes !== info.size) || after.size !== info.size || after.mtimeMs !== info.mtimeMs || after.ino !== info.ino) {
       throw new KubeosError('E_USAGE', `rootfs ${rootfs} changed while it was read`, { hint: 'bundle an image nothing writes to (kubeos build\'s rootfs.img once the build is done)', details: { path: rootfs } });
     }
 
@@ -121,9 +146,17 @@ export async function createBundle(options: CreateBundleOptions): Promise<Create
         uncompressedSha256: hashes.sha256,
         chunkSize,
         chunks: hashes.chunks,
+        ...(chunker === undefined ? {} : { index: { rule: { ...defaultCdcRule }, chunks: indexed.map((c) => [c.length, c.sha256]) } }),
       },
     });
     const manifestBytes = Buffer.from(canonicalJson(manifest));
+    if (manifestBytes.length > maxManifestBytes) {
+      // the limit is every host's, today's included: a bigger manifest would install nowhere
+      throw new KubeosError('E_USAGE', `the manifest of ${rootfs} would be ${manifestBytes.length} bytes, over the ${maxManifestBytes} every host reads`, {
+        hint: 'the chunk index grows with the image (about 80 bytes a 64 KiB chunk): create it with --no-index',
+        details: { bytes: manifestBytes.length, limit: maxManifestBytes },
+      });
+    }
     const signatureBytes = Buffer.from(canonicalJson(signBytes(privateKey, manifestBytes)));
 
     progress('write bundle');

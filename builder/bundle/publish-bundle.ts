@@ -14,6 +14,7 @@ import { isKubeosError, KubeosError } from '../../runtime/core/errors.js';
 import { compareVersions } from '../../runtime/core/compare-versions.js';
 import { defaultExpiresDays } from './publish-defaults.js';
 import { uploadFile } from './upload-file.js';
+import { uploadChunks, type ChunkUpload } from './upload-chunks.js';
 
 export const defaultExpiresInSeconds = defaultExpiresDays * 24 * 60 * 60;
 
@@ -37,7 +38,7 @@ export interface PublishOptions {
   partSize?: number;
   multipartThreshold?: number;
   signal?: AbortSignal | undefined;
-  onProgress?: (step: 'verify' | 'upload' | 'channel' | 'done', fraction?: number, bytes?: { done: number; total: number }) => void;
+  onProgress?: (step: 'verify' | 'upload' | 'chunks' | 'channel' | 'done', fraction?: number, bytes?: { done: number; total: number }) => void;
 }
 
 export interface PublishResult {
@@ -51,6 +52,8 @@ export interface PublishResult {
   sha256: string;
   /** False when the bundle was already stored (a retry or a re-publish). */
   uploaded: boolean;
+  /** A format 2 bundle's chunk store (`chunks/`): what was uploaded, what was there already. */
+  chunks?: ChunkUpload | undefined;
   /** What hosts that reach the endpoint as written use for --update-server (the base of channels/ and bundles/). */
   updateServer: string;
   previous?: { serial: number; version: string } | undefined;
@@ -188,6 +191,25 @@ export async function publishBundle(options: PublishOptions): Promise<PublishRes
   }
   progress('upload', 1);
 
+  // the chunks hosts will ask for go up before the index names the release, like the bundle
+  let chunks: ChunkUpload | undefined;
+  const index = manifest.payload.index;
+  if (index !== undefined) {
+    progress('chunks', 0);
+    chunks = await uploadChunks({
+      client: options.client,
+      bucket: options.bucket,
+      prefix: options.prefix,
+      bundle: options.bundle,
+      index,
+      trustedKeys,
+      signal: options.signal,
+      fail: (what, error) => options.signal?.aborted ? new KubeosError('E_PUBLISH', `${what} was interrupted; channel ${channel} is unchanged`, { cause: options.signal.reason }) : publishError(what, error, options),
+      onBytes: (done, total) => progress('chunks', done / total, { done, total }),
+    });
+    progress('chunks', 1);
+  }
+
   // The index is replaced only if nobody replaced it since it was read (If-Match on its ETag, or
   // If-None-Match: * for the first): two publishers at once never both write the same serial.
   // The loser reads the new index and signs the next serial on top of it.
@@ -238,6 +260,7 @@ export async function publishBundle(options: PublishOptions): Promise<PublishRes
     size: verified.size,
     sha256: verified.sha256,
     uploaded: !alreadyStored,
+    chunks,
     updateServer: updateServerOf(options),
     previous: previous === undefined ? undefined : { serial: previous.serial, version: previous.version },
   };

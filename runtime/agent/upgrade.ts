@@ -7,6 +7,7 @@
  *      sha256; 5. only then point the boot environment at it (tries counted by GRUB); 6. reboot.
  * A failure or a kill at any point leaves an environment that boots what booted before.
  */
+import type { Readable } from 'node:stream';
 import { finished, pipeline } from 'node:stream/promises';
 import { otherSlot, type Slot } from '../core/boot-env.js';
 import { ChunkPool } from '../core/bundle/chunk-pool.js';
@@ -27,6 +28,8 @@ import { openSlotWriter, resolveSlot, type ReadBackSource } from './open-slot.js
 import { planForgetStandby, planTryStandby } from './plan-boot-env.js';
 import { readBooted } from './read-booted.js';
 import { takeLock } from './take-lock.js';
+import { chooseDelta } from './choose-delta.js';
+import { openDeltaSource } from './delta-source.js';
 
 export interface UpgradeOptions {
   /** A channel name under the config's updateServer (or, the older form, the URL of a channel index). */
@@ -54,7 +57,27 @@ export type UpgradeStep = 'locked' | 'verified-header' | 'standby-released' | 'w
 
 export type UpgradeResult =
   | { kind: 'up-to-date'; version: string }
-  | { kind: 'installed'; version: string; from: string; slot: Slot; sha256: string; rebooting: boolean; /** Where the read-back read the slot from. */ readBack: ReadBackSource };
+  | { kind: 'installed'; version: string; from: string; slot: Slot; sha256: string; rebooting: boolean; transfer: TransferReport; /** Where the read-back read the slot from. */ readBack: ReadBackSource };
+
+/** What an install downloaded and what it copied from the booted slot instead. */
+export interface TransferReport {
+  mode: 'delta' | 'full';
+  /** Bytes received: the bundle (its manifest alone for a delta) and the compressed chunks. */
+  fetchedBytes: number;
+  /** Of those, bytes of the bundle file (a delta reads its manifest, and what was in flight when it stopped). */
+  bundleBytes: number;
+  /** Image bytes copied from the booted slot. */
+  reusedBytes: number;
+  fetchedChunks?: number;
+  reusedChunks?: number;
+  /** Booted-slot chunks that did not match when read (a damaged seed) and were fetched instead. */
+  seedMismatches?: number;
+  requests?: number;
+  /** Why a full install did not try a delta. */
+  reason?: string;
+  /** A delta that failed, and so took the full bundle. */
+  fallback?: { code: string; message: string };
+}
 
 export async function upgrade(config: AgentConfig, options: UpgradeOptions): Promise<UpgradeResult> {
   if ((options.channel === undefined) === (options.bundle === undefined)) {
@@ -102,21 +125,26 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
     const chunkPool = new ChunkPool(installBufferBytes);
     // the bundle's bytes are counted and hashed on the way in: the index's size and sha256 bind them too
     const expectedSize = release?.bundle.size;
-    const tap = new HashTap((bytes) => {
-      // more than the signed size is never read: a server that keeps sending is cut off
-      if (expectedSize !== undefined && bytes > expectedSize) {
-        const tooLong = new KubeosError('E_BUNDLE_INVALID', `bundle ${source} is longer than the ${expectedSize} bytes the signed channel index gives`, { details: { expected: expectedSize } });
-        sourceFailure ??= tooLong;
-        tap.destroy(tooLong);
-      }
-    }, release !== undefined);
-    const download = openSource(source as string, { signal, idleMs: config.networkTimeoutSeconds * 1000, minBytesPerSecond: config.minDownloadBytesPerSecond, onResume: (offset) => progress(`resuming at byte ${offset}`) });
-    download.once('error', (error) => {
-      sourceFailure ??= error;
-      tap.destroy(error);
-    });
-    tap.once('close', () => download.destroy());
-    const bundle = await readBundle(download.pipe(tap), { trustedKeys, compatible: config.compatible, signal, chunkPool });
+    const openFull = async () => {
+      sourceFailure = undefined;
+      const tap = new HashTap((bytes) => {
+        // more than the signed size is never read: a server that keeps sending is cut off
+        if (expectedSize !== undefined && bytes > expectedSize) {
+          const tooLong = new KubeosError('E_BUNDLE_INVALID', `bundle ${source} is longer than the ${expectedSize} bytes the signed channel index gives`, { details: { expected: expectedSize } });
+          sourceFailure ??= tooLong;
+          tap.destroy(tooLong);
+        }
+      }, release !== undefined);
+      const download = openSource(source as string, { signal, idleMs: config.networkTimeoutSeconds * 1000, minBytesPerSecond: config.minDownloadBytesPerSecond, onResume: (offset) => progress(`resuming at byte ${offset}`) });
+      download.once('error', (error) => {
+        sourceFailure ??= error;
+        tap.destroy(error);
+      });
+      tap.once('close', () => download.destroy());
+      return { tap, bundle: await readBundle(download.pipe(tap), { trustedKeys, compatible: config.compatible, signal, chunkPool }) };
+    };
+    let full = await openFull();
+    let bundle = full.bundle;
     try {
       if (channelSigned !== undefined) checkBundleMatchesChannel(bundle, channelSigned, release?.version);
       version = bundle.manifest.version;
@@ -131,6 +159,14 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
       if (target.path === active.path && target.offset < active.offset + active.size && active.offset < target.offset + target.size) {
         throw new KubeosError('E_SLOT', `the standby slot ${standby} overlaps the booted slot ${booted.slot}: refusing to write`);
       }
+      // The seed is the booted slot (checked apart from the standby just above), never the slot being written.
+      const delta = await chooseDelta(bundle.manifest, source as string, active, state.slots[booted.slot]?.size, signal);
+      const headerBytes = full.tap.bytes;
+      if ('plan' in delta) {
+        // only the manifest was needed: the rest of the bundle is not downloaded
+        bundle.payload.destroy();
+        progress(`delta: ${delta.plan.reusedChunks} chunks (${delta.plan.reusedBytes} bytes) from slot ${booted.slot}, ${delta.plan.fetchChunks} (${delta.plan.fetchBytes} bytes) to fetch`);
+      } else progress(`full bundle: ${delta.reason}`);
       // From here the standby holds no bootable image: the environment must not point at it.
       const released = planForgetStandby(env, booted.slot);
       if (JSON.stringify(released) !== JSON.stringify(env)) await writeBootEnv(config.bootEnv, released, vars);
@@ -141,24 +177,29 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
 
       const { uncompressedSize, uncompressedSha256 } = bundle.manifest.payload;
       // The writer syncs and reads back what it wrote as it goes, and ends once all of it compared equal.
-      const writer = await openSlotWriter(target, uncompressedSize, {
-        signal,
-        release: (buffer) => chunkPool.give(buffer),
-        onWritten: () => {
-          step('written');
-          progress(`reading back slot ${standby}`);
-        },
-      });
-      progress(`writing slot ${standby}`, 0);
-      step('writing');
-      let done = 0;
-      bundle.payload.on('data', (chunk: Buffer) => {
-        done += chunk.length;
-        progress(`writing slot ${standby}`, done / uncompressedSize, { done, total: uncompressedSize });
-        options.onBytes?.(done, uncompressedSize);
-      });
-      await pipeline(bundle.payload, writer.sink, { signal });
-      if (release !== undefined) {
+      let readBack: ReadBackSource = 'page-cache';
+      const writeSlot = async (image: Readable, pooled: boolean) => {
+        const writer = await openSlotWriter(target, uncompressedSize, {
+          signal,
+          release: pooled ? (buffer) => chunkPool.give(buffer) : undefined,
+          onWritten: () => {
+            step('written');
+            progress(`reading back slot ${standby}`);
+          },
+        });
+        progress(`writing slot ${standby}`, 0);
+        step('writing');
+        let done = 0;
+        image.on('data', (chunk: Buffer) => {
+          done += chunk.length;
+          progress(`writing slot ${standby}`, done / uncompressedSize, { done, total: uncompressedSize });
+          options.onBytes?.(done, uncompressedSize);
+        });
+        await pipeline(image, writer.sink, { signal });
+        readBack = writer.readBack();
+      };
+      const checkTap = async (tap: HashTap) => {
+        if (release === undefined) return;
         await finished(tap);
         if (tap.bytes !== release.bundle.size || tap.digest() !== release.bundle.sha256) {
           throw new KubeosError('E_BUNDLE_INVALID', `bundle ${source} is ${tap.bytes} bytes with sha256 ${tap.digest()}; the signed channel index says ${release.bundle.size} bytes, sha256 ${release.bundle.sha256}`, {
@@ -166,6 +207,36 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
             details: { expected: release.bundle, actual: { size: tap.bytes, sha256: tap.digest() } },
           });
         }
+      };
+      const writeFull = async () => {
+        await writeSlot(bundle.payload, true);
+        await checkTap(full.tap);
+      };
+      let transfer: TransferReport;
+      if ('plan' in delta) {
+        const opened = openDeltaSource({ seed: active, plan: delta.plan, store: delta.store, uncompressedSha256, signal, idleMs: config.networkTimeoutSeconds * 1000 });
+        try {
+          await writeSlot(opened.stream, false);
+          const stats = opened.stats();
+          transfer = { mode: 'delta', fetchedBytes: headerBytes + stats.fetchedBytes, bundleBytes: headerBytes, reusedBytes: stats.reusedBytes, fetchedChunks: stats.fetchedChunks, reusedChunks: stats.reusedChunks, seedMismatches: stats.seedMismatches, requests: stats.requests };
+        } catch (error) {
+          opened.stream.destroy();
+          if (signal.aborted) throw error;
+          // any problem of the seed or the chunk store: the full bundle, checked as ever, instead
+          const code = isKubeosError(error) ? error.code : 'E_DELTA';
+          progress(`delta install failed (${code}: ${(error as Error).message}); taking the full bundle`);
+          const stats = opened.stats();
+          full = await openFull();
+          bundle = full.bundle;
+          if (bundle.manifest.payload.uncompressedSha256 !== uncompressedSha256 || bundle.manifest.version !== version) {
+            throw new KubeosError('E_BUNDLE_INVALID', `bundle ${source} changed between two reads (another manifest)`, { hint: 'the server replaced the file under its content address: republish it' });
+          }
+          await writeFull();
+          transfer = { mode: 'full', fetchedBytes: headerBytes + stats.fetchedBytes + full.tap.bytes, bundleBytes: headerBytes + full.tap.bytes, reusedBytes: 0, fallback: { code, message: (error as Error).message } };
+        }
+      } else {
+        await writeFull();
+        transfer = { mode: 'full', fetchedBytes: full.tap.bytes, bundleBytes: full.tap.bytes, reusedBytes: 0, reason: delta.reason };
       }
       const actual = uncompressedSha256;
       step('read-back');
@@ -184,7 +255,7 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
         progress('rebooting');
         await runCommand(config.reboot, { timeoutMs: 60_000 });
       }
-      return { kind: 'installed', version, from: booted.version, slot: standby, sha256: actual, rebooting, readBack: writer.readBack() };
+      return { kind: 'installed', version, from: booted.version, slot: standby, sha256: actual, rebooting, transfer, readBack };
     } finally {
       bundle.payload.destroy();
     }

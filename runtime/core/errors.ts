@@ -29,6 +29,7 @@ export const errorCodes = [
   'E_CHANNEL_ROLLBACK',
   'E_PUBLISH',
   'E_FETCH',
+  'E_DELTA',
   'E_INCOMPATIBLE',
   'E_DOWNGRADE',
   'E_LOCKED',

@@ -64,7 +64,7 @@ export async function makeExt4Rootfs(t: ExecutionContext, dir: string, sizeMiB =
   return image;
 }
 
-export async function makeBundle(dir: string, keys: TestKeys, options: { size?: number; version?: string; name?: string; rootfs?: string; incompressible?: boolean } = {}): Promise<CreatedBundle> {
+export async function makeBundle(dir: string, keys: TestKeys, options: { size?: number; version?: string; name?: string; rootfs?: string; incompressible?: boolean; index?: boolean } = {}): Promise<CreatedBundle> {
   const size = options.size ?? 6 * 1024 * 1024;
   const rootfs = options.rootfs ?? (await makeRootfs(join(dir, `${options.name ?? 'rootfs'}.img`), size, options.incompressible ? size : undefined));
   return createBundle({
@@ -73,6 +73,7 @@ export async function makeBundle(dir: string, keys: TestKeys, options: { size?: 
     privateKey: keys.privateKey,
     metadata: { ...metadata, version: options.version ?? metadata.version },
     sourceDateEpoch: 1700000000,
+    ...(options.index === undefined ? {} : { index: options.index }),
   });
 }
 

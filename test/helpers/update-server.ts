@@ -13,6 +13,8 @@ import type { ExecutionContext } from 'ava';
 import { signChannel, type ChannelSigned } from '../../runtime/core/channel/channel-index.js';
 import { bundlePath, channelPath } from '../../runtime/core/channel/layout.js';
 import type { CreatedBundle } from '../../builder/bundle/create-bundle.js';
+import { writeChunkFiles } from '../../builder/bundle/write-chunk-files.js';
+import { readUnsignedBundle } from '../../runtime/core/bundle/read-bundle.js';
 
 export interface UpdateServer {
   url: string;
@@ -27,6 +29,12 @@ export interface UpdateServer {
   slow: boolean;
   /** Bundle responses wait for this before their first byte (a test holding a download open). */
   gate?: Promise<void>;
+  /** Called with the number of chunk requests (chunks/) so far, as each arrives. */
+  onChunkRequest?: (count: number) => void;
+  /** Each chunk response waits this long first. */
+  chunkDelayMs: number;
+  /** TCP connections accepted (keep-alive shows as fewer connections than requests). */
+  connections: number;
 }
 
 export async function startUpdateServer(t: ExecutionContext, root: string): Promise<UpdateServer> {
@@ -37,11 +45,18 @@ export async function startUpdateServer(t: ExecutionContext, root: string): Prom
     requests: [],
     dropOnce: (path, bytes) => drops.set(path, bytes),
     slow: false,
+    chunkDelayMs: 0,
+    connections: 0,
   };
+  let chunkRequests = 0;
   const server: Server = createServer((req, res) => {
     void (async () => {
       const path = normalize(decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname)).replace(/^\/+/, '');
       state.requests.push({ path, range: req.headers.range });
+      if (path.startsWith('chunks/')) {
+        state.onChunkRequest?.(++chunkRequests);
+        if (state.chunkDelayMs > 0) await new Promise((resolve) => setTimeout(resolve, state.chunkDelayMs));
+      }
       const file = join(root, path);
       let size: number;
       try {
@@ -79,6 +94,9 @@ export async function startUpdateServer(t: ExecutionContext, root: string): Prom
       res.end();
     })().catch(() => res.destroy());
   });
+  server.on('connection', () => {
+    state.connections++;
+  });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   t.teardown(() => new Promise<void>((resolve) => {
     server.closeAllConnections();
@@ -89,11 +107,12 @@ export async function startUpdateServer(t: ExecutionContext, root: string): Prom
 }
 
 /** Places a bundle under bundles/ and writes a signed channel index for it, as `kubeos publish` lays out a bucket. */
-export async function publishToDir(root: string, bundle: CreatedBundle, key: KeyObject, options: { channel?: string; serial: number; expires?: Date; published?: Date; earlier?: CreatedBundle[] }): Promise<ChannelSigned> {
+export async function publishToDir(root: string, bundle: CreatedBundle, key: KeyObject, options: { channel?: string; serial: number; expires?: Date; published?: Date; earlier?: CreatedBundle[]; chunks?: boolean }): Promise<ChannelSigned> {
   const channel = options.channel ?? 'stable';
   await mkdir(join(root, 'bundles'), { recursive: true });
   await mkdir(join(root, 'channels'), { recursive: true });
   await copyFile(bundle.path, join(root, bundlePath(bundle.sha256)));
+  if (options.chunks === true) await writeChunkStore(root, bundle);
   const m = bundle.manifest;
   const signed: ChannelSigned = {
     type: 'kubeos-channel',
@@ -115,4 +134,12 @@ export async function publishToDir(root: string, bundle: CreatedBundle, key: Key
   }
   await writeFile(join(root, channelPath(channel)), signChannel(signed, key));
   return signed;
+}
+
+/** Writes `chunks/<sha256>.zst` for a format 2 bundle's index under root, as kubeos publish uploads them. */
+export async function writeChunkStore(root: string, bundle: CreatedBundle): Promise<void> {
+  const index = bundle.manifest.payload.index;
+  if (index === undefined) throw new Error(`${bundle.path} has no chunk index`);
+  const { payload } = await readUnsignedBundle(createReadStream(bundle.path));
+  await writeChunkFiles(payload, index, join(root, 'chunks'));
 }

@@ -1,10 +1,13 @@
 /** `kubeos bundle create|verify|info|diff`: signed update bundles. */
 import type { Argv, CommandModule } from 'yargs';
+import { createReadStream } from 'node:fs';
 import { createBundle } from '../../bundle/create-bundle.js';
+import { writeChunkFiles } from '../../bundle/write-chunk-files.js';
 import { parseSourceDateEpoch, readBuildInfo, resolveMetadata } from '../../bundle/resolve-metadata.js';
 import { loadPrivateKey, loadTrustedKeys } from '../../../runtime/core/crypto/keys.js';
 import { readBundleFileHeader, verifyBundleFile } from '../../../runtime/core/bundle/verify-bundle-file.js';
 import type { BundleManifest } from '../../../runtime/core/bundle/manifest.js';
+import { KubeosError } from '../../../runtime/core/errors.js';
 import { makeProgress, printResult, type GlobalArgs } from '../../../runtime/cli/output.js';
 import { checkRootfsImage } from '../../bundle/check-rootfs.js';
 import { diffImages, type ImageDiff } from '../../bundle/diff-images.js';
@@ -18,6 +21,8 @@ interface CreateArgs extends GlobalArgs {
   'os-name'?: string;
   arch?: string;
   'kernel-version'?: string;
+  index: boolean;
+  chunks?: string;
 }
 
 interface VerifyArgs extends GlobalArgs {
@@ -48,6 +53,9 @@ function describeManifest(m: BundleManifest): string {
     `  payload sha256  ${m.payload.sha256}`,
     `  image sha256    ${m.payload.uncompressedSha256}`,
     `  chunks          ${m.payload.chunks.length} x ${mib(m.payload.chunkSize)}`,
+    m.payload.index === undefined
+      ? '  delta index     none (format 1: hosts take the full bundle)'
+      : `  delta index     ${m.payload.index.chunks.length} content-defined chunks (${m.payload.index.rule.min / 1024}/${m.payload.index.rule.avg / 1024}/${m.payload.index.rule.max / 1024} KiB)`,
   ].join('\n');
 }
 
@@ -66,8 +74,13 @@ const create: CommandModule<GlobalArgs, CreateArgs> = {
       .option('os-name', { type: 'string', describe: 'OS name' })
       .option('arch', { type: 'string', describe: 'Architecture (default x86_64)' })
       .option('kernel-version', { type: 'string', describe: 'Kernel version inside the image' })
+      .option('index', { type: 'boolean', default: true, describe: 'Sign a content-defined chunk index into the manifest, for delta installs (--no-index: a format 1 bundle)' })
+      .option('chunks', { type: 'string', describe: 'Also write the chunk store: each chunk as DIR/<sha256>.zst, skipping those already there (kubeos publish uploads them itself)' })
       .example('SOURCE_DATE_EPOCH=1700000000 $0 bundle create --rootfs out/v2/rootfs.img --key keys/signing.pem --out v2.kubeos', 'version, compatible and kernel from out/v2/build.json; the same inputs give the same bytes'),
   handler: async (args) => {
+    if (args.chunks !== undefined && !args.index) {
+      throw new KubeosError('E_USAGE', `--chunks ${args.chunks} needs the chunk index that --no-index leaves out`, { hint: 'drop --no-index, or --chunks' });
+    }
     await checkRootfsImage(args.rootfs);
     const build = await readBuildInfo(args.rootfs);
     const metadata = resolveMetadata(
@@ -80,10 +93,13 @@ const create: CommandModule<GlobalArgs, CreateArgs> = {
       privateKey: await loadPrivateKey(args.key),
       metadata,
       sourceDateEpoch: parseSourceDateEpoch(process.env['SOURCE_DATE_EPOCH']),
+      index: args.index,
       onProgress: makeProgress(args),
     });
-    printResult(args, { path: created.path, size: created.size, sha256: created.sha256, manifest: created.manifest }, () =>
-      `wrote ${created.path} (${created.size} bytes, sha256 ${created.sha256})\n${describeManifest(created.manifest)}`,
+    const index = created.manifest.payload.index;
+    const chunks = args.chunks === undefined || index === undefined ? undefined : await writeChunkFiles(createReadStream(args.rootfs), index, args.chunks);
+    printResult(args, { path: created.path, size: created.size, sha256: created.sha256, manifest: created.manifest, ...(chunks === undefined ? {} : { chunks: { dir: args.chunks, written: chunks.written.length, skipped: chunks.skipped, compressedBytes: chunks.compressedBytes } }) }, () =>
+      `wrote ${created.path} (${created.size} bytes, sha256 ${created.sha256})\n${describeManifest(created.manifest)}${chunks === undefined ? '' : `\n  chunk store     ${args.chunks}: ${chunks.written.length} written (${chunks.compressedBytes} bytes), ${chunks.skipped} already there`}`,
     );
   },
 };

@@ -89,6 +89,7 @@ export const publishCommand: CommandModule<GlobalArgs, PublishArgs> = {
       [
         `published ${result.version} to channel ${result.channel} (serial ${result.serial}${result.previous ? `, was ${result.previous.version} serial ${result.previous.serial}` : ''})`,
         `  bundle   s3://${args.bucket}/${result.bundleKey} (${result.uploaded ? 'uploaded' : 'already stored'}, ${result.size} bytes)`,
+        ...(result.chunks === undefined ? ['  chunks   none (a format 1 bundle: hosts take the full bundle)'] : [`  chunks   ${result.chunks.uploaded} of ${result.chunks.chunks} uploaded (${result.chunks.uploadedBytes} bytes), ${result.chunks.alreadyStored} already stored`]),
         `  channel  s3://${args.bucket}/${result.channelKey} (expires ${result.expires})`,
         `  hosts    --update-server ${result.updateServer} --channel ${result.channel}${/^https?:\/\/(127\.0\.0\.1|localhost)[:/]/.test(result.updateServer) ? ' (a QEMU guest reaches this machine\'s 127.0.0.1 as 10.0.2.2)' : ''}`,
       ].join('\n'),

@@ -9,6 +9,7 @@ import { makeProgress, printResult, type GlobalArgs } from '../../cli/output.js'
 import { KubeosError } from '../../core/errors.js';
 import { defaultConfigPath, loadAgentConfig } from '../agent-config.js';
 import { commit, rollback, status } from '../commit-rollback-status.js';
+import type { TransferReport } from '../upgrade.js';
 import { readFile } from 'node:fs/promises';
 import type { ConfigStatus } from '../os-config-apply.js';
 
@@ -86,9 +87,16 @@ const upgradeCommand: CommandModule<AgentArgs, UpgradeArgs> = {
     });
     printResult(args, result, () => result.kind === 'up-to-date'
       ? `up to date: ${result.version}`
-      : `installed ${result.version} into slot ${result.slot} (sha256 ${result.sha256}); ${result.rebooting ? 'rebooting' : 'it boots next (run reboot)'}`);
+      : `installed ${result.version} into slot ${result.slot} (sha256 ${result.sha256}); ${result.rebooting ? 'rebooting' : 'it boots next (run reboot)'}\n${describeTransfer(result.transfer)}`);
   },
 };
+
+function describeTransfer(t: TransferReport): string {
+  const how = t.mode === 'delta'
+    ? `delta: fetched ${t.fetchedBytes} bytes (${t.fetchedChunks} chunks${t.seedMismatches ? `, ${t.seedMismatches} of them because slot data no longer matched` : ''}), reused ${t.reusedBytes} bytes (${t.reusedChunks} chunks) from the booted slot`
+    : `full bundle: fetched ${t.fetchedBytes} bytes`;
+  return `  ${how}${t.fallback ? ` after the delta failed (${t.fallback.code}: ${t.fallback.message})` : t.reason ? ` (${t.reason})` : ''}`;
+}
 
 const commitCommand: CommandModule<AgentArgs, AgentArgs> = {
   command: 'commit',

@@ -5,6 +5,7 @@
  */
 import { isVersion, versionProblem } from '../compare-versions.js';
 import { KubeosError } from '../errors.js';
+import { checkChunkRule, type ChunkRule } from './chunk-index.js';
 
 export const bundleFormat = 1;
 export const manifestMember = 'manifest.json';
@@ -26,6 +27,20 @@ export interface PayloadInfo {
   chunkSize: number;
   /** sha256 (hex) of each uncompressed chunk, so a writer verifies what it writes as it goes. */
   chunks: string[];
+  /**
+   * Format 2: the content-defined chunk index of the uncompressed image, for delta installs.
+   * Optional and ignored by format 1 readers (their validator checks only the fields it knows),
+   * so `format` stays 1 and a bundle carrying it installs on every host.
+   */
+  index?: ChunkIndexInfo;
+}
+
+/** `[length, sha256]` of each chunk in image order; offsets follow from the lengths. */
+export type IndexedChunk = [length: number, sha256: string];
+
+export interface ChunkIndexInfo {
+  rule: Extract<ChunkRule, { kind: 'cdc' }>;
+  chunks: IndexedChunk[];
 }
 
 export interface BundleManifest {
@@ -97,12 +112,52 @@ export function validateManifest(value: unknown): BundleManifest {
     }
   }
 
+  if (p['index'] !== undefined) checkIndex(p['index'], p['uncompressedSize'], add);
+
   if (problems.length > 0) {
     throw new KubeosError('E_BUNDLE_INVALID', `bundle manifest is invalid: ${problems.map((p) => `${p.path} ${p.message}`).join('; ')}`, {
       details: { problems },
     });
   }
   return value as BundleManifest;
+}
+
+/** The chunk index of format 2: a known rule, and chunks that cover exactly the image. */
+function checkIndex(value: unknown, size: unknown, add: (path: string, message: string) => void): void {
+  const path = '$.payload.index';
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    add(path, 'must be an object');
+    return;
+  }
+  const index = value as Record<string, unknown>;
+  const rule = index['rule'] as Record<string, unknown> | undefined;
+  let max = Number.MAX_SAFE_INTEGER;
+  if (rule === null || typeof rule !== 'object' || rule['kind'] !== 'cdc') add(`${path}.rule`, 'must be {"kind":"cdc","min":N,"avg":N,"max":N}');
+  else {
+    try {
+      checkChunkRule({ kind: 'cdc', min: rule['min'] as number, avg: rule['avg'] as number, max: rule['max'] as number });
+      max = rule['max'] as number;
+    } catch (error) {
+      add(`${path}.rule`, (error as Error).message);
+    }
+  }
+  const chunks = index['chunks'];
+  if (!Array.isArray(chunks)) {
+    add(`${path}.chunks`, 'must be an array of [length, sha256] pairs');
+    return;
+  }
+  let total = 0;
+  let bad = 0;
+  chunks.forEach((c: unknown, i) => {
+    const ok = Array.isArray(c) && c.length === 2 && Number.isSafeInteger(c[0]) && (c[0] as number) > 0 && (c[0] as number) <= max && typeof c[1] === 'string' && hex64.test(c[1]);
+    if (!ok) {
+      // a broken index lists its first few problems, not a million of them
+      if (bad++ < 5) add(`${path}.chunks[${i}]`, `must be [length 1..${max}, sha256 hex]`);
+      return;
+    }
+    total += c[0] as number;
+  });
+  if (bad === 0 && typeof size === 'number' && total !== size) add(`${path}.chunks`, `lengths add up to ${total} bytes, the image is ${size}`);
 }
 
 /** Refuses a bundle built for other hosts. */

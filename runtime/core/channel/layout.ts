@@ -3,6 +3,8 @@
  * under one base URL (bucket + prefix) and is read with plain GETs.
  *   channels/<channel>.json     signed channel index, overwritten in place (serial grows)
  *   bundles/<sha256>.kubeos     immutable bundle, named by the sha256 of its bytes
+ *   chunks/<sha256>.zst         one chunk of an image (format 2 bundles' index), zstd, named by the
+ *                               sha256 of its uncompressed bytes; shared by every release
  */
 import { KubeosError } from '../errors.js';
 
@@ -24,6 +26,22 @@ export function channelPath(channel: string): string {
 /** Path of a bundle relative to the base: content-addressed, so re-uploading is idempotent. */
 export function bundlePath(sha256: string): string {
   return `bundles/${sha256}.kubeos`;
+}
+
+/** Path of a stored chunk relative to the base: named by the sha256 of its uncompressed bytes. */
+export function chunkPath(sha256: string): string {
+  return `chunks/${sha256}.zst`;
+}
+
+/**
+ * The chunk store of a bundle URL laid out as published (`<base>/bundles/<sha256>.kubeos`): the
+ * `chunks/` folder beside `bundles/`. Undefined for any other URL or a local file.
+ */
+export function chunkStoreOf(bundleUrl: string): string | undefined {
+  if (!/^https?:\/\//.test(bundleUrl)) return undefined;
+  const url = new URL(bundleUrl);
+  if (!/\/bundles\/[0-9a-f]{64}\.kubeos$/.test(url.pathname)) return undefined;
+  return new URL('../chunks/', url).toString();
 }
 
 /** An S3 key under an optional prefix ("a/b", "a/b/" and "" all work). */

@@ -1,0 +1,96 @@
+/**
+ * The chunk store of a format 2 bundle in the bucket: `chunks/<sha256>.zst` beside `bundles/`, one
+ * zstd frame per chunk of the signed index, shared by every release. Chunks already in the bucket
+ * (listed once) are neither compressed nor uploaded again, so a release that changes little
+ * uploads little. The chunks come from the bundle itself, through the same verifying reader as the
+ * hosts' (every chunk checked against the signed index before it is stored).
+ */
+import { createReadStream } from 'node:fs';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ListObjectsV2Command, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import type { ChunkIndexInfo } from '../../runtime/core/bundle/manifest.js';
+import { readBundle } from '../../runtime/core/bundle/read-bundle.js';
+import { chunkPath, objectKey } from '../../runtime/core/channel/layout.js';
+import type { TrustedKeys } from '../../runtime/core/crypto/keys.js';
+import type { KubeosError } from '../../runtime/core/errors.js';
+import { writeChunkFiles } from './write-chunk-files.js';
+
+export interface ChunkUpload {
+  /** Distinct chunks in the bundle's index. */
+  chunks: number;
+  uploaded: number;
+  alreadyStored: number;
+  /** Compressed bytes uploaded now. */
+  uploadedBytes: number;
+}
+
+export interface UploadChunksOptions {
+  client: S3Client;
+  bucket: string;
+  prefix?: string | undefined;
+  bundle: string;
+  index: ChunkIndexInfo;
+  trustedKeys: TrustedKeys;
+  signal?: AbortSignal | undefined;
+  /** Turns an S3 failure into the publisher's error (which names endpoint, bucket, credentials). */
+  fail: (what: string, error: unknown) => KubeosError;
+  onBytes?: (done: number, total: number) => void;
+}
+
+const inFlight = 4;
+
+export async function uploadChunks(options: UploadChunksOptions): Promise<ChunkUpload> {
+  const { client, bucket, signal } = options;
+  const folder = objectKey(options.prefix, 'chunks/');
+  const stored = new Set<string>();
+  let token: string | undefined;
+  do {
+    let page;
+    try {
+      page = await client.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: folder, ContinuationToken: token }), { abortSignal: signal });
+    } catch (error) {
+      throw options.fail(`listing s3://${bucket}/${folder}`, error);
+    }
+    for (const object of page.Contents ?? []) {
+      const match = /([0-9a-f]{64})\.zst$/.exec(object.Key ?? '');
+      if (match !== null && (object.Size ?? 0) > 0) stored.add(match[1]!);
+    }
+    token = page.IsTruncated ? page.NextContinuationToken : undefined;
+  } while (token !== undefined);
+
+  const distinct = new Set(options.index.chunks.map(([, sha256]) => sha256));
+  const missing = [...distinct].filter((sha256) => !stored.has(sha256));
+  const result: ChunkUpload = { chunks: distinct.size, uploaded: 0, alreadyStored: distinct.size - missing.length, uploadedBytes: 0 };
+  if (missing.length === 0) return result;
+
+  const scratch = await mkdtemp(join(tmpdir(), 'kubeos-chunks-'));
+  try {
+    const bundle = await readBundle(createReadStream(options.bundle), { trustedKeys: options.trustedKeys, signal });
+    const written = await writeChunkFiles(bundle.payload, options.index, scratch, { skip: (sha256) => stored.has(sha256), signal });
+    const queue = [...written.written];
+    let done = 0;
+    const worker = async () => {
+      for (let sha256 = queue.shift(); sha256 !== undefined; sha256 = queue.shift()) {
+        // small objects, read whole: PutObject gets a Buffer and its ContentLength
+        const body = await readFile(join(scratch, `${sha256}.zst`));
+        const key = objectKey(options.prefix, chunkPath(sha256));
+        try {
+          await client.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: body, ContentLength: body.length, ContentType: 'application/zstd' }), { abortSignal: signal });
+        } catch (error) {
+          // the other workers stop at their next chunk: one failure fails the publish
+          queue.length = 0;
+          throw options.fail(`uploading s3://${bucket}/${key}`, error);
+        }
+        result.uploaded++;
+        result.uploadedBytes += body.length;
+        options.onBytes?.(++done, written.written.length);
+      }
+    };
+    await Promise.all(Array.from({ length: inFlight }, worker));
+    return result;
+  } finally {
+    await rm(scratch, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,31 @@
+/**
+ * Decides, before the standby slot is touched, whether an install goes by delta: the bundle must
+ * carry a signed chunk index (format 2), sit on an image server beside its chunk store, and the
+ * booted slot must hold enough of its chunks. Anything else, a seed that cannot be read included,
+ * is a full install, with the reason.
+ */
+import type { BundleManifest } from '../core/bundle/manifest.js';
+import { chunkStoreOf } from '../core/channel/layout.js';
+import { isKubeosError } from '../core/errors.js';
+import { indexSeed } from './index-seed.js';
+import type { SlotTarget } from './open-slot.js';
+import { planDelta, refuseDelta, type DeltaPlan } from './plan-delta.js';
+
+export type DeltaChoice = { plan: DeltaPlan; store: string } | { reason: string };
+
+export async function chooseDelta(manifest: BundleManifest, source: string, seed: SlotTarget, seedBytes: number | undefined, signal?: AbortSignal): Promise<DeltaChoice> {
+  const index = manifest.payload.index;
+  if (index === undefined) return { reason: 'the bundle has no chunk index (format 1)' };
+  const store = chunkStoreOf(source);
+  if (store === undefined) return { reason: 'the bundle is not under bundles/ on an image server, so there is no chunk store beside it' };
+  let held;
+  try {
+    held = await indexSeed(seed, index.rule, seedBytes, signal);
+  } catch (error) {
+    signal?.throwIfAborted();
+    return { reason: `slot ${seed.slot} could not be indexed (${isKubeosError(error) ? error.code : 'E_DELTA'}: ${(error as Error).message})` };
+  }
+  const plan = planDelta(held, index);
+  const refused = refuseDelta(plan);
+  return refused === undefined ? { plan, store } : { reason: `a delta is not worth it: ${refused}` };
+}

@@ -1,0 +1,58 @@
+/**
+ * A host for delta installs: slot A holds v1, and v2 is v1 with a few regions rewritten, bundled
+ * as format 2 and served with its chunk store (chunks/) from 127.0.0.1.
+ */
+import { randomBytes } from 'node:crypto';
+import { open, readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { ExecutionContext } from 'ava';
+import { makeBundle } from '../helpers/bundle-fixtures.js';
+import { publishToDir, startUpdateServer } from '../helpers/update-server.js';
+import { makeHost, MiB, readSlot, sha256, slotOffsets, type Host } from './host-fixture.js';
+
+export const imageSize = 6 * MiB + 4321;
+
+/** v1's first imageSize bytes with `regions` 4 KiB regions rewritten, spread evenly. */
+export async function makeDeltaHost(t: ExecutionContext, options: { regions?: number } = {}) {
+  const host = await makeHost(t);
+  const v1 = await readSlot(host, 'A');
+  const image = Buffer.from(v1.subarray(0, imageSize));
+  const regions = options.regions ?? 3;
+  for (let i = 0; i < regions; i++) randomBytes(4096).copy(image, Math.floor(((i + 0.5) * imageSize) / regions));
+  const rootfs = join(host.dir, 'v2.img');
+  await writeFile(rootfs, image);
+  const v2 = await makeBundle(host.dir, host.keys, { rootfs, name: 'v2' });
+  const site = join(host.dir, 'site');
+  await publishToDir(site, v2, host.keys.privateKey, { serial: 1, chunks: true });
+  const server = await startUpdateServer(t, site);
+  return { host, v2, image, imageSha256: sha256(image), site, server, channelUrl: `${server.url}/channels/stable.json` };
+}
+
+/** The chunks of v2 that slot A does not hold (what a delta fetches), by sha256. */
+export async function missingChunks(host: Host, v2: Awaited<ReturnType<typeof makeBundle>>): Promise<string[]> {
+  const { indexBuffer } = await import('../../runtime/core/bundle/chunk-index.js');
+  const held = new Set(indexBuffer(await readSlot(host, 'A')).map((c) => c.sha256));
+  return v2.manifest.payload.index!.chunks.map(([, s]) => s).filter((s) => !held.has(s));
+}
+
+export async function flipSlotByte(host: Host, slot: 'A' | 'B', offset: number): Promise<void> {
+  const handle = await open(host.disk, 'r+');
+  try {
+    const byte = Buffer.alloc(1);
+    await handle.read(byte, 0, 1, slotOffsets[slot] + offset);
+    byte[0] = byte[0]! ^ 0x01;
+    await handle.write(byte, 0, 1, slotOffsets[slot] + offset);
+  } finally {
+    await handle.close();
+  }
+}
+
+export async function removeChunk(site: string, sha256: string): Promise<void> {
+  await rm(join(site, 'chunks', `${sha256}.zst`));
+}
+
+export async function replaceChunk(site: string, sha256: string, data: Buffer): Promise<void> {
+  await writeFile(join(site, 'chunks', `${sha256}.zst`), data);
+}
+
+export { readFile };

@@ -1,0 +1,112 @@
+/**
+ * Delta installs on file-backed hosts, from a real HTTP server on 127.0.0.1: the agent indexes
+ * its booted slot, fetches only the chunks it lacks, and writes a slot identical to a full
+ * install; a damaged seed or chunk store is detected, and the full bundle is taken instead.
+ */
+import test from 'ava';
+import { copyFile } from 'node:fs/promises';
+import { execa } from 'execa';
+import { bootEnvFromGrub } from '../../runtime/core/boot-env.js';
+import { decodeGrubEnv } from '../../runtime/core/grubenv.js';
+import { indexBuffer } from '../../runtime/core/bundle/chunk-index.js';
+import { upgrade } from '../../runtime/agent/upgrade.js';
+import { openDeltaSource } from '../../runtime/agent/delta-source.js';
+import { planDelta } from '../../runtime/agent/plan-delta.js';
+import { resolveSlot } from '../../runtime/agent/open-slot.js';
+import { makeHost, readSlot, sha256, slotOffsets, slotSize } from './host-fixture.js';
+import { flipSlotByte, imageSize, makeDeltaHost, missingChunks, readFile, removeChunk, replaceChunk } from './delta-fixture.js';
+
+test('a delta install fetches only the chunks the booted slot lacks and writes a slot byte-identical to a full install', async (t) => {
+  const { host, v2, imageSha256, channelUrl, server } = await makeDeltaHost(t, { regions: 10 });
+  const missing = await missingChunks(host, v2);
+  const result = await upgrade(host.config, { channel: channelUrl, reboot: false });
+  if (result.kind !== 'installed') return t.fail(result.kind);
+  t.is(result.transfer.mode, 'delta');
+  t.is(result.transfer.fetchedChunks, missing.length);
+  t.is(result.transfer.reusedBytes + missing.reduce((sum, s) => sum + v2.manifest.payload.index!.chunks.find(([, x]) => x === s)![0], 0), imageSize);
+  t.is(sha256(await readSlot(host, 'B', imageSize)), imageSha256);
+  t.deepEqual(bootEnvFromGrub(decodeGrubEnv(await readFile(host.bootEnv))), { good: 'A', trying: 'B', triesLeft: 3, failed: undefined });
+  // one GET of the bundle (its manifest), one per missing chunk, over kept-alive connections
+  t.is(server.requests.filter((r) => r.path.startsWith('bundles/')).length, 1);
+  t.is(server.requests.filter((r) => r.path.startsWith('chunks/')).length, missing.length);
+  t.true(server.connections < server.requests.length, `${server.connections} connections for ${server.requests.length} requests`);
+  t.true(result.transfer.fetchedBytes < v2.size / 3, `fetched ${result.transfer.fetchedBytes} of a ${v2.size}-byte bundle`);
+
+  // the same v2 installed in full on a twin host (same slot A): slot B is the same, byte for byte
+  const twin = await makeHost(t);
+  await copyFile(host.disk, twin.disk);
+  const zero = Buffer.alloc(slotSize);
+  const handle = await (await import('node:fs/promises')).open(twin.disk, 'r+');
+  await handle.write(zero, 0, slotSize, slotOffsets.B);
+  await handle.close();
+  const fullResult = await upgrade({ ...twin.config, trustedKeys: host.config.trustedKeys }, { bundle: v2.path, reboot: false });
+  if (fullResult.kind !== 'installed') return t.fail(fullResult.kind);
+  t.like(fullResult.transfer, { mode: 'full' });
+  t.true((await readSlot(twin, 'B')).equals(await readSlot(host, 'B')));
+  t.log(`v2 bundle ${v2.size} bytes; delta fetched ${result.transfer.fetchedBytes} bytes (${result.transfer.bundleBytes} of the bundle for its manifest, the rest ${missing.length} of ${v2.manifest.payload.index!.chunks.length} chunks) and reused ${result.transfer.reusedBytes}; the full install fetched ${fullResult.transfer.fetchedBytes}`);
+});
+
+test('a byte flipped in the booted slot makes its chunk missing: it is fetched, and the slot is still v2', async (t) => {
+  const { host, v2, imageSha256, channelUrl } = await makeDeltaHost(t);
+  const before = await missingChunks(host, v2);
+  await flipSlotByte(host, 'A', 2_200_000);
+  const after = await missingChunks(host, v2);
+  t.is(after.length, before.length + 1);
+  const result = await upgrade(host.config, { channel: channelUrl, reboot: false });
+  if (result.kind !== 'installed') return t.fail(result.kind);
+  t.like(result.transfer, { mode: 'delta', fetchedChunks: after.length });
+  t.is(sha256(await readSlot(host, 'B', imageSize)), imageSha256);
+});
+
+test('a seed chunk that changes after it was indexed is caught when read, and fetched instead', async (t) => {
+  const { host, v2, image, server } = await makeDeltaHost(t);
+  const seed = await resolveSlot('A', host.config.slots.A);
+  const plan = planDelta(indexBuffer(await readSlot(host, 'A')), v2.manifest.payload.index!);
+  await flipSlotByte(host, 'A', 2_000_000);
+  const opened = openDeltaSource({ seed, plan, store: `${server.url}/chunks/`, uncompressedSha256: v2.manifest.payload.uncompressedSha256, idleMs: 10_000 });
+  const parts: Buffer[] = [];
+  for await (const part of opened.stream) parts.push(part as Buffer);
+  t.true(Buffer.concat(parts).equals(image));
+  t.like(opened.stats(), { seedMismatches: 1, fetchedChunks: plan.fetchChunks + 1 });
+});
+
+const brokenStore = test.macro(async (t, damage: (site: string, sha256: string) => Promise<void>, code: string) => {
+  const { host, v2, imageSha256, channelUrl, site } = await makeDeltaHost(t);
+  const missing = await missingChunks(host, v2);
+  await damage(site, missing[Math.floor(missing.length / 2)]!);
+  const result = await upgrade(host.config, { channel: channelUrl, reboot: false });
+  if (result.kind !== 'installed') return t.fail(result.kind);
+  t.is(result.transfer.mode, 'full');
+  t.is(result.transfer.fallback?.code, code);
+  t.is(sha256(await readSlot(host, 'B', imageSize)), imageSha256);
+  t.is(sha256(await readSlot(host, 'A')), host.v1Sha256);
+  t.deepEqual(bootEnvFromGrub(decodeGrubEnv(await readFile(host.bootEnv))), { good: 'A', trying: 'B', triesLeft: 3, failed: undefined });
+});
+
+test('a chunk missing from the store: the full bundle is installed instead', brokenStore, removeChunk, 'E_DELTA');
+test('a chunk that decompresses to other bytes: the full bundle is installed instead', brokenStore, async (site, sha256) => {
+  const { stdout } = await execa('zstd', ['-c', '-q'], { input: Buffer.alloc(70_000, 1), encoding: 'buffer' });
+  await replaceChunk(site, sha256, Buffer.from(stdout));
+}, 'E_DELTA');
+test('a chunk that is not zstd: the full bundle is installed instead', brokenStore, (site, sha256) => replaceChunk(site, sha256, Buffer.from('not a zstd frame')), 'E_DELTA');
+
+test('a host whose booted slot shares nothing with the update takes the full bundle, saying why', async (t) => {
+  const { host, imageSha256, channelUrl } = await makeDeltaHost(t);
+  const handle = await (await import('node:fs/promises')).open(host.disk, 'r+');
+  await handle.write((await import('node:crypto')).randomBytes(slotSize), 0, slotSize, slotOffsets.A);
+  await handle.close();
+  const result = await upgrade(host.config, { channel: channelUrl, reboot: false });
+  if (result.kind !== 'installed') return t.fail(result.kind);
+  t.is(result.transfer.mode, 'full');
+  t.regex(result.transfer.reason ?? '', /none of its chunks/);
+  t.is(sha256(await readSlot(host, 'B', imageSize)), imageSha256);
+});
+
+test('a bundle given as a file has no chunk store: full install', async (t) => {
+  const { host, v2, imageSha256 } = await makeDeltaHost(t);
+  const result = await upgrade(host.config, { bundle: v2.path, reboot: false });
+  if (result.kind !== 'installed') return t.fail(result.kind);
+  t.like(result.transfer, { mode: 'full' });
+  t.regex(result.transfer.reason ?? '', /chunk store/);
+  t.is(sha256(await readSlot(host, 'B', imageSize)), imageSha256);
+});

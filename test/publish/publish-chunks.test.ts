@@ -1,0 +1,80 @@
+/** kubeos publish and the chunk store of format 2 bundles, against a real S3 server (s3rver). */
+import test, { type ExecutionContext } from 'ava';
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { GetObjectCommand } from '@aws-sdk/client-s3';
+import { execa } from 'execa';
+import { publishBundle } from '../../builder/bundle/publish-bundle.js';
+import { makeBundle, makeKeys, makeRootfs } from '../helpers/bundle-fixtures.js';
+import { startS3 } from '../helpers/s3-server.js';
+import { makeTempDir } from '../helpers/temp-dir.js';
+import { makeHost, readSlot, sha256 } from '../agent/host-fixture.js';
+import { upgrade } from '../../runtime/agent/upgrade.js';
+
+async function setup(t: ExecutionContext) {
+  const dir = await makeTempDir(t);
+  const keys = await makeKeys(dir);
+  const s3 = await startS3(t);
+  const publish = (bundle: string) => publishBundle({ bundle, client: s3.client, bucket: s3.bucket, prefix: 'kubeos', channel: 'stable', privateKey: keys.privateKey });
+  return { dir, keys, s3, publish };
+}
+
+test('publishing a format 2 bundle stores each distinct chunk once as chunks/<sha256>.zst, a zstd frame of exactly those bytes', async (t) => {
+  const { dir, keys, s3, publish } = await setup(t);
+  const created = await makeBundle(dir, keys, { size: 4 * 1024 * 1024 });
+  const result = await publish(created.path);
+  const distinct = new Set(created.manifest.payload.index!.chunks.map(([, s]) => s));
+  t.like(result.chunks, { chunks: distinct.size, uploaded: distinct.size, alreadyStored: 0 });
+  const keys_ = (await s3.listKeys()).filter((k) => k.startsWith('kubeos/chunks/'));
+  t.deepEqual(keys_, [...distinct].map((s) => `kubeos/chunks/${s}.zst`).sort());
+  for (const key of keys_.slice(0, 4)) {
+    const object = await s3.client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: key }));
+    const frame = Buffer.from(await object.Body!.transformToByteArray());
+    const { stdout } = await execa('zstd', ['-d', '-c', '-q'], { input: frame, encoding: 'buffer' });
+    t.is(`kubeos/chunks/${sha256(Buffer.from(stdout))}.zst`, key);
+  }
+});
+
+test('the next release uploads only the chunks the store lacks, and publishing it again uploads none', async (t) => {
+  const { dir, keys, publish } = await setup(t);
+  const v1 = await makeRootfs(join(dir, 'v1.img'), 4 * 1024 * 1024, 4 * 1024 * 1024);
+  const first = await publish((await makeBundle(dir, keys, { rootfs: v1, name: 'v1', version: '1.0.0' })).path);
+  // v2: 100 KiB in the middle rewritten
+  const image = await readFile(v1);
+  image.fill(7, 2 * 1024 * 1024, 2 * 1024 * 1024 + 100 * 1024);
+  const v2 = join(dir, 'v2.img');
+  await writeFile(v2, image);
+  const created = await makeBundle(dir, keys, { rootfs: v2, name: 'v2', version: '2.0.0' });
+  const second = await publish(created.path);
+  t.truthy(first.chunks && second.chunks);
+  t.true(second.chunks!.alreadyStored > 0.8 * second.chunks!.chunks, JSON.stringify(second.chunks));
+  t.true(second.chunks!.uploaded >= 1 && second.chunks!.uploaded <= 6, JSON.stringify(second.chunks));
+  t.log(`v1 uploaded ${first.chunks!.uploadedBytes} chunk bytes, v2 ${second.chunks!.uploadedBytes} (${second.chunks!.uploaded} of ${second.chunks!.chunks})`);
+  const again = await publish(created.path);
+  t.like(again.chunks, { uploaded: 0, uploadedBytes: 0 });
+});
+
+test('a format 1 bundle publishes no chunks', async (t) => {
+  const { dir, keys, s3, publish } = await setup(t);
+  const created = await makeBundle(dir, keys, { size: 1024 * 1024, index: false });
+  const result = await publish(created.path);
+  t.is(result.chunks, undefined);
+  t.false((await s3.listKeys()).some((k) => k.includes('chunks/')));
+});
+
+test('a host installs by delta from what kubeos publish put in the bucket (s3rver, anonymous GETs)', async (t) => {
+  const host = await makeHost(t);
+  const s3 = await startS3(t);
+  const image = Buffer.from((await readSlot(host, 'A')).subarray(0, 6 * 1024 * 1024));
+  image.fill(9, 3 * 1024 * 1024, 3 * 1024 * 1024 + 20_000);
+  const rootfs = join(host.dir, 'v2.img');
+  await writeFile(rootfs, image);
+  const v2 = await makeBundle(host.dir, host.keys, { rootfs, name: 'v2' });
+  const published = await publishBundle({ bundle: v2.path, client: s3.client, bucket: s3.bucket, prefix: 'kubeos', channel: 'stable', privateKey: host.keys.privateKey });
+  const result = await upgrade(host.config, { channel: `${s3.baseUrl}kubeos/channels/stable.json`, reboot: false });
+  if (result.kind !== 'installed') return t.fail(result.kind);
+  t.is(result.transfer.mode, 'delta', JSON.stringify(result.transfer));
+  t.true(result.transfer.fetchedChunks! <= 4, JSON.stringify(result.transfer));
+  t.is(sha256(await readSlot(host, 'B', image.length)), sha256(image));
+  t.log(`published ${published.chunks!.uploaded} chunks; the host fetched ${result.transfer.fetchedBytes} bytes (${result.transfer.fetchedChunks} chunks, ${result.transfer.bundleBytes} of the bundle) for a ${v2.size}-byte bundle`);
+});
