@@ -99,17 +99,31 @@ export async function runBlock(options: RunBlockOptions): Promise<{ exitCode: nu
     ...(options.output === 'capture' ? {} : { stdout: 'inherit', stderr: 'inherit' }),
     ...(options.timeoutMs === undefined ? {} : { timeout: options.timeoutMs }),
   });
-  // bash's own exit, not the end of its output: a server the block left running (started with &)
-  // holds the output open; ending the block's process group then closes it
-  const exited = new Promise<void>((done) => child.once('exit', () => done()));
-  await Promise.race([exited, child.catch(() => {})]);
+  const endGroup = (signal: NodeJS.Signals) => {
+    try {
+      if (child.pid !== undefined) process.kill(-child.pid, signal);
+    } catch {
+      // nothing of the group is left
+    }
+  };
+  // the group is not the terminal's: Ctrl-C here must end what the block started too
+  const onSignal = () => endGroup('SIGTERM');
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
   try {
-    if (child.pid !== undefined) process.kill(-child.pid, 'SIGTERM');
-  } catch {
-    // nothing of the group is left
+    // bash's own exit, not the end of its output: a server the block left running (started with &)
+    // holds the output open; ending the block's process group then closes it
+    const exited = new Promise<void>((done) => child.once('exit', () => done()));
+    await Promise.race([exited, child.catch(() => {})]);
+    endGroup('SIGTERM');
+    // what ignores SIGTERM for 10 s gets SIGKILL, so the output closes and this returns
+    const grace = setTimeout(() => endGroup('SIGKILL'), 10_000);
+    const result = await child.finally(() => clearTimeout(grace));
+    return { exitCode: typeof result.exitCode === 'number' ? result.exitCode : 1, output: typeof result.all === 'string' ? result.all : '' };
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
   }
-  const result = await child;
-  return { exitCode: typeof result.exitCode === 'number' ? result.exitCode : 1, output: typeof result.all === 'string' ? result.all : '' };
 }
 
 async function main(argv: string[]): Promise<number> {

@@ -1,8 +1,9 @@
 /**
- * Writes a signed bundle without holding the image in memory. `zstd` reads the rootfs itself while
- * a worker thread reads it too and hashes it (per chunk and whole), so no uncompressed byte passes
- * through this thread; the file's size, mtime and inode are compared before and after, so the
- * hashes describe the bytes compressed (and the agent checks every chunk against them anyway).
+ * Writes a signed bundle without holding the image in memory. `zstd` reads the rootfs itself, a
+ * worker thread reads it too and hashes it (per chunk and whole), and this thread reads it a third
+ * time to cut the delta index; nothing is piped through Node to zstd. The file's size, mtime and
+ * inode are compared before and after, so the hashes and the index describe the bytes compressed
+ * (and the agent checks every chunk against them anyway).
  * The compressed payload goes to a temp file next to the output because the manifest, which
  * precedes it in the tar, must carry its size and sha256. The bundle appears at `out` only once
  * complete (rename).
@@ -88,8 +89,22 @@ export async function createBundle(options: CreateBundleOptions): Promise<Create
     const compressed = new HashTap();
     const chunker = options.index === false ? undefined : new Chunker(defaultCdcRule);
     const indexed: Chunk[] = [];
-    // the delta index (content-defined chunks) is cut on this thread from a read of its own, while
-    // zstd reads the file and the worker hashes it; the stat check below ties the three together
+    // zstd reads the file, the worker hashes it, and this thread cuts the delta index (content-
+    // defined chunks) from a read of its own; the stat check below ties the three together. The
+    // first of them to fail stops the others (they would each read the whole image for nothing).
+    const stop = new AbortController();
+    const onAbort = () => stop.abort(signal?.reason);
+    signal?.addEventListener('abort', onAbort, { once: true });
+    let first: { index: number; error: unknown } | undefined;
+    const stopOthers = <T>(index: number, work: Promise<T>): Promise<T> => work.catch((error: unknown) => {
+      if (first === undefined) {
+        first = { index, error };
+        stop.abort(error);
+      }
+      throw error;
+    });
+    const child = await startZstd(zstdCompressArgs(rootfs), { signal: stop.signal, timeoutMs: zstdTimeoutMs });
+    child.stdin.end();
     const indexing = chunker === undefined ? Promise.resolve() : pipeline(createReadStream(rootfs), new Writable({
       write(data: Buffer, _encoding, callback) {
         for (const c of chunker.push(data)) indexed.push(c);
@@ -99,34 +114,34 @@ export async function createBundle(options: CreateBundleOptions): Promise<Create
         for (const c of chunker.finish()) indexed.push(c);
         callback();
       },
-    }), { signal });
-    const child = await startZstd(zstdCompressArgs(rootfs), { signal, timeoutMs: zstdTimeoutMs });
-    child.stdin.end();
+    }), { signal: stop.signal });
     const results = await Promise.allSettled([
-      hashImageFile(rootfs, chunkSize, { signal, onBytes: (bytes) => progress('compress', bytes / info.size, { done: bytes, total: info.size }) }),
-      pipeline(child.stdout, compressed, createWriteStream(payloadTemp), { signal }),
-      indexing,
+      stopOthers(0, hashImageFile(rootfs, chunkSize, { signal: stop.signal, onBytes: (bytes) => progress('compress', bytes / info.size, { done: bytes, total: info.size }) })),
+      stopOthers(1, pipeline(child.stdout, compressed, createWriteStream(payloadTemp), { signal: stop.signal })),
+      stopOthers(2, indexing),
     ]);
+    signal?.removeEventListener('abort', onAbort);
     const exit = await child.exited;
     signal?.throwIfAborted();
-    // a write that failed stops zstd (SIGPIPE): name the output, not "zstd failed: exit by signal"
-    const written = results[1];
-    if (written.status === 'rejected') {
-      const code = (written.reason as NodeJS.ErrnoException).code;
-      throw new KubeosError('E_OUTPUT', `cannot write the bundle ${out}: ${code ?? String(written.reason)}`, {
-        cause: written.reason,
+    // the first failure is the cause; the others were stopped by it
+    const failed = first as { index: number; error: unknown } | undefined;
+    if (failed?.index === 1) {
+      // a write that failed stops zstd (SIGPIPE): name the output, not "zstd failed: exit by signal"
+      const code = (failed.error as NodeJS.ErrnoException).code;
+      throw new KubeosError('E_OUTPUT', `cannot write the bundle ${out}: ${code ?? String(failed.error)}`, {
+        cause: failed.error,
         hint: code === 'ENOENT' ? `create the directory ${dirname(out)} first` : code === 'EACCES' || code === 'EROFS' ? `${dirname(out)} is not writable here: choose another --out` : undefined,
         details: { out, code },
       });
     }
+    if (failed?.index === 0) throw failed.error;
+    if (failed?.index === 2) throw new KubeosError('E_USAGE', `cannot read rootfs ${rootfs}: ${(failed.error as NodeJS.ErrnoException).code ?? String(failed.error)}`, { cause: failed.error, details: { path: rootfs } });
     if (exit.exitCode !== 0) {
       throw new KubeosError('E_TOOL_FAILED', `zstd failed: ${exit.stderr || `exit ${exit.exitCode ?? 'by signal'}`}`, { details: { tool: 'zstd', stderr: exit.stderr } });
     }
     const hashed = results[0];
     if (hashed.status === 'rejected') throw hashed.reason;
     const hashes = hashed.value;
-    const cut = results[2];
-    if (cut.status === 'rejected') throw new KubeosError('E_USAGE', `cannot read rootfs ${rootfs}: ${(cut.reason as NodeJS.ErrnoException).code ?? String(cut.reason)}`, { cause: cut.reason, details: { path: rootfs } });
     const indexedBytes = indexed.reduce((sum, c) => sum + c.length, 0);
     const after = await stat(rootfs);
     if (hashes.bytes !== info.size || (chunker !== undefined && indexedBytes !== info.size) || after.size !== info.size || after.mtimeMs !== info.mtimeMs || after.ino !== info.ino) {

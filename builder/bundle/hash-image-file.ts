@@ -4,16 +4,17 @@
  * hash the uncompressed gigabyte twice. The worker's code is a plain-JavaScript string, like the
  * agent's chunk hasher (runtime/core/bundle/chunk-hasher.ts).
  */
+import { open } from 'node:fs/promises';
 import { Worker } from 'node:worker_threads';
 import { KubeosError } from '../../runtime/core/errors.js';
 
 const workerSource = `
 const { parentPort, workerData } = require('node:worker_threads');
 const { createHash } = require('node:crypto');
-const { openSync, readSync, closeSync } = require('node:fs');
-const { path, chunkSize } = workerData;
-const fd = openSync(path, 'r');
-try {
+const { readSync } = require('node:fs');
+// the descriptor belongs to the parent, which closes it however the worker ends
+const { fd, chunkSize } = workerData;
+{
   const whole = createHash('sha256');
   const chunks = [];
   const buffer = Buffer.allocUnsafe(chunkSize);
@@ -38,8 +39,6 @@ try {
     if (filled < chunkSize) break;
   }
   parentPort.postMessage({ done: { bytes, chunks, sha256: whole.digest('hex') } });
-} finally {
-  closeSync(fd);
 }
 `;
 
@@ -50,29 +49,34 @@ export interface ImageHashes {
   sha256: string;
 }
 
-export function hashImageFile(path: string, chunkSize: number, options: { signal?: AbortSignal | undefined; onBytes?: (bytes: number) => void } = {}): Promise<ImageHashes> {
-  return new Promise((resolve, reject) => {
-    const worker = new Worker(workerSource, { eval: true, workerData: { path, chunkSize } });
-    let settled = false;
-    const finish = (fn: () => void) => {
-      if (settled) return;
-      settled = true;
-      options.signal?.removeEventListener('abort', abort);
-      fn();
-    };
-    const abort = () => {
-      void worker.terminate();
-      finish(() => reject(options.signal?.reason));
-    };
-    options.signal?.addEventListener('abort', abort, { once: true });
-    worker.on('message', (message: { progress?: number; done?: ImageHashes }) => {
-      if (message.progress !== undefined) options.onBytes?.(message.progress);
-      if (message.done !== undefined) {
+export async function hashImageFile(path: string, chunkSize: number, options: { signal?: AbortSignal | undefined; onBytes?: (bytes: number) => void } = {}): Promise<ImageHashes> {
+  let file;
+  try {
+    file = await open(path, 'r');
+  } catch (error) {
+    throw new KubeosError('E_USAGE', `cannot read rootfs ${path}: ${(error as NodeJS.ErrnoException).code ?? String(error)}`, { cause: error, details: { path } });
+  }
+  const worker = new Worker(workerSource, { eval: true, workerData: { fd: file.fd, chunkSize } });
+  try {
+    return await new Promise<ImageHashes>((resolve, reject) => {
+      const abort = () => reject(options.signal?.reason);
+      if (options.signal?.aborted) abort();
+      options.signal?.addEventListener('abort', abort, { once: true });
+      const settle = (fn: () => void) => {
+        options.signal?.removeEventListener('abort', abort);
+        fn();
+      };
+      worker.on('message', (message: { progress?: number; done?: ImageHashes }) => {
+        if (message.progress !== undefined) options.onBytes?.(message.progress);
         const done = message.done;
-        finish(() => resolve(done));
-      }
+        if (done !== undefined) settle(() => resolve(done));
+      });
+      worker.on('error', (error) => settle(() => reject(new KubeosError('E_USAGE', `cannot read rootfs ${path}: ${(error as NodeJS.ErrnoException).code ?? error.message}`, { cause: error, details: { path } }))));
+      worker.on('exit', () => settle(() => reject(new KubeosError('E_OUTPUT', `the worker hashing ${path} exited before it finished`))));
     });
-    worker.on('error', (error) => finish(() => reject(new KubeosError('E_USAGE', `cannot read rootfs ${path}: ${(error as NodeJS.ErrnoException).code ?? error.message}`, { cause: error, details: { path } }))));
-    worker.on('exit', () => finish(() => reject(new KubeosError('E_OUTPUT', `the worker hashing ${path} exited before it finished`))));
-  });
+  } finally {
+    // the worker is done or stopped before its descriptor is closed under it
+    await worker.terminate();
+    await file.close();
+  }
 }

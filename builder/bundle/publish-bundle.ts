@@ -13,6 +13,7 @@ import { verifyBundleFile } from '../../runtime/core/bundle/verify-bundle-file.j
 import { isKubeosError, KubeosError } from '../../runtime/core/errors.js';
 import { compareVersions } from '../../runtime/core/compare-versions.js';
 import { defaultExpiresDays } from './publish-defaults.js';
+import { resolveRegion } from './s3-client.js';
 import { uploadFile } from './upload-file.js';
 import { uploadChunks, type ChunkUpload } from './upload-chunks.js';
 
@@ -25,7 +26,7 @@ export interface PublishOptions {
   prefix?: string | undefined;
   /** The client's endpoint (undefined: AWS S3), for messages and the hosts' URL. */
   endpoint?: string | undefined;
-  /** The client's region, for the hosts' URL on AWS S3. */
+  /** The client's region (resolved: see resolveRegion), for the hosts' URL on AWS S3. */
   region?: string | undefined;
   channel: string;
   /** Signs the channel index; its public half is trusted for the bundle and the old index. */
@@ -91,7 +92,7 @@ function publishError(what: string, error: unknown, options: Pick<PublishOptions
  * bucket and prefix, or AWS S3's virtual-hosted URL when there is no endpoint.
  */
 export function updateServerOf(options: { endpoint?: string | undefined; bucket: string; prefix?: string | undefined; region?: string | undefined }): string {
-  const base = options.endpoint === undefined ? `https://${options.bucket}.s3.${options.region ?? 'us-east-1'}.amazonaws.com` : `${options.endpoint.replace(/\/+$/, '')}/${options.bucket}`;
+  const base = options.endpoint === undefined ? `https://${options.bucket}.s3.${resolveRegion(options.region)}.amazonaws.com` : `${options.endpoint.replace(/\/+$/, '')}/${options.bucket}`;
   return `${base}/${objectKey(options.prefix, '')}`.replace(/\/+$/, '/');
 }
 
@@ -205,7 +206,8 @@ export async function publishBundle(options: PublishOptions): Promise<PublishRes
       trustedKeys,
       signal: options.signal,
       fail: (what, error) => options.signal?.aborted ? new KubeosError('E_PUBLISH', `${what} was interrupted; channel ${channel} is unchanged`, { cause: options.signal.reason }) : publishError(what, error, options),
-      onBytes: (done, total) => progress('chunks', done / total, { done, total }),
+      // counts of chunks, not bytes: the fraction alone
+      onBytes: (done, total) => progress('chunks', done / total),
     });
     progress('chunks', 1);
   }

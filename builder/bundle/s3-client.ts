@@ -13,6 +13,11 @@ export interface S3ClientOptions {
   forcePathStyle?: boolean | undefined;
 }
 
+/** The region a client uses: the one given, else AWS_REGION, AWS_DEFAULT_REGION, us-east-1. */
+export function resolveRegion(region: string | undefined): string {
+  return region ?? process.env['AWS_REGION'] ?? process.env['AWS_DEFAULT_REGION'] ?? 'us-east-1';
+}
+
 const silentLogger = { trace() {}, debug() {}, info() {}, warn() {}, error() {} };
 
 export function makeS3Client(options: S3ClientOptions): S3Client {
@@ -22,7 +27,7 @@ export function makeS3Client(options: S3ClientOptions): S3Client {
       : undefined;
   return new S3Client({
     endpoint: options.endpoint,
-    region: options.region ?? process.env['AWS_REGION'] ?? process.env['AWS_DEFAULT_REGION'] ?? 'us-east-1',
+    region: resolveRegion(options.region),
     forcePathStyle: options.forcePathStyle ?? options.endpoint !== undefined,
     ...(credentials === undefined ? {} : { credentials }),
     // Default CRC trailers use aws-chunked encoding that many S3-compatible servers store verbatim.

@@ -88,7 +88,10 @@ export async function uploadChunks(options: UploadChunksOptions): Promise<ChunkU
         options.onBytes?.(++done, written.written.length);
       }
     };
-    await Promise.all(Array.from({ length: inFlight }, worker));
+    // every worker ends (one that failed empties the queue for the rest) before the scratch goes
+    const settled = await Promise.allSettled(Array.from({ length: inFlight }, worker));
+    const failure = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+    if (failure !== undefined) throw failure.reason;
     return result;
   } finally {
     await rm(scratch, { recursive: true, force: true });

@@ -64,7 +64,12 @@ async function* produce(options: DeltaSourceOptions, fetcher: ChunkFetcher, stat
       pending.set(i, got);
     }
   };
-  const handle = await open(seed.path, 'r');
+  // the seed is a source like the chunk store: a seed that cannot be read is a delta problem
+  // (E_DELTA: the full bundle instead), not a failure of the slot being written
+  const seedProblem = (error: unknown) => new KubeosError('E_DELTA', `the booted slot ${seed.path} cannot be read as the delta's seed: ${(error as NodeJS.ErrnoException).code ?? String(error)}`, { cause: error, details: { seed: seed.path } });
+  const handle = await open(seed.path, 'r').catch((error: unknown) => {
+    throw seedProblem(error);
+  });
   const whole = createHash('sha256');
   try {
     for (const [i, step] of plan.steps.entries()) {
@@ -73,7 +78,9 @@ async function* produce(options: DeltaSourceOptions, fetcher: ChunkFetcher, stat
       let data: Buffer;
       if (step.from === 'seed') {
         data = Buffer.allocUnsafe(step.length);
-        const { bytesRead } = await handle.read(data, 0, step.length, seed.offset + step.seedOffset);
+        const { bytesRead } = await handle.read(data, 0, step.length, seed.offset + step.seedOffset).catch((error: unknown) => {
+          throw seedProblem(error);
+        });
         if (bytesRead === step.length && createHash('sha256').update(data).digest('hex') === step.sha256) {
           stats.reusedBytes += step.length;
           stats.reusedChunks++;

@@ -76,7 +76,13 @@ export async function openSlotWriter(target: SlotTarget, expectedBytes: number, 
   }
   const segmentBytes = options.segmentBytes ?? defaultSegmentBytes;
   const handle = await open(target.path, 'r+');
-  const direct = await open(target.path, constants.O_RDONLY | constants.O_DIRECT).catch(() => undefined);
+  // only a refused O_DIRECT means "read through the cache"; any other failure to open is a failure
+  const direct = await open(target.path, constants.O_RDONLY | constants.O_DIRECT).catch((error: NodeJS.ErrnoException) => {
+    if (error.code === 'EINVAL' || error.code === 'EOPNOTSUPP') return undefined;
+    return handle.close().then(() => {
+      throw new KubeosError('E_SLOT', `slot ${target.slot} (${target.path}) cannot be opened for its read-back: ${error.code ?? String(error)}`, { cause: error });
+    });
+  });
   const readBack = new ReadBack(handle, direct, target, options.signal, options.release);
   let position = 0;
   /** Written since the last read-back was queued, kept until it is compared. */

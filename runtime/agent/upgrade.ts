@@ -221,9 +221,11 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
           transfer = { mode: 'delta', fetchedBytes: headerBytes + stats.fetchedBytes, bundleBytes: headerBytes, reusedBytes: stats.reusedBytes, fetchedChunks: stats.fetchedChunks, reusedChunks: stats.reusedChunks, seedMismatches: stats.seedMismatches, requests: stats.requests };
         } catch (error) {
           opened.stream.destroy();
-          if (signal.aborted) throw error;
-          // any problem of the seed or the chunk store: the full bundle, checked as ever, instead
-          const code = isKubeosError(error) ? error.code : 'E_DELTA';
+          // a problem of the seed or the chunk store (E_DELTA, E_FETCH): the full bundle, checked as
+          // ever, instead. Anything else (the standby failing a write or its read-back) fails the
+          // upgrade as a full install would: a failing disk is not written a second time.
+          const code = isKubeosError(error) ? error.code : undefined;
+          if (signal.aborted || (code !== 'E_DELTA' && code !== 'E_FETCH')) throw error;
           progress(`delta install failed (${code}: ${(error as Error).message}); taking the full bundle`);
           const stats = opened.stats();
           full = await openFull();

@@ -21,6 +21,13 @@ interface PublishArgs extends GlobalArgs {
   'part-size-mib'?: number;
 }
 
+/** For an endpoint on this machine: how a guest of kubeos qemu boot (which reaches only what --forward names) gets there. */
+function guestHint(updateServer: string): string {
+  const local = /^http:\/\/(?:127\.0\.0\.1|localhost):(\d+)(\/.*)$/.exec(updateServer);
+  if (local === null) return '';
+  return `\n  QEMU     kubeos qemu boot --forward 10.0.2.100:80=${local[1]} for a guest built with --update-server http://10.0.2.100${local[2]}`;
+}
+
 export const publishCommand: CommandModule<GlobalArgs, PublishArgs> = {
   command: 'publish <file>',
   describe: 'Upload a bundle (content-addressed, multipart) and then write the signed channel index',
@@ -76,7 +83,7 @@ export const publishCommand: CommandModule<GlobalArgs, PublishArgs> = {
       bucket: args.bucket,
       prefix: args.prefix,
       endpoint: args.endpoint,
-      region: args.region ?? process.env['AWS_REGION'] ?? process.env['AWS_DEFAULT_REGION'],
+      region: args.region,
       channel: args.channel,
       privateKey: await loadPrivateKey(args.key),
       extraTrustedKeys: args.pubkey === undefined ? undefined : await loadTrustedKeys(args.pubkey),
@@ -91,7 +98,7 @@ export const publishCommand: CommandModule<GlobalArgs, PublishArgs> = {
         `  bundle   s3://${args.bucket}/${result.bundleKey} (${result.uploaded ? 'uploaded' : 'already stored'}, ${result.size} bytes)`,
         ...(result.chunks === undefined ? ['  chunks   none (a format 1 bundle: hosts take the full bundle)'] : [`  chunks   ${result.chunks.uploaded} of ${result.chunks.chunks} uploaded (${result.chunks.uploadedBytes} bytes), ${result.chunks.alreadyStored} already stored`]),
         `  channel  s3://${args.bucket}/${result.channelKey} (expires ${result.expires})`,
-        `  hosts    --update-server ${result.updateServer} --channel ${result.channel}${/^https?:\/\/(127\.0\.0\.1|localhost)[:/]/.test(result.updateServer) ? ' (a QEMU guest reaches this machine\'s 127.0.0.1 as 10.0.2.2)' : ''}`,
+        `  hosts    --update-server ${result.updateServer} --channel ${result.channel}${guestHint(result.updateServer)}`,
       ].join('\n'),
     );
   },
