@@ -21,3 +21,13 @@ test('a build of something that is not an image definition names it', async (t) 
   t.is(result.exitCode, 1);
   t.is(jsonError(result.stdout).code, 'E_IMAGE_INVALID');
 });
+
+test('a --forward that is not GUEST_ADDRESS:PORT=HOST_PORT is a usage error naming it and the form, before QEMU starts', async (t) => {
+  for (const forward of ['10.0.2.100:80', '10.0.2.100:80=99999', '10.0.2.300:80=4568', 'host:80=4568']) {
+    const result = await kubeos(['qemu', 'boot', '/nonexistent/disk.img', '--forward', forward, '--json']);
+    t.is(result.exitCode, 2, forward);
+    t.is(result.json.error.code, 'E_USAGE');
+    t.is(result.json.error.message, `--forward ${forward} is not GUEST_ADDRESS:GUEST_PORT=HOST_PORT`);
+    t.regex(result.json.error.hint, /--forward 10\.0\.2\.100:80=4568/);
+  }
+});
