@@ -15,7 +15,7 @@ export interface StoredState extends AgentState {
  */
 export async function readState(stateDir: string): Promise<StoredState> {
   const parsed = await readJsonFile<Partial<StoredState>>(join(stateDir, 'state.json'), {}, 'the agent state', 'the agent then starts again from what the slots hold, and accepts any channel serial once');
-  return { slots: parsed.slots ?? {}, lastUpgrade: parsed.lastUpgrade, channelSerials: parsed.channelSerials ?? {} };
+  return { slots: parsed.slots ?? {}, lastUpgrade: parsed.lastUpgrade, interrupted: parsed.interrupted, channelSerials: parsed.channelSerials ?? {} };
 }
 
 /** Write-then-rename on persist (ext4), synced, so a crash leaves the old or the new state whole. */

@@ -1,8 +1,9 @@
 /**
  * Decides, before the standby slot is touched, whether an install goes by delta: the bundle must
  * carry a signed chunk index (format 2), sit on an image server beside its chunk store, and the
- * booted slot must hold enough of its chunks. Anything else, a seed that cannot be read included,
- * is a full install, with the reason.
+ * booted slot (with what an interrupted install left in the standby, when one did) must hold
+ * enough of its chunks. Anything else, a seed that cannot be read included, is a full install,
+ * with the reason.
  */
 import type { BundleManifest } from '../core/bundle/manifest.js';
 import { chunkStoreOf } from '../core/channel/layout.js';
@@ -13,19 +14,28 @@ import { planDelta, refuseDelta, type DeltaPlan } from './plan-delta.js';
 
 export type DeltaChoice = { plan: DeltaPlan; store: string } | { reason: string };
 
-export async function chooseDelta(manifest: BundleManifest, source: string, seed: SlotTarget, seedBytes: number | undefined, signal?: AbortSignal): Promise<DeltaChoice> {
+/** A slot to index, and how much of it holds an image (the whole slot when unknown). */
+export interface SeedSlotInput {
+  target: SlotTarget;
+  bytes: number | undefined;
+}
+
+export async function chooseDelta(manifest: BundleManifest, source: string, booted: SeedSlotInput, standby: SeedSlotInput | undefined, signal?: AbortSignal): Promise<DeltaChoice> {
   const index = manifest.payload.index;
   if (index === undefined) return { reason: 'the bundle has no chunk index (format 1)' };
   const store = chunkStoreOf(source);
   if (store === undefined) return { reason: 'the bundle is not under bundles/ on an image server, so there is no chunk store beside it' };
-  let held;
-  try {
-    held = await indexSeed(seed, index.rule, seedBytes, signal);
-  } catch (error) {
-    signal?.throwIfAborted();
-    return { reason: `slot ${seed.slot} could not be indexed (${isKubeosError(error) ? error.code : 'E_DELTA'}: ${(error as Error).message})` };
+  const held = [];
+  for (const seed of [booted, standby]) {
+    if (seed === undefined) continue;
+    try {
+      held.push(await indexSeed(seed.target, index.rule, seed.bytes, signal));
+    } catch (error) {
+      signal?.throwIfAborted();
+      return { reason: `slot ${seed.target.slot} could not be indexed (${isKubeosError(error) ? error.code : 'E_DELTA'}: ${(error as Error).message})` };
+    }
   }
-  const plan = planDelta(held, index);
+  const plan = planDelta(held[0]!, index, held[1]);
   const refused = refuseDelta(plan);
   return refused === undefined ? { plan, store } : { reason: `a delta is not worth it: ${refused}` };
 }

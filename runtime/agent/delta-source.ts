@@ -1,31 +1,38 @@
 /**
  * The image of a delta install as one stream, in order: each chunk of the signed index read from
- * the seed (the booted slot) or fetched from the chunk store, and released only after its sha256
- * matched the index. A seed chunk that no longer matches (the slot changed since it was indexed)
- * is fetched instead. At the end the whole image must have the signed `uncompressedSha256`, so an
+ * a seed (the booted slot, or what an interrupted install left in the standby), fetched from the
+ * chunk store, or repeated from an earlier fetch, and released only after its sha256 matched the
+ * index. A seed chunk that no longer matches (the slot changed since it was indexed) is fetched
+ * instead. At the end the whole image must have the signed `uncompressedSha256`, so an
  * index that disagreed with the image would fail here, before anything is made bootable.
  *
- * The seed is only ever read: it is the booted slot, never the standby being written.
+ * The booted slot is only ever read. The standby is read only at or after the offset being
+ * produced, which the writer (behind this stream) has not reached: plan-delta.ts keeps to that.
  */
 import { createHash } from 'node:crypto';
-import { open } from 'node:fs/promises';
+import { open, type FileHandle } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { KubeosError } from '../core/errors.js';
 import { ChunkFetcher } from './fetch-chunks.js';
 import type { SlotTarget } from './open-slot.js';
-import type { DeltaPlan } from './plan-delta.js';
+import type { DeltaPlan, SeedSlot } from './plan-delta.js';
 
 export interface DeltaSourceOptions {
-  seed: SlotTarget;
+  /** The booted slot, and the standby slot when the plan takes chunks an interrupted install left there. */
+  seeds: { booted: SlotTarget; standby?: SlotTarget | undefined };
   plan: DeltaPlan;
   /** URL of the chunk store, ending in `/`. */
   store: string;
   uncompressedSha256: string;
   signal?: AbortSignal | undefined;
   idleMs: number;
-  /** Chunk requests in flight ahead of the writer. */
-  inFlight?: number;
+  /** Connections to the chunk store. */
+  sockets?: number;
 }
+
+/** Chunk requests made ahead of the writer: at most this many, and this many bytes of chunks. */
+const aheadChunks = 32;
+const aheadBytes = 16 << 20;
 
 export interface DeltaStats {
   /** Compressed bytes received from the chunk store. */
@@ -33,66 +40,94 @@ export interface DeltaStats {
   fetchedChunks: number;
   reusedBytes: number;
   reusedChunks: number;
+  /** Of the reused, chunks the standby held from an interrupted install. */
+  resumedBytes: number;
+  resumedChunks: number;
+  /** Chunks that recur in the image, fetched once and written again from memory. */
+  repeatedChunks: number;
+  /** zstd processes that decoded the fetched chunks. */
+  decoders: number;
   /** Seed chunks that no longer matched when read, and were fetched instead. */
   seedMismatches: number;
   requests: number;
 }
 
 export function openDeltaSource(options: DeltaSourceOptions): { stream: Readable; stats: () => DeltaStats } {
-  const fetcher = new ChunkFetcher(options.store, { signal: options.signal, idleMs: options.idleMs, sockets: options.inFlight ?? 6 });
-  const stats: DeltaStats = { fetchedBytes: 0, fetchedChunks: 0, reusedBytes: 0, reusedChunks: 0, seedMismatches: 0, requests: 0 };
+  const fetcher = new ChunkFetcher(options.store, { signal: options.signal, idleMs: options.idleMs, sockets: options.sockets ?? 6 });
+  const stats: DeltaStats = { fetchedBytes: 0, fetchedChunks: 0, reusedBytes: 0, reusedChunks: 0, resumedBytes: 0, resumedChunks: 0, repeatedChunks: 0, decoders: 0, seedMismatches: 0, requests: 0 };
   const stream = Readable.from(produce(options, fetcher, stats), { objectMode: false, highWaterMark: 4 << 20 });
   return {
     stream,
-    stats: () => ({ ...stats, fetchedBytes: fetcher.fetchedBytes, requests: fetcher.requests }),
+    stats: () => ({ ...stats, fetchedBytes: fetcher.fetchedBytes, requests: fetcher.requests, decoders: fetcher.decoder.processes }),
   };
 }
 
 async function* produce(options: DeltaSourceOptions, fetcher: ChunkFetcher, stats: DeltaStats): AsyncGenerator<Buffer> {
-  const { seed, plan, signal } = options;
-  const inFlight = options.inFlight ?? 6;
+  const { seeds, plan, signal } = options;
   const fetchAt = plan.steps.flatMap((step, i) => (step.from === 'store' ? [i] : []));
+  // a fetched chunk that recurs is kept until its last repeat
+  const lastUse = new Map<number, number>();
+  for (const [i, step] of plan.steps.entries()) if (step.from === 'repeat') lastUse.set(step.step, i);
+  const kept = new Map<number, Buffer>();
   let nextFetch = 0;
+  let aheadLength = 0;
   const pending = new Map<number, Promise<Buffer>>();
   const fill = () => {
-    while (pending.size < inFlight && nextFetch < fetchAt.length) {
+    while (nextFetch < fetchAt.length && pending.size < aheadChunks && (pending.size === 0 || aheadLength < aheadBytes)) {
       const i = fetchAt[nextFetch++]!;
       const step = plan.steps[i]!;
       const got = fetcher.get(step.sha256, step.length);
       // judged when its turn comes; until then a failure must not count as unhandled
       got.catch(() => {});
       pending.set(i, got);
+      aheadLength += step.length;
     }
   };
-  // the seed is a source like the chunk store: a seed that cannot be read is a delta problem
+  // a seed is a source like the chunk store: a seed that cannot be read is a delta problem
   // (E_DELTA: the full bundle instead), not a failure of the slot being written
-  const seedProblem = (error: unknown) => new KubeosError('E_DELTA', `the booted slot ${seed.path} cannot be read as the delta's seed: ${(error as NodeJS.ErrnoException).code ?? String(error)}`, { cause: error, details: { seed: seed.path } });
-  const handle = await open(seed.path, 'r').catch((error: unknown) => {
-    throw seedProblem(error);
-  });
+  const seedProblem = (target: SlotTarget, error: unknown) => new KubeosError('E_DELTA', `slot ${target.slot} (${target.path}) cannot be read as the delta's seed: ${(error as NodeJS.ErrnoException).code ?? String(error)}`, { cause: error, details: { seed: target.path } });
+  const handles = new Map<SeedSlot, { target: SlotTarget; handle: FileHandle }>();
   const whole = createHash('sha256');
   try {
+    for (const [name, target] of [['booted', seeds.booted], ['standby', seeds.standby]] as const) {
+      if (target === undefined || !plan.steps.some((step) => step.from === 'seed' && step.seed === name)) continue;
+      handles.set(name, { target, handle: await open(target.path, 'r').catch((error: unknown) => { throw seedProblem(target, error); }) });
+    }
     for (const [i, step] of plan.steps.entries()) {
       signal?.throwIfAborted();
       fill();
       let data: Buffer;
       if (step.from === 'seed') {
+        const { target, handle } = handles.get(step.seed) ?? { target: seeds.booted, handle: undefined };
+        if (handle === undefined) throw new KubeosError('E_DELTA', `the delta plan reads slot ${step.seed}, which was not given`);
         data = Buffer.allocUnsafe(step.length);
-        const { bytesRead } = await handle.read(data, 0, step.length, seed.offset + step.seedOffset).catch((error: unknown) => {
-          throw seedProblem(error);
+        const { bytesRead } = await handle.read(data, 0, step.length, target.offset + step.seedOffset).catch((error: unknown) => {
+          throw seedProblem(target, error);
         });
         if (bytesRead === step.length && createHash('sha256').update(data).digest('hex') === step.sha256) {
           stats.reusedBytes += step.length;
           stats.reusedChunks++;
+          if (step.seed === 'standby') {
+            stats.resumedBytes += step.length;
+            stats.resumedChunks++;
+          }
         } else {
           stats.seedMismatches++;
           data = await fetcher.get(step.sha256, step.length);
           stats.fetchedChunks++;
         }
+      } else if (step.from === 'repeat') {
+        const earlier = kept.get(step.step);
+        if (earlier === undefined) throw new KubeosError('E_DELTA', `the delta plan repeats chunk ${step.sha256} from step ${step.step}, which was not kept`);
+        data = earlier;
+        if (lastUse.get(step.step) === i) kept.delete(step.step);
+        stats.repeatedChunks++;
       } else {
         data = await pending.get(i)!;
         pending.delete(i);
+        aheadLength -= step.length;
         stats.fetchedChunks++;
+        if (step.recurs) kept.set(i, data);
       }
       whole.update(data);
       yield data;
@@ -105,7 +140,7 @@ async function* produce(options: DeltaSourceOptions, fetcher: ChunkFetcher, stat
       });
     }
   } finally {
-    await handle.close();
+    for (const { handle } of handles.values()) await handle.close();
     fetcher.close();
   }
 }

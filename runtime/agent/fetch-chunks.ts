@@ -2,7 +2,7 @@
  * GETs single chunks from a chunk store (`<store>/<sha256>.zst`): one keep-alive connection pool
  * for the whole install, a few requests in flight, a retry with backoff for network errors and
  * 5xx, none for a 404 (the store lacks the chunk: the install falls back to the full bundle).
- * Each body is decompressed by zstd and checked against the chunk's signed length and sha256
+ * Each body is decompressed by zstd (in batches, decode-chunks.ts) and checked against the chunk's signed length and sha256
  * before it is handed out; a chunk that does not match is an E_DELTA, never written.
  */
 import { createHash } from 'node:crypto';
@@ -10,7 +10,7 @@ import { Agent as HttpAgent, get as httpGet, type IncomingMessage } from 'node:h
 import { Agent as HttpsAgent, get as httpsGet } from 'node:https';
 import { setTimeout as delay } from 'node:timers/promises';
 import { isKubeosError, KubeosError } from '../core/errors.js';
-import { startZstd } from '../core/bundle/run-zstd.js';
+import { ChunkDecoder } from './decode-chunks.js';
 
 export interface ChunkFetcherOptions {
   signal?: AbortSignal | undefined;
@@ -24,6 +24,7 @@ export interface ChunkFetcherOptions {
 
 export class ChunkFetcher {
   private readonly agent: HttpAgent;
+  readonly decoder: ChunkDecoder;
   /** Compressed bytes received, retries included: what the delta cost on the wire. */
   fetchedBytes = 0;
   requests = 0;
@@ -31,6 +32,7 @@ export class ChunkFetcher {
   constructor(private readonly store: string, private readonly options: ChunkFetcherOptions) {
     const Agent = store.startsWith('https:') ? HttpsAgent : HttpAgent;
     this.agent = new Agent({ keepAlive: true, maxSockets: options.sockets ?? 4 });
+    this.decoder = new ChunkDecoder(options.signal);
   }
 
   close(): void {
@@ -53,7 +55,7 @@ export class ChunkFetcher {
         await delay((this.options.backoffMs ?? 200) * (attempt + 1), undefined, { signal: this.options.signal });
         continue;
       }
-      const data = await decompress(body, length, url, this.options.signal);
+      const data = await this.decoder.decode(body, length, url);
       const actual = createHash('sha256').update(data).digest('hex');
       if (data.length !== length || actual !== sha256) {
         throw new KubeosError('E_DELTA', `chunk ${url} holds ${data.length} bytes with sha256 ${actual}; the signed index says ${length} bytes, sha256 ${sha256}`, {
@@ -105,24 +107,4 @@ export class ChunkFetcher {
     });
     return Buffer.concat(parts);
   }
-}
-
-async function decompress(frame: Buffer, length: number, url: string, signal: AbortSignal | undefined): Promise<Buffer> {
-  const child = await startZstd(['-d', '-c', '-q', '--no-progress'], { signal, timeoutMs: 60_000 });
-  const parts: Buffer[] = [];
-  let bytes = 0;
-  child.stdout.on('data', (piece: Buffer) => {
-    bytes += piece.length;
-    // more than the chunk is already wrong: stop zstd rather than take a decompression bomb
-    if (bytes > length) child.kill();
-    else parts.push(piece);
-  });
-  child.stdin.end(frame);
-  const [result] = await Promise.all([child.exited, new Promise((resolve) => child.stdout.once('close', resolve))]);
-  if (bytes > length) return Buffer.concat([...parts, Buffer.alloc(1)]);
-  if (result.exitCode !== 0) {
-    signal?.throwIfAborted();
-    throw new KubeosError('E_DELTA', `chunk ${url} is not a valid zstd frame: ${result.stderr || `zstd exit ${result.exitCode ?? 'by signal'}`}`, { details: { url, stderr: result.stderr } });
-  }
-  return Buffer.concat(parts);
 }

@@ -18,6 +18,11 @@ export interface SlotRecord {
 export interface AgentState {
   slots: Partial<Record<Slot, SlotRecord>>;
   lastUpgrade?: { version: string; slot: Slot; result: 'installed' | 'committed' | 'failed' | 'fell-back'; at: string; error?: string };
+  /**
+   * An install into this slot began (the slot was released) and has not ended: the slot may hold
+   * verified chunks of it, which the next delta install reads instead of fetching again.
+   */
+  interrupted?: { slot: Slot; version: string; size: number };
 }
 
 /** After the standby slot verified: try it for `tries` boots, keeping the booted slot as the good one. */

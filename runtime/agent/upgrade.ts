@@ -66,10 +66,17 @@ export interface TransferReport {
   fetchedBytes: number;
   /** Of those, bytes of the bundle file (a delta reads its manifest, and what was in flight when it stopped). */
   bundleBytes: number;
-  /** Image bytes copied from the booted slot. */
+  /** Image bytes copied from the slots: the booted one, and what an interrupted install left in the standby. */
   reusedBytes: number;
   fetchedChunks?: number;
   reusedChunks?: number;
+  /** Of the reused, what the standby held from an interrupted install. */
+  resumedBytes?: number;
+  resumedChunks?: number;
+  /** Chunks that recur in the image: fetched once, written again from memory. */
+  repeatedChunks?: number;
+  /** zstd processes that decoded the fetched chunks (in batches). */
+  decoders?: number;
   /** Booted-slot chunks that did not match when read (a damaged seed) and were fetched instead. */
   seedMismatches?: number;
   requests?: number;
@@ -160,18 +167,23 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
         throw new KubeosError('E_SLOT', `the standby slot ${standby} overlaps the booted slot ${booted.slot}: refusing to write`);
       }
       // The seed is the booted slot (checked apart from the standby just above), never the slot being written.
-      const delta = await chooseDelta(bundle.manifest, source as string, active, state.slots[booted.slot]?.size, signal);
+      // an install into the standby that did not end may have left chunks of this image there
+      const resume = state.interrupted?.slot === standby && state.slots[standby] === undefined ? { target, bytes: Math.min(state.interrupted.size, target.size) } : undefined;
+      const delta = await chooseDelta(bundle.manifest, source as string, { target: active, bytes: state.slots[booted.slot]?.size }, resume, signal);
       const headerBytes = full.tap.bytes;
       if ('plan' in delta) {
         // only the manifest was needed: the rest of the bundle is not downloaded
         bundle.payload.destroy();
-        progress(`delta: ${delta.plan.reusedChunks} chunks (${delta.plan.reusedBytes} bytes) from slot ${booted.slot}, ${delta.plan.fetchChunks} (${delta.plan.fetchBytes} bytes) to fetch`);
+        const { reusedChunks, reusedBytes, resumedChunks, resumedBytes, fetchChunks, fetchBytes } = delta.plan;
+        const resumed = resumedChunks > 0 ? ` (${resumedChunks} chunks, ${resumedBytes} bytes, left in slot ${standby} by an interrupted install)` : '';
+        progress(`delta: ${reusedChunks} chunks (${reusedBytes} bytes) from the slots${resumed}, ${fetchChunks} (${fetchBytes} bytes) to fetch`);
       } else progress(`full bundle: ${delta.reason}`);
       // From here the standby holds no bootable image: the environment must not point at it.
       const released = planForgetStandby(env, booted.slot);
       if (JSON.stringify(released) !== JSON.stringify(env)) await writeBootEnv(config.bootEnv, released, vars);
       state.slots[booted.slot] ??= { version: booted.version, sha256: '', size: 0, committed: env.good === booted.slot };
       delete state.slots[standby];
+      state.interrupted = { slot: standby, version, size: bundle.manifest.payload.uncompressedSize };
       await writeState(config.stateDir, state);
       step('standby-released');
 
@@ -214,11 +226,14 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
       };
       let transfer: TransferReport;
       if ('plan' in delta) {
-        const opened = openDeltaSource({ seed: active, plan: delta.plan, store: delta.store, uncompressedSha256, signal, idleMs: config.networkTimeoutSeconds * 1000 });
+        const opened = openDeltaSource({ seeds: { booted: active, standby: resume?.target }, plan: delta.plan, store: delta.store, uncompressedSha256, signal, idleMs: config.networkTimeoutSeconds * 1000 });
         try {
           await writeSlot(opened.stream, false);
           const stats = opened.stats();
-          transfer = { mode: 'delta', fetchedBytes: headerBytes + stats.fetchedBytes, bundleBytes: headerBytes, reusedBytes: stats.reusedBytes, fetchedChunks: stats.fetchedChunks, reusedChunks: stats.reusedChunks, seedMismatches: stats.seedMismatches, requests: stats.requests };
+          transfer = {
+            mode: 'delta', fetchedBytes: headerBytes + stats.fetchedBytes, bundleBytes: headerBytes, reusedBytes: stats.reusedBytes, fetchedChunks: stats.fetchedChunks, reusedChunks: stats.reusedChunks,
+            resumedBytes: stats.resumedBytes, resumedChunks: stats.resumedChunks, repeatedChunks: stats.repeatedChunks, seedMismatches: stats.seedMismatches, requests: stats.requests, decoders: stats.decoders,
+          };
         } catch (error) {
           opened.stream.destroy();
           // a problem of the seed or the chunk store (E_DELTA, E_FETCH): the full bundle, checked as
@@ -243,6 +258,7 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
       const actual = uncompressedSha256;
       step('read-back');
       state.slots[standby] = { version, sha256: actual, size: uncompressedSize, committed: false };
+      delete state.interrupted;
       await writeState(config.stateDir, state);
 
       // the kernel arguments committed with `agent config` carry over to the new slot; a pending

@@ -63,7 +63,7 @@ test('a seed chunk that changes after it was indexed is caught when read, and fe
   const seed = await resolveSlot('A', host.config.slots.A);
   const plan = planDelta(indexBuffer(await readSlot(host, 'A')), v2.manifest.payload.index!);
   await flipSlotByte(host, 'A', 2_000_000);
-  const opened = openDeltaSource({ seed, plan, store: `${server.url}/chunks/`, uncompressedSha256: v2.manifest.payload.uncompressedSha256, idleMs: 10_000 });
+  const opened = openDeltaSource({ seeds: { booted: seed }, plan, store: `${server.url}/chunks/`, uncompressedSha256: v2.manifest.payload.uncompressedSha256, idleMs: 10_000 });
   const parts: Buffer[] = [];
   for await (const part of opened.stream) parts.push(part as Buffer);
   t.true(Buffer.concat(parts).equals(image));
