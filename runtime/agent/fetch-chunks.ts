@@ -8,6 +8,7 @@
 import { createHash } from 'node:crypto';
 import { Agent as HttpAgent, get as httpGet, type IncomingMessage } from 'node:http';
 import { Agent as HttpsAgent, get as httpsGet } from 'node:https';
+import { setMaxListeners } from 'node:events';
 import { setTimeout as delay } from 'node:timers/promises';
 import { isKubeosError, KubeosError } from '../core/errors.js';
 import { ChunkDecoder } from './decode-chunks.js';
@@ -33,6 +34,8 @@ export class ChunkFetcher {
     const Agent = store.startsWith('https:') ? HttpsAgent : HttpAgent;
     this.agent = new Agent({ keepAlive: true, maxSockets: options.sockets ?? 4 });
     this.decoder = new ChunkDecoder(options.signal);
+    // each request in flight listens on the install's signal: dozens may wait for a socket
+    if (options.signal !== undefined) setMaxListeners(100, options.signal);
   }
 
   close(): void {

@@ -47,6 +47,43 @@ export function openSource(source: string, options: ResumableOptions = {}): Read
   return new ResumableDownload(source, options);
 }
 
+/**
+ * `length` bytes of a URL from byte `start`, by a Range request (fewer when the object is shorter).
+ * A server that ignores Range and sends the whole object from 0 is cut off after them (from 0
+ * only: anything else is refused). The result is every byte received, which may run past `length`.
+ */
+export async function fetchRange(url: string, start: number, length: number, options: { signal?: AbortSignal | undefined; idleMs?: number } = {}): Promise<Buffer> {
+  const idleMs = options.idleMs ?? defaultIdleMs;
+  const response = await get(url, { range: `bytes=${start}-${start + length - 1}` }, options.signal, idleMs);
+  const status = response.statusCode ?? 0;
+  const contentRange = String(response.headers['content-range'] ?? '');
+  if (!(status === 206 && contentRange.startsWith(`bytes ${start}-`)) && !(status === 200 && start === 0)) {
+    response.resume();
+    throw new KubeosError('E_FETCH', `GET ${url} for bytes ${start}-${start + length - 1} answered HTTP ${status}${contentRange ? ` with Content-Range ${contentRange}` : ''}`, { details: { status, contentRange } });
+  }
+  const parts: Buffer[] = [];
+  let received = 0;
+  // the request's own abort listener may be gone once its response came: the body is ended here
+  const abort = () => response.destroy(new Error(`GET ${url} for bytes ${start}-${start + length - 1} was stopped`));
+  options.signal?.addEventListener('abort', abort, { once: true });
+  if (options.signal?.aborted) abort();
+  await new Promise<void>((resolve, reject) => {
+    response.setTimeout(idleMs, () => response.destroy(new Error(`no data from ${url} for ${idleMs / 1000} s`)));
+    response.on('data', (piece: Buffer) => {
+      parts.push(piece);
+      received += piece.length;
+      if (received >= length) {
+        resolve();
+        response.destroy();
+      }
+    });
+    response.once('end', resolve);
+    response.once('error', reject);
+    response.once('close', () => (response.complete || received >= length ? resolve() : reject(new Error('connection closed'))));
+  }).finally(() => options.signal?.removeEventListener('abort', abort));
+  return Buffer.concat(parts, received);
+}
+
 /** GET with optional headers, following redirects; resolves with the response of the last hop. */
 async function get(url: string, headers: Record<string, string>, signal: AbortSignal | undefined, idleMs = defaultIdleMs): Promise<IncomingMessage> {
   let target = url;

@@ -15,7 +15,7 @@ import { readBundle } from '../core/bundle/read-bundle.js';
 import { HashTap } from '../core/bundle/hash-tap.js';
 import { findRelease, releasesOf, type ChannelRelease } from '../core/channel/channel-index.js';
 import { fetchChannel, checkBundleMatchesChannel } from '../core/channel/fetch-channel.js';
-import { channelUrlOf, checkChannelName, parseUpdateSource, resolveBundleUrl } from '../core/channel/layout.js';
+import { channelUrlOf, checkChannelName, chunkStoreOf, parseUpdateSource, resolveBundleUrl } from '../core/channel/layout.js';
 import { loadTrustedKeys } from '../core/crypto/keys.js';
 import { compareVersions } from '../core/compare-versions.js';
 import { isKubeosError, KubeosError } from '../core/errors.js';
@@ -24,6 +24,7 @@ import type { AgentConfig } from './agent-config.js';
 import { readState, writeState } from './agent-state.js';
 import { readBootEnv, writeBootEnv } from './boot-env-store.js';
 import { openSource } from './fetch-resumable.js';
+import { readBundleHead } from './read-bundle-head.js';
 import { openSlotWriter, resolveSlot, type ReadBackSource } from './open-slot.js';
 import { planForgetStandby, planTryStandby } from './plan-boot-env.js';
 import { readBooted } from './read-booted.js';
@@ -150,8 +151,21 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
       tap.once('close', () => download.destroy());
       return { tap, bundle: await readBundle(download.pipe(tap), { trustedKeys, compatible: config.compatible, signal, chunkPool }) };
     };
-    let full = await openFull();
-    let bundle = full.bundle;
+    // a bundle beside a chunk store may go by delta: read only its header first (Range requests)
+    const head = chunkStoreOf(source as string) === undefined ? undefined : await readBundleHead(source as string, { trustedKeys, compatible: config.compatible, signal, idleMs: config.networkTimeoutSeconds * 1000 });
+    let full = head === undefined ? await openFull() : undefined;
+    let bundle = head?.bundle ?? full!.bundle;
+    /** The full read of a bundle whose header was read apart: it must carry the same manifest. */
+    const reopenFull = async () => {
+      const manifest = bundle.manifest;
+      bundle.payload.destroy();
+      full = await openFull();
+      bundle = full.bundle;
+      if (bundle.manifest.payload.uncompressedSha256 !== manifest.payload.uncompressedSha256 || bundle.manifest.version !== manifest.version) {
+        throw new KubeosError('E_BUNDLE_INVALID', `bundle ${source} changed between two reads (another manifest)`, { hint: 'the server replaced the file under its content address: republish it' });
+      }
+      return full;
+    };
     try {
       if (channelSigned !== undefined) checkBundleMatchesChannel(bundle, channelSigned, release?.version);
       version = bundle.manifest.version;
@@ -170,14 +184,17 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
       // an install into the standby that did not end may have left chunks of this image there
       const resume = state.interrupted?.slot === standby && state.slots[standby] === undefined ? { target, bytes: Math.min(state.interrupted.size, target.size) } : undefined;
       const delta = await chooseDelta(bundle.manifest, source as string, { target: active, bytes: state.slots[booted.slot]?.size }, resume, signal);
-      const headerBytes = full.tap.bytes;
+      const headerBytes = head?.bytes ?? full!.tap.bytes;
       if ('plan' in delta) {
         // only the manifest was needed: the rest of the bundle is not downloaded
         bundle.payload.destroy();
         const { reusedChunks, reusedBytes, resumedChunks, resumedBytes, fetchChunks, fetchBytes } = delta.plan;
         const resumed = resumedChunks > 0 ? ` (${resumedChunks} chunks, ${resumedBytes} bytes, left in slot ${standby} by an interrupted install)` : '';
         progress(`delta: ${reusedChunks} chunks (${reusedBytes} bytes) from the slots${resumed}, ${fetchChunks} (${fetchBytes} bytes) to fetch`);
-      } else progress(`full bundle: ${delta.reason}`);
+      } else {
+        progress(`full bundle: ${delta.reason}`);
+        if (full === undefined) await reopenFull();
+      }
       // From here the standby holds no bootable image: the environment must not point at it.
       const released = planForgetStandby(env, booted.slot);
       if (JSON.stringify(released) !== JSON.stringify(env)) await writeBootEnv(config.bootEnv, released, vars);
@@ -220,9 +237,9 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
           });
         }
       };
-      const writeFull = async () => {
-        await writeSlot(bundle.payload, true);
-        await checkTap(full.tap);
+      const writeFull = async (opened: NonNullable<typeof full>) => {
+        await writeSlot(opened.bundle.payload, true);
+        await checkTap(opened.tap);
       };
       let transfer: TransferReport;
       if ('plan' in delta) {
@@ -243,17 +260,16 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
           if (signal.aborted || (code !== 'E_DELTA' && code !== 'E_FETCH')) throw error;
           progress(`delta install failed (${code}: ${(error as Error).message}); taking the full bundle`);
           const stats = opened.stats();
-          full = await openFull();
-          bundle = full.bundle;
-          if (bundle.manifest.payload.uncompressedSha256 !== uncompressedSha256 || bundle.manifest.version !== version) {
-            throw new KubeosError('E_BUNDLE_INVALID', `bundle ${source} changed between two reads (another manifest)`, { hint: 'the server replaced the file under its content address: republish it' });
-          }
-          await writeFull();
-          transfer = { mode: 'full', fetchedBytes: headerBytes + stats.fetchedBytes + full.tap.bytes, bundleBytes: headerBytes + full.tap.bytes, reusedBytes: 0, fallback: { code, message: (error as Error).message } };
+          const reopened = await reopenFull();
+          await writeFull(reopened);
+          transfer = { mode: 'full', fetchedBytes: headerBytes + stats.fetchedBytes + reopened.tap.bytes, bundleBytes: headerBytes + reopened.tap.bytes, reusedBytes: 0, fallback: { code, message: (error as Error).message } };
         }
       } else {
-        await writeFull();
-        transfer = { mode: 'full', fetchedBytes: full.tap.bytes, bundleBytes: full.tap.bytes, reusedBytes: 0, reason: delta.reason };
+        const opened = full!;
+        await writeFull(opened);
+        // a header read apart (by range) was received twice
+        const bytes = opened.tap.bytes + (head?.bytes ?? 0);
+        transfer = { mode: 'full', fetchedBytes: bytes, bundleBytes: bytes, reusedBytes: 0, reason: delta.reason };
       }
       const actual = uncompressedSha256;
       step('read-back');

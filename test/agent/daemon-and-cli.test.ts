@@ -7,7 +7,7 @@ import { decodeGrubEnv } from '../../runtime/core/grubenv.js';
 import { runDaemon } from '../../runtime/agent/run-daemon.js';
 import { upgrade } from '../../runtime/agent/upgrade.js';
 import { jsonError, kubeos } from '../helpers/cli.js';
-import { publishToDir, startUpdateServer } from '../helpers/update-server.js';
+import { bundleDownloads, publishToDir, startUpdateServer } from '../helpers/update-server.js';
 import { status } from '../../runtime/agent/commit-rollback-status.js';
 import { bootInto, makeHost, makeV2, snapshot } from './host-fixture.js';
 
@@ -90,7 +90,7 @@ const racing = test.macro(async (t, n: number) => {
   const outcomes = results.map((r) => (r.exitCode === 0 ? 'installed' : `${r.exitCode} ${jsonError(r.stdout).code}`)).sort();
   t.deepEqual(outcomes, ['installed', ...Array.from({ length: n - 1 }, () => '1 E_LOCKED')].sort(), results.map((r) => r.stderr).join('\n'));
   t.is((await snapshot(host)).slotA, before.slotA, 'the active slot is untouched');
-  t.is(server.requests.filter((r) => r.path.startsWith('bundles/')).length, 1, 'one download');
+  t.is(bundleDownloads(server).length, 1, 'one download');
   t.like(await status(host.config), { slots: { B: { state: 'trying', version: '2.0.0' } } });
 });
 for (const n of [2, 3, 5]) test(`${n} agent upgrades started at once: one installs, ${n - 1} get E_LOCKED, none crashes`, racing, n);

@@ -50,7 +50,7 @@ test('SIGKILL at 25 points of a delta install leaves the booted slot and the boo
   const blank = Buffer.alloc(slotSize);
   const outcomes: string[] = [];
   let resumedTotal = 0;
-  for (const [index, point] of killPoints.entries()) {
+  for (const point of killPoints) {
     // the same starting host for every point
     await rm(join(host.runDir, 'agent.lock'), { recursive: true, force: true });
     await rm(stateDir, { recursive: true, force: true });

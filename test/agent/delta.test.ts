@@ -14,6 +14,7 @@ import { openDeltaSource } from '../../runtime/agent/delta-source.js';
 import { planDelta } from '../../runtime/agent/plan-delta.js';
 import { resolveSlot } from '../../runtime/agent/open-slot.js';
 import { makeHost, readSlot, sha256, slotOffsets, slotSize } from './host-fixture.js';
+import { member } from '../helpers/bundle-fixtures.js';
 import { flipSlotByte, imageSize, makeDeltaHost, missingChunks, readFile, removeChunk, replaceChunk } from './delta-fixture.js';
 
 test('a delta install fetches only the chunks the booted slot lacks and writes a slot byte-identical to a full install', async (t) => {
@@ -26,8 +27,11 @@ test('a delta install fetches only the chunks the booted slot lacks and writes a
   t.is(result.transfer.reusedBytes + missing.reduce((sum, s) => sum + v2.manifest.payload.index!.chunks.find(([, x]) => x === s)![0], 0), imageSize);
   t.is(sha256(await readSlot(host, 'B', imageSize)), imageSha256);
   t.deepEqual(bootEnvFromGrub(decodeGrubEnv(await readFile(host.bootEnv))), { good: 'A', trying: 'B', triesLeft: 3, failed: undefined });
-  // one GET of the bundle (its manifest), one per missing chunk, over kept-alive connections
-  t.is(server.requests.filter((r) => r.path.startsWith('bundles/')).length, 1);
+  // one ranged GET of the bundle's header (its manifest), one per missing chunk, over kept-alive connections
+  t.deepEqual(server.requests.filter((r) => r.path.startsWith('bundles/')).map((r) => r.range), ['bytes=0-65535']);
+  const headerEnd = member(await readFile(v2.path), 'payload.img.zst').dataOffset;
+  t.true(headerEnd < 65536, `the header is ${headerEnd} bytes`);
+  t.is(result.transfer.bundleBytes, 65536);
   t.is(server.requests.filter((r) => r.path.startsWith('chunks/')).length, missing.length);
   t.true(server.connections < server.requests.length, `${server.connections} connections for ${server.requests.length} requests`);
   t.true(result.transfer.fetchedBytes < v2.size / 3, `fetched ${result.transfer.fetchedBytes} of a ${v2.size}-byte bundle`);

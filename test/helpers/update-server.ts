@@ -37,6 +37,16 @@ export interface UpdateServer {
   connections: number;
 }
 
+/** A request for a closed range (`bytes=A-B`): the agent reading a bundle's header only, not a download or its resume (`bytes=N-`). */
+export function isHeaderRead(request: { path: string; range: string | undefined }): boolean {
+  return request.path.startsWith('bundles/') && /^bytes=\d+-\d+$/.test(request.range ?? '');
+}
+
+/** The bundle downloads and their resumes, header reads left out. */
+export function bundleDownloads(server: UpdateServer): { path: string; range: string | undefined }[] {
+  return server.requests.filter((r) => r.path.startsWith('bundles/') && !isHeaderRead(r));
+}
+
 export async function startUpdateServer(t: ExecutionContext, root: string): Promise<UpdateServer> {
   const drops = new Map<string, number>();
   const state: UpdateServer = {
@@ -65,20 +75,24 @@ export async function startUpdateServer(t: ExecutionContext, root: string): Prom
         res.writeHead(404).end();
         return;
       }
+      // ranges as S3 serves them: `bytes=N-` and `bytes=N-M`
       let start = 0;
-      const range = /^bytes=(\d+)-$/.exec(req.headers.range ?? '');
-      if (range) start = Number(range[1]);
+      let end = size - 1;
+      const range = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? '');
+      if (range) {
+        start = Number(range[1]);
+        if (range[2] !== '') end = Math.min(end, Number(range[2]));
+      }
       res.writeHead(range ? 206 : 200, {
-        'content-length': String(size - start),
+        'content-length': String(end + 1 - start),
         'etag': `"${size}"`,
         'accept-ranges': 'bytes',
-        ...(range ? { 'content-range': `bytes ${start}-${size - 1}/${size}` } : {}),
+        ...(range ? { 'content-range': `bytes ${start}-${end}/${size}` } : {}),
       });
       const dropAt = drops.get(path);
-      if (dropAt !== undefined) drops.delete(path);
       if (path.startsWith('bundles/')) await state.gate;
       let sent = 0;
-      const stream = createReadStream(file, { start, highWaterMark: state.slow ? 64 * 1024 : 1 << 20 });
+      const stream = createReadStream(file, { start, end, highWaterMark: state.slow ? 64 * 1024 : 1 << 20 });
       for await (const chunk of stream) {
         let piece = chunk as Buffer;
         if (dropAt !== undefined && sent + piece.length > dropAt) piece = piece.subarray(0, dropAt - sent);
@@ -86,6 +100,7 @@ export async function startUpdateServer(t: ExecutionContext, root: string): Prom
         sent += piece.length;
         if (path.startsWith('bundles/')) state.onBundleBytes?.(start + sent);
         if (dropAt !== undefined && sent >= dropAt) {
+          drops.delete(path);
           res.destroy();
           stream.destroy();
           return;

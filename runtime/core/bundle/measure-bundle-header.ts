@@ -1,0 +1,48 @@
+/**
+ * How many leading bytes of a bundle hold its header: the manifest and signature members and the
+ * payload member's tar header, after which the compressed image starts. A host that installs by
+ * delta needs only those, and asks the server for exactly them (a Range request) instead of
+ * starting the whole download and stopping it.
+ */
+import { Readable } from 'node:stream';
+import * as tar from 'tar-stream';
+import { manifestMember, maxManifestBytes, maxSignatureBytes, payloadMember, signatureMember } from './manifest.js';
+
+const block = 512;
+const padded = (size: number) => Math.ceil(size / block) * block;
+
+/**
+ * From a prefix of a bundle: `bytes`, the header's exact length, once the prefix reaches the
+ * payload member's tar header; else `atMost`, a length that surely holds it (the manifest's size is
+ * known from the first tar header, the signature is at most maxSignatureBytes), or undefined when
+ * the prefix does not start like a bundle (the full read then reports what is wrong).
+ */
+export async function measureBundleHeader(prefix: Buffer): Promise<{ bytes: number } | { atMost: number } | undefined> {
+  const extract = tar.extract();
+  const sizes: { name: string; size: number }[] = [];
+  const walked = new Promise<void>((resolve) => {
+    extract.on('entry', (header, stream, next) => {
+      sizes.push({ name: header.name, size: header.size ?? 0 });
+      // an entry cut short by the prefix's end fails; that too is expected here
+      stream.on('error', () => resolve());
+      if (sizes.length === 3) {
+        stream.destroy();
+        resolve();
+        return;
+      }
+      stream.on('end', next);
+      stream.resume();
+    });
+    extract.on('finish', resolve);
+    // a prefix ends inside the archive: that is expected here, not an error
+    extract.on('error', () => resolve());
+  });
+  Readable.from([prefix]).pipe(extract);
+  await walked;
+  const [manifest, signature, payload] = sizes;
+  if (manifest === undefined || manifest.name !== manifestMember || manifest.size > maxManifestBytes) return undefined;
+  if (signature === undefined) return { atMost: 3 * block + padded(manifest.size) + padded(maxSignatureBytes) };
+  if (signature.name !== signatureMember || (payload !== undefined && payload.name !== payloadMember)) return undefined;
+  const bytes = 3 * block + padded(manifest.size) + padded(signature.size);
+  return payload === undefined ? { atMost: bytes } : { bytes };
+}
