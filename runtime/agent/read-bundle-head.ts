@@ -33,8 +33,13 @@ export async function readBundleHead(url: string, options: { trustedKeys: Truste
   try {
     let prefix = await fetchRange(url, 0, firstRequestBytes, { signal, idleMs });
     let measured = await measureBundleHeader(prefix);
-    if (measured !== undefined && 'atMost' in measured && measured.atMost > prefix.length && prefix.length >= firstRequestBytes) {
-      prefix = Buffer.concat([prefix, await fetchRange(url, prefix.length, measured.atMost - prefix.length, { signal, idleMs })]);
+    let whole = prefix.length < firstRequestBytes;
+    // at most two more: the manifest's rest (and a guess at the signature), then a bigger signature
+    for (let more = 0; more < 2 && !whole && measured !== undefined && 'guess' in measured && measured.guess > prefix.length; more++) {
+      const asked = measured.guess - prefix.length;
+      const got = await fetchRange(url, prefix.length, asked, { signal, idleMs });
+      whole = got.length < asked;
+      prefix = Buffer.concat([prefix, got]);
       measured = await measureBundleHeader(prefix);
     }
     if (measured === undefined || !('bytes' in measured)) return undefined;

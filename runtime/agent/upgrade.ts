@@ -47,6 +47,11 @@ export interface UpgradeOptions {
   onProgress?: (step: string, fraction?: number, bytes?: { done: number; total: number }) => void;
   /** Bytes of the standby slot written so far and in all (for the cluster's progress annotation). */
   onBytes?: (done: number, total: number) => void;
+  /**
+   * Called with the result once the new slot is set to boot next, before the reboot: a report made
+   * after the reboot command races init's SIGTERM and may never reach the console or the log.
+   */
+  onInstalled?: (result: InstalledResult) => void;
   /** Test hook: called at each named step (the SIGKILL tests stop the process there). */
   onStep?: (step: UpgradeStep) => void;
 }
@@ -56,9 +61,9 @@ const installBufferBytes = 64 << 20;
 
 export type UpgradeStep = 'locked' | 'verified-header' | 'standby-released' | 'writing' | 'written' | 'read-back' | 'env-written';
 
-export type UpgradeResult =
-  | { kind: 'up-to-date'; version: string }
-  | { kind: 'installed'; version: string; from: string; slot: Slot; sha256: string; rebooting: boolean; transfer: TransferReport; /** Where the read-back read the slot from. */ readBack: ReadBackSource };
+export interface InstalledResult { kind: 'installed'; version: string; from: string; slot: Slot; sha256: string; rebooting: boolean; transfer: TransferReport; /** Where the read-back read the slot from. */ readBack: ReadBackSource }
+
+export type UpgradeResult = { kind: 'up-to-date'; version: string } | InstalledResult;
 
 /** What an install downloaded and what it copied from the booted slot instead. */
 export interface TransferReport {
@@ -285,11 +290,13 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
       state.lastUpgrade = { version, slot: standby, result: 'installed', at: new Date().toISOString() };
       await writeState(config.stateDir, state);
       const rebooting = options.reboot !== false;
+      const result: InstalledResult = { kind: 'installed', version, from: booted.version, slot: standby, sha256: actual, rebooting, transfer, readBack };
+      options.onInstalled?.(result);
       if (rebooting) {
         progress('rebooting');
         await runCommand(config.reboot, { timeoutMs: 60_000 });
       }
-      return { kind: 'installed', version, from: booted.version, slot: standby, sha256: actual, rebooting, transfer, readBack };
+      return result;
     } finally {
       bundle.payload.destroy();
     }

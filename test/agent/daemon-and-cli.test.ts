@@ -1,5 +1,5 @@
 /** `kubeos agent daemon` on a file-backed host, and the agent CLI's errors. */
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { bootEnvFromGrub } from '../../runtime/core/boot-env.js';
@@ -9,7 +9,7 @@ import { upgrade } from '../../runtime/agent/upgrade.js';
 import { jsonError, kubeos } from '../helpers/cli.js';
 import { bundleDownloads, publishToDir, startUpdateServer } from '../helpers/update-server.js';
 import { status } from '../../runtime/agent/commit-rollback-status.js';
-import { bootInto, makeHost, makeV2, snapshot } from './host-fixture.js';
+import { bootInto, makeHost, makeV2, snapshot, type Host } from './host-fixture.js';
 
 test('the daemon commits a trial boot, then installs the newer version the channel offers, one log line per change', async (t) => {
   const host = await makeHost(t);
@@ -37,6 +37,27 @@ test('agent status prints JSON for machines through the CLI', async (t) => {
   t.like(result.json, { booted: 'A', bootKind: 'good', version: '1.0.0', fellBack: false, slots: { A: { state: 'good' }, B: { state: 'empty' } }, config: { committed: 0 } });
   const human = await kubeos(['agent', 'status', '--config', host.configPath]);
   t.regex(human.stdout, /^configuration: none committed$/m);
+});
+
+/** A host whose reboot command SIGKILLs the agent that ran it: init's SIGTERM at shutdown, without the grace. */
+async function makeHostKilledByReboot(t: ExecutionContext): Promise<{ host: Host; configPath: string }> {
+  const host = await makeHost(t);
+  const raw = JSON.parse(await readFile(host.configPath, 'utf8')) as Record<string, unknown>;
+  const killParent = join(host.dir, 'kill-parent.mjs');
+  await writeFile(killParent, "process.kill(process.ppid, 'SIGKILL');\n");
+  const configPath = join(host.dir, 'killing-reboot.json');
+  await writeFile(configPath, JSON.stringify({ ...raw, reboot: [process.execPath, killParent] }));
+  return { host, configPath };
+}
+
+test('agent upgrade prints its result before the reboot command runs: a reboot that ends the agent at once loses no report', async (t) => {
+  // the agent is killed holding its lock: a host for each form
+  const json = await makeHostKilledByReboot(t);
+  const result = await kubeos(['agent', 'upgrade', '--config', json.configPath, '--bundle', (await makeV2(json.host)).path, '--json']);
+  t.like(result.json, { kind: 'installed', version: '2.0.0', slot: 'B', rebooting: true, transfer: { mode: 'full' } }, result.stdout + result.stderr);
+  const text = await makeHostKilledByReboot(t);
+  const human = await kubeos(['agent', 'upgrade', '--config', text.configPath, '--bundle', (await makeV2(text.host)).path]);
+  t.regex(human.stdout, /^installed 2\.0\.0 into slot B .*; rebooting\n {2}full bundle: fetched \d+ bytes/m, human.stderr);
 });
 
 test('agent commands name a missing configuration file', async (t) => {

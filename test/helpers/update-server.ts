@@ -1,7 +1,8 @@
 /**
  * A static update server for agent tests, on 127.0.0.1 only: serves a directory laid out like a
  * published bucket (channels/, bundles/) with Range support, and can cut a response short once
- * (a dropped connection) or report how many bytes it sent (so a test can act mid-download).
+ * (a dropped connection) or report how many bytes it sent (so a test can act mid-download), and
+ * counts the body bytes it wrote per top folder (what a delta install cost on the wire).
  */
 import { createReadStream } from 'node:fs';
 import { copyFile, mkdir, stat, writeFile } from 'node:fs/promises';
@@ -35,6 +36,11 @@ export interface UpdateServer {
   chunkDelayMs: number;
   /** TCP connections accepted (keep-alive shows as fewer connections than requests). */
   connections: number;
+  /**
+   * Body bytes written, per top folder (`bundles`, `chunks`, `channels`), over all requests. Bytes
+   * written are not bytes read: a client that stops a download leaves what was in flight uncounted by it.
+   */
+  bodyBytes: Record<string, number>;
 }
 
 /** A request for a closed range (`bytes=A-B`): the agent reading a bundle's header only, not a download or its resume (`bytes=N-`). */
@@ -57,6 +63,7 @@ export async function startUpdateServer(t: ExecutionContext, root: string): Prom
     slow: false,
     chunkDelayMs: 0,
     connections: 0,
+    bodyBytes: {},
   };
   let chunkRequests = 0;
   const server: Server = createServer((req, res) => {
@@ -92,12 +99,14 @@ export async function startUpdateServer(t: ExecutionContext, root: string): Prom
       const dropAt = drops.get(path);
       if (path.startsWith('bundles/')) await state.gate;
       let sent = 0;
+      const folder = path.split('/')[0]!;
       const stream = createReadStream(file, { start, end, highWaterMark: state.slow ? 64 * 1024 : 1 << 20 });
       for await (const chunk of stream) {
         let piece = chunk as Buffer;
         if (dropAt !== undefined && sent + piece.length > dropAt) piece = piece.subarray(0, dropAt - sent);
         if (!res.write(piece)) await new Promise((resolve) => res.once('drain', resolve));
         sent += piece.length;
+        state.bodyBytes[folder] = (state.bodyBytes[folder] ?? 0) + piece.length;
         if (path.startsWith('bundles/')) state.onBundleBytes?.(start + sent);
         if (dropAt !== undefined && sent >= dropAt) {
           drops.delete(path);

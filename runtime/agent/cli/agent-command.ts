@@ -9,7 +9,7 @@ import { makeProgress, printResult, type GlobalArgs } from '../../cli/output.js'
 import { KubeosError } from '../../core/errors.js';
 import { defaultConfigPath, loadAgentConfig } from '../agent-config.js';
 import { commit, rollback, status } from '../commit-rollback-status.js';
-import type { TransferReport } from '../upgrade.js';
+import type { TransferReport, UpgradeResult } from '../upgrade.js';
 import { readFile } from 'node:fs/promises';
 import type { ConfigStatus } from '../os-config-apply.js';
 
@@ -77,6 +77,14 @@ const upgradeCommand: CommandModule<AgentArgs, UpgradeArgs> = {
   handler: async (args) => {
     const config = await loadAgentConfig(args.config);
     const { upgrade } = await import('../upgrade.js');
+    // an install is reported before the host reboots (stdout to a terminal or a file is written at once)
+    let reported = false;
+    const report = (result: UpgradeResult) => {
+      reported = true;
+      printResult(args, result, () => result.kind === 'up-to-date'
+        ? `up to date: ${result.version}`
+        : `installed ${result.version} into slot ${result.slot} (sha256 ${result.sha256}); ${result.rebooting ? 'rebooting' : 'it boots next (run reboot)'}\n${describeTransfer(result.transfer)}`);
+    };
     const result = await upgrade(config, {
       channel: args.channel ?? (args.bundle === undefined ? config.channel : undefined),
       ...(args.imageVersion === undefined ? {} : { version: args.imageVersion }),
@@ -84,10 +92,9 @@ const upgradeCommand: CommandModule<AgentArgs, UpgradeArgs> = {
       reboot: args.reboot,
       allowDowngrade: args.allowDowngrade,
       onProgress: makeProgress(args),
+      onInstalled: report,
     });
-    printResult(args, result, () => result.kind === 'up-to-date'
-      ? `up to date: ${result.version}`
-      : `installed ${result.version} into slot ${result.slot} (sha256 ${result.sha256}); ${result.rebooting ? 'rebooting' : 'it boots next (run reboot)'}\n${describeTransfer(result.transfer)}`);
+    if (!reported) report(result);
   },
 };
 

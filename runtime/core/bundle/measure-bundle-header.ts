@@ -9,15 +9,17 @@ import * as tar from 'tar-stream';
 import { manifestMember, maxManifestBytes, maxSignatureBytes, payloadMember, signatureMember } from './manifest.js';
 
 const block = 512;
+const signatureGuess = 4096;
 const padded = (size: number) => Math.ceil(size / block) * block;
 
 /**
  * From a prefix of a bundle: `bytes`, the header's exact length, once the prefix reaches the
- * payload member's tar header; else `atMost`, a length that surely holds it (the manifest's size is
- * known from the first tar header, the signature is at most maxSignatureBytes), or undefined when
- * the prefix does not start like a bundle (the full read then reports what is wrong).
+ * payload member's tar header; else `guess`, the length to read next (the manifest's size is known
+ * from the first tar header; a signature is a few hundred bytes, so 4 KiB is allowed for it, and a
+ * bigger one shows in its own tar header, read with that guess), or undefined when the prefix does
+ * not start like a bundle (the full read then reports what is wrong).
  */
-export async function measureBundleHeader(prefix: Buffer): Promise<{ bytes: number } | { atMost: number } | undefined> {
+export async function measureBundleHeader(prefix: Buffer): Promise<{ bytes: number } | { guess: number } | undefined> {
   const extract = tar.extract();
   const sizes: { name: string; size: number }[] = [];
   const walked = new Promise<void>((resolve) => {
@@ -41,8 +43,8 @@ export async function measureBundleHeader(prefix: Buffer): Promise<{ bytes: numb
   await walked;
   const [manifest, signature, payload] = sizes;
   if (manifest === undefined || manifest.name !== manifestMember || manifest.size > maxManifestBytes) return undefined;
-  if (signature === undefined) return { atMost: 3 * block + padded(manifest.size) + padded(maxSignatureBytes) };
-  if (signature.name !== signatureMember || (payload !== undefined && payload.name !== payloadMember)) return undefined;
+  if (signature === undefined) return { guess: 3 * block + padded(manifest.size) + signatureGuess };
+  if (signature.name !== signatureMember || signature.size > maxSignatureBytes || (payload !== undefined && payload.name !== payloadMember)) return undefined;
   const bytes = 3 * block + padded(manifest.size) + padded(signature.size);
-  return payload === undefined ? { atMost: bytes } : { bytes };
+  return payload === undefined ? { guess: bytes } : { bytes };
 }
