@@ -1,7 +1,8 @@
 /**
  * `npm run bench`: every speed and memory target of kubeos, each printed as a ratio against a
  * baseline measured in the same run on the same machine. `--json` prints the rows for CI.
- * `--only NAME` runs the benches whose module name contains NAME.
+ * `--only NAME` runs the benches whose module name contains NAME (`--only delta` runs delta and
+ * delta-install).
  */
 import type { Bench, BenchRow } from './bench/measure.js';
 
@@ -14,6 +15,8 @@ const benches: Record<string, () => Promise<{ bench: Bench }>> = {
   'operator-cluster': () => import('./bench/operator-cluster.js'),
   unpack: () => import('./bench/unpack.js'),
   delta: () => import('./bench/delta.js'),
+  // builds a 1 GiB root twice and images/debian from two suites: several minutes
+  'delta-install': () => import('./bench/delta-install.js'),
   // last: it boots three QEMU guests and takes several minutes
   fleet: () => import('./bench/fleet.js'),
 };

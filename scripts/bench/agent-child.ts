@@ -1,6 +1,6 @@
 /**
  * Child process of the agent bench: one `upgrade` into a file-backed slot, then its wall time and
- * peak RSS (VmHWM).   node agent-child.js CONFIG BUNDLE_URL
+ * peak RSS (VmHWM), and what the install fetched (its transfer report).   node agent-child.js CONFIG BUNDLE_URL
  */
 import { performance } from 'node:perf_hooks';
 import { loadAgentConfig } from '../../runtime/agent/agent-config.js';
@@ -13,5 +13,7 @@ if (!config || !bundle) {
   process.exit(2);
 }
 const start = performance.now();
-await upgrade(await loadAgentConfig(config), { bundle, reboot: false, allowDowngrade: true });
-process.stdout.write(`${JSON.stringify({ seconds: (performance.now() - start) / 1000, maxRssMiB: await peakRssMiB() })}\n`);
+const result = await upgrade(await loadAgentConfig(config), { bundle, reboot: false, allowDowngrade: true });
+const seconds = (performance.now() - start) / 1000;
+const transfer = result.kind === 'installed' ? result.transfer : undefined;
+process.stdout.write(`${JSON.stringify({ seconds, maxRssMiB: await peakRssMiB(), transfer })}\n`);

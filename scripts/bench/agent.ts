@@ -40,11 +40,12 @@ async function extractPayload(bundle: string, out: string): Promise<void> {
   await done;
 }
 
-export async function makeHost(dir: string, slotSize: number, pubPath: string): Promise<{ config: string; slotB: string }> {
+/** A file-backed host booted from slot A; `seed` is an image to use as slot A (read only: the agent never writes its booted slot). */
+export async function makeHost(dir: string, slotSize: number, pubPath: string, seed?: string): Promise<{ config: string; slotB: string }> {
   await mkdir(dir, { recursive: true });
-  const slotA = join(dir, 'slotA.img');
+  const slotA = seed ?? join(dir, 'slotA.img');
   const slotB = join(dir, 'slotB.img');
-  for (const slot of [slotA, slotB]) {
+  for (const slot of seed === undefined ? [slotA, slotB] : [slotB]) {
     await writeFile(slot, '');
     await truncate(slot, slotSize);
   }

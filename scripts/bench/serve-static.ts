@@ -31,13 +31,20 @@ async function accepts(port: number): Promise<boolean> {
   });
 }
 
-export async function serveStatic(dir: string): Promise<StaticServer> {
+export interface ServeOptions {
+  /** Append busybox's `-vv` log (one `url:` and one `response:` line a request) to this file. */
+  log?: string;
+}
+
+export async function serveStatic(dir: string, options: ServeOptions = {}): Promise<StaticServer> {
   const busybox = await findTool('busybox');
   if (busybox === undefined) throw new Error('the bench serves files with busybox httpd: install busybox-static (scripts/install-deps.sh)');
   // the port is free when asked and taken a moment later: another process may get there first
   for (let attempt = 0; attempt < 5; attempt++) {
     const port = await freePort();
-    const child: ResultPromise = execa(busybox, ['httpd', '-f', '-p', `127.0.0.1:${port}`, '-h', dir], { reject: false, stdin: 'ignore', buffer: false, stdout: 'ignore', stderr: 'ignore' });
+    const verbose = options.log === undefined ? [] : ['-vv'];
+    const stderr = options.log === undefined ? 'ignore' as const : { file: options.log, append: true };
+    const child: ResultPromise = execa(busybox, ['httpd', '-f', ...verbose, '-p', `127.0.0.1:${port}`, '-h', dir], { reject: false, stdin: 'ignore', buffer: false, stdout: 'ignore', stderr });
     let exited = false;
     void child.then(() => { exited = true; });
     for (let i = 0; i < 250 && !exited; i++) {
