@@ -5,6 +5,7 @@
  * enough of its chunks. Anything else, a seed that cannot be read included, is a full install,
  * with the reason.
  */
+import type { Chunk } from '../core/bundle/chunk-index.js';
 import type { BundleManifest } from '../core/bundle/manifest.js';
 import { chunkStoreOf } from '../core/channel/layout.js';
 import { isKubeosError } from '../core/errors.js';
@@ -12,12 +13,14 @@ import { indexSeed } from './index-seed.js';
 import type { SlotTarget } from './open-slot.js';
 import { planDelta, refuseDelta, type DeltaPlan } from './plan-delta.js';
 
-export type DeltaChoice = { plan: DeltaPlan; store: string } | { reason: string };
+export type DeltaChoice = { plan: DeltaPlan; store: string; /** The booted slot's index came from the state dir, not from reading the slot. */ savedIndex: boolean } | { reason: string };
 
 /** A slot to index, and how much of it holds an image (the whole slot when unknown). */
 export interface SeedSlotInput {
   target: SlotTarget;
   bytes: number | undefined;
+  /** The slot's index as saved when its image was verified (slot-index-store.ts): the slot is then not read. */
+  saved?: Chunk[] | undefined;
 }
 
 export async function chooseDelta(manifest: BundleManifest, source: string, booted: SeedSlotInput, standby: SeedSlotInput | undefined, signal?: AbortSignal): Promise<DeltaChoice> {
@@ -29,7 +32,7 @@ export async function chooseDelta(manifest: BundleManifest, source: string, boot
   for (const seed of [booted, standby]) {
     if (seed === undefined) continue;
     try {
-      held.push(await indexSeed(seed.target, index.rule, seed.bytes, signal));
+      held.push(seed.saved ?? (await indexSeed(seed.target, index.rule, seed.bytes, signal)));
     } catch (error) {
       signal?.throwIfAborted();
       return { reason: `slot ${seed.target.slot} could not be indexed (${isKubeosError(error) ? error.code : 'E_DELTA'}: ${(error as Error).message})` };
@@ -37,5 +40,5 @@ export async function chooseDelta(manifest: BundleManifest, source: string, boot
   }
   const plan = planDelta(held[0]!, index, held[1]);
   const refused = refuseDelta(plan);
-  return refused === undefined ? { plan, store } : { reason: `a delta is not worth it: ${refused}` };
+  return refused === undefined ? { plan, store, savedIndex: booted.saved !== undefined } : { reason: `a delta is not worth it: ${refused}` };
 }

@@ -25,6 +25,7 @@ import { readState, writeState } from './agent-state.js';
 import { readBootEnv, writeBootEnv } from './boot-env-store.js';
 import { openSource } from './fetch-resumable.js';
 import { readBundleHead } from './read-bundle-head.js';
+import { forgetSlotIndex, loadSlotIndex, saveSlotIndex } from './slot-index-store.js';
 import { openSlotWriter, resolveSlot, type ReadBackSource } from './open-slot.js';
 import { planForgetStandby, planTryStandby } from './plan-boot-env.js';
 import { readBooted } from './read-booted.js';
@@ -83,6 +84,8 @@ export interface TransferReport {
   repeatedChunks?: number;
   /** zstd processes that decoded the fetched chunks (in batches). */
   decoders?: number;
+  /** Where the booted slot's chunk index came from: saved when its image was installed, or read from the slot. */
+  seedIndex?: 'saved' | 'read';
   /** Booted-slot chunks that did not match when read (a damaged seed) and were fetched instead. */
   seedMismatches?: number;
   requests?: number;
@@ -188,7 +191,9 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
       // The seed is the booted slot (checked apart from the standby just above), never the slot being written.
       // an install into the standby that did not end may have left chunks of this image there
       const resume = state.interrupted?.slot === standby && state.slots[standby] === undefined ? { target, bytes: Math.min(state.interrupted.size, target.size) } : undefined;
-      const delta = await chooseDelta(bundle.manifest, source as string, { target: active, bytes: state.slots[booted.slot]?.size }, resume, signal);
+      const rule = bundle.manifest.payload.index?.rule;
+      const saved = rule === undefined ? undefined : await loadSlotIndex(config.stateDir, booted.slot, state.slots[booted.slot]?.sha256 ?? '', rule);
+      const delta = await chooseDelta(bundle.manifest, source as string, { target: active, bytes: state.slots[booted.slot]?.size, saved }, resume, signal);
       const headerBytes = head?.bytes ?? full!.tap.bytes;
       if ('plan' in delta) {
         // only the manifest was needed: the rest of the bundle is not downloaded
@@ -207,6 +212,7 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
       delete state.slots[standby];
       state.interrupted = { slot: standby, version, size: bundle.manifest.payload.uncompressedSize };
       await writeState(config.stateDir, state);
+      await forgetSlotIndex(config.stateDir, standby);
       step('standby-released');
 
       const { uncompressedSize, uncompressedSha256 } = bundle.manifest.payload;
@@ -255,6 +261,7 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
           transfer = {
             mode: 'delta', fetchedBytes: headerBytes + stats.fetchedBytes, bundleBytes: headerBytes, reusedBytes: stats.reusedBytes, fetchedChunks: stats.fetchedChunks, reusedChunks: stats.reusedChunks,
             resumedBytes: stats.resumedBytes, resumedChunks: stats.resumedChunks, repeatedChunks: stats.repeatedChunks, seedMismatches: stats.seedMismatches, requests: stats.requests, decoders: stats.decoders,
+            seedIndex: delta.savedIndex ? 'saved' : 'read',
           };
         } catch (error) {
           opened.stream.destroy();
@@ -278,6 +285,9 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
       }
       const actual = uncompressedSha256;
       step('read-back');
+      // the signed index now describes the standby: the next delta from it need not read it
+      const signedIndex = bundle.manifest.payload.index;
+      if (signedIndex !== undefined) await saveSlotIndex(config.stateDir, standby, actual, signedIndex);
       state.slots[standby] = { version, sha256: actual, size: uncompressedSize, committed: false };
       delete state.interrupted;
       await writeState(config.stateDir, state);

@@ -4,7 +4,9 @@
  * install; a damaged seed or chunk store is detected, and the full bundle is taken instead.
  */
 import test from 'ava';
-import { copyFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { copyFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { execa } from 'execa';
 import { bootEnvFromGrub } from '../../runtime/core/boot-env.js';
 import { decodeGrubEnv } from '../../runtime/core/grubenv.js';
@@ -13,8 +15,10 @@ import { upgrade } from '../../runtime/agent/upgrade.js';
 import { openDeltaSource } from '../../runtime/agent/delta-source.js';
 import { planDelta } from '../../runtime/agent/plan-delta.js';
 import { resolveSlot } from '../../runtime/agent/open-slot.js';
-import { makeHost, readSlot, sha256, slotOffsets, slotSize } from './host-fixture.js';
-import { member } from '../helpers/bundle-fixtures.js';
+import { bootInto, makeHost, readSlot, sha256, slotOffsets, slotSize } from './host-fixture.js';
+import { makeBundle, member } from '../helpers/bundle-fixtures.js';
+import { publishToDir } from '../helpers/update-server.js';
+import { commit } from '../../runtime/agent/commit-rollback-status.js';
 import { flipSlotByte, imageSize, makeDeltaHost, missingChunks, readFile, removeChunk, replaceChunk } from './delta-fixture.js';
 
 test('a delta install fetches only the chunks the booted slot lacks and writes a slot byte-identical to a full install', async (t) => {
@@ -113,4 +117,27 @@ test('a bundle given as a file has no chunk store: full install', async (t) => {
   t.like(result.transfer, { mode: 'full' });
   t.regex(result.transfer.reason ?? '', /chunk store/);
   t.is(sha256(await readSlot(host, 'B', imageSize)), imageSha256);
+});
+
+test('the next delta from a slot the agent installed takes that slot\'s signed index from the state dir instead of reading the slot, and a chunk changed since is still fetched', async (t) => {
+  const { host, image, site, channelUrl } = await makeDeltaHost(t, { regions: 4 });
+  const first = await upgrade(host.config, { channel: channelUrl, reboot: false });
+  if (first.kind !== 'installed') return t.fail(first.kind);
+  t.like(first.transfer, { mode: 'delta', seedIndex: 'read' });
+  await bootInto(host, 'B', 'trying', '2.0.0');
+  await commit(host.config);
+
+  // v3: v2 with other regions rewritten, published on the same channel
+  const v3image = Buffer.from(image);
+  for (const at of [500_000, 3_000_000, 5_500_000]) randomBytes(4096).copy(v3image, at);
+  const rootfs = join(host.dir, 'v3.img');
+  await writeFile(rootfs, v3image);
+  const v3 = await makeBundle(host.dir, host.keys, { rootfs, name: 'v3', version: '3.0.0' });
+  await publishToDir(site, v3, host.keys.privateKey, { serial: 2, chunks: true });
+  // a byte of slot B changed after its install: the saved index no longer matches that chunk
+  await flipSlotByte(host, 'B', 2_000_000);
+  const second = await upgrade(host.config, { channel: channelUrl, reboot: false });
+  if (second.kind !== 'installed') return t.fail(second.kind);
+  t.like(second, { slot: 'A', transfer: { mode: 'delta', seedIndex: 'saved', seedMismatches: 1 } });
+  t.is(sha256(await readSlot(host, 'A', imageSize)), sha256(v3image));
 });
