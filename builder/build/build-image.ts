@@ -66,7 +66,7 @@ export interface BuildResult {
   seconds: number;
 }
 
-const buildTools: Tool[] = ['ldd', 'zstd', 'mke2fs', 'debugfs', 'dumpe2fs', 'mkfs.vfat', 'mmd', 'mcopy', 'sgdisk', 'grub-mkimage', 'busybox', 'dpkg-deb', 'apt-get', 'apt-cache', 'modinfo'];
+const buildTools: Tool[] = ['ldd', 'zstd', 'mke2fs', 'debugfs', 'dumpe2fs', 'tune2fs', 'mkfs.vfat', 'mmd', 'mcopy', 'sgdisk', 'grub-mkimage', 'busybox', 'dpkg-deb', 'apt-get', 'apt-cache', 'modinfo'];
 
 /**
  * rootfs.img holds the tree with room for filesystem overhead, not the whole slot: bundles and
@@ -196,6 +196,8 @@ export async function buildImage(options: BuildOptions): Promise<BuildResult> {
       await makeExt4({
         file: rootfsImg, size: rootfsSize(treeBytes, rootA.size, treeStats), slotSize: rootA.size, label: 'kubeos-root', journal: false, tree, treeBytes, entries: treeStats.entries, epoch, signal,
         uuid: deriveUuid(layout.seed, `rootfs:${image.name}:${image.version}`), meta: source?.meta,
+        // one checksum and directory-hash seed for every version of the image: unchanged blocks stay equal
+        checksumSeed: deriveUuid(layout.seed, `rootfs:${image.name}`),
       });
     }
 

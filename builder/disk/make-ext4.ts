@@ -11,6 +11,14 @@ export interface Ext4Input {
   size: number;
   label: string;
   uuid: string;
+  /**
+   * The UUID the filesystem is made with, when it differs from `uuid`: metadata checksums and the
+   * directory hash seed derive from it (`metadata_csum_seed` keeps the checksum seed apart from the
+   * UUID), and `uuid` is set after by tune2fs, which then rewrites only the superblock. Two
+   * versions of an image made with one seed share every unchanged block, directory blocks and
+   * inode tables included, which keeps deltas to what changed (docs/deltas.md).
+   */
+  checksumSeed?: string;
   /** Directory to copy in; undefined makes an empty filesystem. */
   tree?: string;
   /** Bytes of file data in `tree`, to fail early with a clear message. */
@@ -35,13 +43,15 @@ export async function makeExt4(input: Ext4Input): Promise<void> {
   await rm(input.file, { force: true });
   await writeFile(input.file, '');
   await truncate(input.file, input.size);
+  const made = (input.checksumSeed ?? input.uuid).toLowerCase();
+  const reUuid = made !== input.uuid.toLowerCase();
   const args = [
     '-q', '-F', '-t', 'ext4',
     '-b', '4096', '-I', '256', '-m', '0',
     '-L', input.label.slice(0, 16),
-    '-U', input.uuid.toLowerCase(),
-    '-E', `hash_seed=${input.uuid.toLowerCase()},root_owner=0:0,lazy_itable_init=0,lazy_journal_init=0`,
-    '-O', input.journal ? 'has_journal' : '^has_journal',
+    '-U', made,
+    '-E', `hash_seed=${made},root_owner=0:0,lazy_itable_init=0,lazy_journal_init=0`,
+    '-O', [input.journal ? 'has_journal' : '^has_journal', ...(reUuid ? ['metadata_csum_seed'] : [])].join(','),
   ];
   if (input.entries !== undefined) args.push('-N', String(inodeCount(input.entries, input.size)));
   if (input.tree !== undefined) args.push('-d', input.tree);
@@ -68,6 +78,9 @@ export async function makeExt4(input: Ext4Input): Promise<void> {
     throw error;
   }
   if (input.tree !== undefined) await fixInodes(input);
+  if (reUuid) {
+    await run('tune2fs', ['-U', input.uuid.toLowerCase(), input.file], { timeoutMs: 60_000, signal: input.signal, env: { E2FSPROGS_FAKE_TIME: String(input.epoch) } });
+  }
 }
 
 /** Inodes for a tree of `entries`: mke2fs's default (one per 16 KiB) unless the tree needs more, with a margin. */

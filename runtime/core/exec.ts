@@ -13,6 +13,7 @@ export const toolPackages = {
   'e2fsck': 'e2fsprogs',
   'debugfs': 'e2fsprogs',
   'dumpe2fs': 'e2fsprogs',
+  'tune2fs': 'e2fsprogs',
   'mkfs.vfat': 'dosfstools',
   'fsck.vfat': 'dosfstools',
   'mcopy': 'mtools',
