@@ -11,6 +11,7 @@ import { startZstd, type ZstdChild } from './run-zstd.js';
 import { parseSignature, verifySignature, type Signature } from '../crypto/signature.js';
 import type { TrustedKeys } from '../crypto/keys.js';
 import { HashTap } from './hash-tap.js';
+import { OffThreadHashTap, StreamHasher } from './stream-hasher.js';
 import {
   checkCompatible,
   manifestMember,
@@ -38,8 +39,9 @@ export interface ReadBundleOptions {
   chunksOnly?: boolean;
   /**
    * Hash the chunks on a worker thread and release them in buffers from this pool (implies
-   * chunksOnly). The reader owns each chunk it receives until it gives it back to the pool; input
-   * waits while the pool is empty.
+   * chunksOnly unless chunksOnly is false: then the sha256 of the whole image and of the compressed
+   * payload are checked too, each hashed on a worker of its own). The reader owns each chunk it
+   * receives until it gives it back to the pool; input waits while the pool is empty.
    */
   chunkPool?: ChunkPool;
 }
@@ -353,9 +355,10 @@ class VerifiedPayload extends Readable {
   private async run(): Promise<void> {
     const { entries, manifest, options } = this;
     const { signal, chunkPool } = options;
-    const chunksOnly = options.chunksOnly === true || chunkPool !== undefined;
-    const compressed = new HashTap(undefined, !chunksOnly);
+    const chunksOnly = options.chunksOnly ?? chunkPool !== undefined;
+    const compressed = chunksOnly ? new HashTap(undefined, false) : chunkPool === undefined ? new HashTap() : new OffThreadHashTap();
     const hasher = chunkPool === undefined ? undefined : new ChunkHasher();
+    const whole = chunkPool === undefined || chunksOnly ? undefined : new StreamHasher();
     let stop: (error: unknown) => void = () => {};
     // With a pool, zstd's output is read straight into the chunk buffers and hashed off-thread.
     const pooled = chunkPool === undefined || hasher === undefined ? undefined : new PooledChunkVerifier(manifest.payload, chunkPool, hasher, {
@@ -364,7 +367,7 @@ class VerifiedPayload extends Readable {
         if (!this.full) this.child?.stdout.resume();
       },
       failed: (error) => stop(error),
-    });
+    }, whole);
     try {
       // zstd checks its frame's xxhash64 too (cheap, in its own process): with chunksOnly (the agent)
       // nothing else reads those bytes, and a bundle whose checksum was flipped must be refused
@@ -424,7 +427,7 @@ class VerifiedPayload extends Readable {
         });
       }
       if (feedError !== undefined) throw entries.classify(feedError);
-      const actual = chunksOnly ? manifest.payload.sha256 : compressed.digest();
+      const actual = chunksOnly ? manifest.payload.sha256 : await compressed.digest();
       if (compressed.bytes !== manifest.payload.size || actual !== manifest.payload.sha256) {
         throw new KubeosError('E_HASH_MISMATCH', 'sha256 of the compressed payload does not match the manifest', {
           details: { check: 'sha256', expected: manifest.payload.sha256, actual, size: compressed.bytes },
@@ -434,6 +437,7 @@ class VerifiedPayload extends Readable {
       await finish!();
     } finally {
       await hasher?.close();
+      await whole?.close();
     }
   }
 }

@@ -9,6 +9,7 @@ import { KubeosError } from '../errors.js';
 import type { ChunkHasher } from './chunk-hasher.js';
 import type { ChunkPool } from './chunk-pool.js';
 import type { PayloadInfo } from './manifest.js';
+import type { StreamHasher } from './stream-hasher.js';
 
 /** More bytes than the manifest names: E_HASH_MISMATCH. */
 function checkLength(payload: PayloadInfo, total: number): void {
@@ -24,6 +25,14 @@ function checkComplete(payload: PayloadInfo, total: number): void {
   if (total < payload.uncompressedSize) {
     throw new KubeosError('E_BUNDLE_TRUNCATED', `payload ended after ${total} of ${payload.uncompressedSize} bytes`, {
       details: { check: 'uncompressedSize', expected: payload.uncompressedSize, actual: total },
+    });
+  }
+}
+
+function checkWhole(payload: PayloadInfo, actual: string): void {
+  if (actual !== payload.uncompressedSha256) {
+    throw new KubeosError('E_HASH_MISMATCH', 'sha256 of the uncompressed payload does not match the manifest', {
+      details: { check: 'uncompressedSha256', expected: payload.uncompressedSha256, actual },
     });
   }
 }
@@ -70,15 +79,9 @@ export class ChunkVerifier {
 
   /** Call at end of input: checks the size, the last chunk and the whole-image hash. */
   finish(): Buffer[] {
-    const { uncompressedSha256 } = this.payload;
     checkComplete(this.payload, this.total);
     const released = this.pendingBytes > 0 ? this.closeChunk() : [];
-    const actual = this.wholeImage ? this.whole.digest('hex') : uncompressedSha256;
-    if (actual !== uncompressedSha256) {
-      throw new KubeosError('E_HASH_MISMATCH', 'sha256 of the uncompressed payload does not match the manifest', {
-        details: { check: 'uncompressedSha256', expected: uncompressedSha256, actual },
-      });
-    }
+    if (this.wholeImage) checkWhole(this.payload, this.whole.digest('hex'));
     return released;
   }
 
@@ -120,7 +123,9 @@ export function verifyPayloadStream(payload: PayloadInfo): Transform {
  * The chunk checks of ChunkVerifier with the hashing on a worker thread: incoming bytes are copied
  * into buffers from a pool, each full chunk is hashed by the ChunkHasher, and chunks are released
  * in order once they matched, as buffers the receiver owns until it gives them back to the pool.
- * Bytes are still released only after their chunk matched the signed manifest.
+ * Bytes are still released only after their chunk matched the signed manifest. Given a
+ * StreamHasher (`whole`), it also checks the sha256 of the whole image, hashed on that worker from
+ * the same buffers while the chunk hashes run on the other; a buffer is released once both read it.
  */
 export class PooledChunkVerifier {
   private current: Buffer | undefined;
@@ -146,6 +151,7 @@ export class PooledChunkVerifier {
       /** A chunk did not match (or hashing failed): stop the input. */
       failed: (error: unknown) => void;
     },
+    private readonly whole?: StreamHasher,
   ) {}
 
   /** True while it takes more input without buffering beyond the pool. */
@@ -212,6 +218,7 @@ export class PooledChunkVerifier {
     if (this.current !== undefined && this.filled > 0) this.submit();
     await this.chain;
     if (this.failure !== undefined) throw this.failure;
+    if (this.whole !== undefined) checkWhole(this.payload, await this.whole.digest());
   }
 
   private fill(): void {
@@ -254,8 +261,12 @@ export class PooledChunkVerifier {
     this.filled = 0;
     this.hashing += 1;
     const hashed = this.hasher.digest(buffer, length);
+    // in image order, like the buffers; awaited below, handled now so a failure never goes unhandled
+    const summed = this.whole?.update(buffer, length);
+    summed?.catch(() => {});
     // verdicts in order, whatever order the hashes finish in
-    this.chain = this.chain.then(() => hashed).then((digest) => {
+    this.chain = this.chain.then(() => hashed).then(async (digest) => {
+      await summed;
       this.hashing -= 1;
       if (this.failure !== undefined) {
         this.pool.give(buffer);
