@@ -261,6 +261,8 @@ export class PooledChunkVerifier {
     this.filled = 0;
     this.hashing += 1;
     const hashed = this.hasher.digest(buffer, length);
+    // judged in turn below; a worker failure before its turn must not count as unhandled
+    hashed.catch(() => {});
     // in image order, like the buffers; awaited below, handled now so a failure never goes unhandled
     const summed = this.whole?.update(buffer, length);
     summed?.catch(() => {});
