@@ -18,6 +18,7 @@ import type { TrustedKeys } from '../../runtime/core/crypto/keys.js';
 import { isKubeosError, KubeosError } from '../../runtime/core/errors.js';
 import { filesystemOf } from './check-rootfs.js';
 import { zstdLevel } from './create-bundle.js';
+import { chunkZstdLevel } from './write-chunk-files.js';
 
 export type DiffRole = 'OLD' | 'NEW';
 
@@ -150,9 +151,9 @@ async function* missingChunkBytes(source: AsyncIterable<Buffer>, chunker: Chunke
   yield* take(chunker.finish());
 }
 
-/** Bytes zstd makes of `input` (at the bundle's level). */
-async function compressedSize(input: AsyncIterable<Buffer> | Readable, signal: AbortSignal | undefined): Promise<number> {
-  const child = await startZstd([`-${zstdLevel}`, '-T0', '-c', '-q', '--no-progress'], { signal, timeoutMs: zstdTimeoutMs });
+/** Bytes zstd makes of `input` at `level`. */
+async function compressedSize(input: AsyncIterable<Buffer> | Readable, level: number, signal: AbortSignal | undefined): Promise<number> {
+  const child = await startZstd([`-${level}`, '-T0', '-c', '-q', '--no-progress'], { signal, timeoutMs: zstdTimeoutMs });
   let bytes = 0;
   child.stdout.on('data', (data: Buffer) => {
     bytes += data.length;
@@ -190,8 +191,9 @@ export async function diffImages(oldPath: string, newPath: string, options: Diff
   try {
     if (compress) {
       const [part, whole] = await Promise.all([
-        compressedSize(missing, options.signal),
-        fresh.side.kind === 'image' ? compressedSize(createReadStream(newPath, { highWaterMark: 1 << 20 }), options.signal) : undefined,
+        // the missing chunks at the chunk store's level, the whole image at the bundle's
+        compressedSize(missing, chunkZstdLevel, options.signal),
+        fresh.side.kind === 'image' ? compressedSize(createReadStream(newPath, { highWaterMark: 1 << 20 }), zstdLevel, options.signal) : undefined,
       ]);
       missingCompressed = part;
       if (whole !== undefined) fullBundle = { bytes: whole, estimated: true };
