@@ -121,7 +121,7 @@ test('the chunk store holds each distinct chunk once, as a zstd frame named by i
   t.is(first.written.length, distinct.size);
   t.deepEqual(await listChunkFiles(store), [...distinct].map((s) => `${s}.zst`).sort());
   for (const name of (await listChunkFiles(store)).slice(0, 3)) {
-    const { stdout } = await execa('zstd', ['-d', '-c', '-q', join(store, name)], { encoding: 'buffer' });
+    const { stdout } = await execa('zstd', ['-d', '-c', '-q', join(store, name)], { encoding: 'buffer', stripFinalNewline: false });
     t.is(`${sha256(Buffer.from(stdout))}.zst`, name);
   }
   const second = await writeChunkFiles(createReadStream(rootfs), index, store);

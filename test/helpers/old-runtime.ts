@@ -19,7 +19,7 @@ const repo = fileURLToPath(new URL('../..', import.meta.url));
 /** A folder holding `runtime/` as of `formatOneCommit`; import `join(dir, 'runtime/...ts')`. */
 export async function checkOutOldRuntime(t: ExecutionContext): Promise<string> {
   const dir = await makeTempDir(t, 'kubeos-old-runtime-');
-  const archive = await execa('git', ['-C', repo, 'archive', '--format=tar', formatOneCommit, 'runtime'], { encoding: 'buffer', timeout: 60_000 });
+  const archive = await execa('git', ['-C', repo, 'archive', '--format=tar', formatOneCommit, 'runtime'], { encoding: 'buffer', stripFinalNewline: false, timeout: 60_000 });
   const extract = tar.extract();
   const done = (async () => {
     for await (const entry of extract) {

@@ -31,7 +31,7 @@ test('publishing a format 2 bundle stores each distinct chunk once as chunks/<sh
   for (const key of keys_.slice(0, 4)) {
     const object = await s3.client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: key }));
     const frame = Buffer.from(await object.Body!.transformToByteArray());
-    const { stdout } = await execa('zstd', ['-d', '-c', '-q'], { input: frame, encoding: 'buffer' });
+    const { stdout } = await execa('zstd', ['-d', '-c', '-q'], { input: frame, encoding: 'buffer', stripFinalNewline: false });
     t.is(`kubeos/chunks/${sha256(Buffer.from(stdout))}.zst`, key);
   }
 });
