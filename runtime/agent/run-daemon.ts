@@ -49,14 +49,25 @@ export async function runDaemon(config: AgentConfig, options: DaemonOptions): Pr
   let last = '';
   for (let poll = 0; options.polls === undefined || poll < options.polls; poll++) {
     let line: string;
+    // logged once the slot is made bootable, before the reboot command runs: a reboot that ends
+    // this process at once must not take the line with it
+    let installed: string | undefined;
     try {
-      const result = await upgrade(config, { channel, signal: options.signal, reboot: true });
-      line = result.kind === 'up-to-date' ? `up to date (${result.version})` : `installed ${result.version} into slot ${result.slot}; rebooting`;
+      const result = await upgrade(config, {
+        channel,
+        signal: options.signal,
+        reboot: true,
+        onInstalled: (done) => {
+          installed = `installed ${done.version} into slot ${done.slot}; rebooting`;
+          options.log(installed);
+        },
+      });
+      line = result.kind === 'up-to-date' ? `up to date (${result.version})` : (installed ?? `installed ${result.version} into slot ${result.slot}; rebooting`);
     } catch (error) {
       if (options.signal.aborted) return;
       line = `upgrade failed: ${isKubeosError(error) ? `${error.code} ${error.message}` : String(error)}`;
     }
-    if (line !== last) options.log(line);
+    if (line !== last && line !== installed) options.log(line);
     last = line;
     if (options.polls !== undefined && poll + 1 >= options.polls) return;
     try {

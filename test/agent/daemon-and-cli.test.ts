@@ -1,5 +1,6 @@
 /** `kubeos agent daemon` on a file-backed host, and the agent CLI's errors. */
 import test, { type ExecutionContext } from 'ava';
+import { execa } from 'execa';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { bootEnvFromGrub } from '../../runtime/core/boot-env.js';
@@ -143,4 +144,34 @@ test('agent daemon --json logs one JSON object per line, as operator run --json 
   t.is(lines.length, 1);
   t.like(lines[0], { component: 'kubeos-agent', message: 'updates come from the cluster (agent config updates: cluster): not following a channel' });
   t.false(Number.isNaN(Date.parse(lines[0]!.time)));
+});
+
+test('the daemon logs an install before its reboot command runs: a reboot that ends the daemon at once loses no line', async (t) => {
+  // logged only after the reboot returns (as it was), the line would never come: fail, not hang
+  t.timeout(60_000);
+  const host = await makeHost(t);
+  const site = join(host.dir, 'site');
+  const server = await startUpdateServer(t, site);
+  await publishToDir(site, await makeV2(host), host.keys.privateKey, { serial: 1 });
+  // the reboot command blocks on a FIFO until the test has seen the line
+  const fifo = join(host.dir, 'reboot.fifo');
+  await execa('mkfifo', [fifo]);
+  const lines: string[] = [];
+  let seen: () => void = () => {};
+  const logged = new Promise<void>((resolve) => (seen = resolve));
+  const daemon = runDaemon({ ...host.config, reboot: ['cat', fifo] }, {
+    channel: `${server.url}/channels/stable.json`,
+    signal: new AbortController().signal,
+    polls: 1,
+    log: (line) => {
+      lines.push(line);
+      if (line.startsWith('installed')) seen();
+    },
+  });
+  await logged;
+  t.true(lines.includes('installed 2.0.0 into slot B; rebooting'), lines.join('\n'));
+  // the reboot has not returned yet: release it, and the line is not logged twice
+  await writeFile(fifo, '');
+  await daemon;
+  t.is(lines.filter((l) => l.startsWith('installed')).length, 1, lines.join('\n'));
 });
