@@ -106,7 +106,19 @@ export async function runNodeAgent(options: NodeAgentOptions): Promise<void> {
     signal.addEventListener('abort', done, { once: true });
   });
   /** The one change running at a time: an upgrade or a configuration. */
-  let job: { kind: 'upgrade' | 'config'; version: string; abort: AbortController; done: Promise<void> } | undefined;
+  /**
+   * Views of the node are numbered when asked for (a read) or received (a watch event): a read that
+   * began before the view that started a job may answer after it with the older state, and must
+   * not be taken for the operator withdrawing the target.
+   */
+  let views = 0;
+  let job: { kind: 'upgrade' | 'config'; version: string; abort: AbortController; done: Promise<void>; view: number; resourceVersion: string | undefined } | undefined;
+  // etcd's resourceVersions are integers that grow with every write: where both are, they order
+  // two views exactly (a watch event can lag a later read); otherwise the view numbers do
+  const newer = (view: number, resourceVersion: string | undefined, than: { view: number; resourceVersion: string | undefined }) =>
+    resourceVersion !== undefined && than.resourceVersion !== undefined && /^\d+$/.test(resourceVersion) && /^\d+$/.test(than.resourceVersion)
+      ? BigInt(resourceVersion) > BigInt(than.resourceVersion)
+      : view > than.view;
   const localConfig: LocalStatus | undefined = options.config === undefined ? undefined : { ...(await options.config.status()) };
 
   // Reports go out one at a time, in the order made, so a progress write in flight never lands
@@ -162,11 +174,11 @@ export async function runNodeAgent(options: NodeAgentOptions): Promise<void> {
     await report({ state: state.state!, stateVersion: version, currentVersion: state.currentVersion, ...(state.lastError === undefined ? {} : { lastError: state.lastError }) }, kind);
   };
 
-  const consider = (node: NodeLike) => {
+  const consider = (node: NodeLike, view: number) => {
     const a = node.metadata?.annotations ?? {};
     const desired = a[annotations.desiredVersion];
-    // The operator withdrew or changed the target before we rebooted: stop.
-    if (job !== undefined && job.version !== (job.kind === 'config' ? a[configAnnotations.desired] : desired)) job.abort.abort();
+    // The operator withdrew or changed the target before we rebooted (seen in a newer view): stop.
+    if (job !== undefined && newer(view, node.metadata?.resourceVersion, job) && job.version !== (job.kind === 'config' ? a[configAnnotations.desired] : desired)) job.abort.abort();
     let kind: 'upgrade' | 'config' = 'upgrade';
     let decision = decideAgentAction(node, local, job !== undefined);
     if (decision.type !== 'upgrade' && localConfig !== undefined && local.state !== 'rebooting') {
@@ -181,7 +193,7 @@ export async function runNodeAgent(options: NodeAgentOptions): Promise<void> {
       return;
     }
     const abort = new AbortController();
-    const own = { kind, version: decision.version, abort, done: Promise.resolve() };
+    const own = { kind, version: decision.version, abort, done: Promise.resolve(), view, resourceVersion: node.metadata?.resourceVersion };
     job = own;
     own.done = runUpgrade(kind, decision.version, decision.channel, decision.allowDowngrade, abort)
       .catch((error: unknown) => emit({ type: 'error', error: asKubeosError(error, 'E_KUBERNETES') }))
@@ -214,7 +226,7 @@ export async function runNodeAgent(options: NodeAgentOptions): Promise<void> {
     if (signal.aborted || watching) return;
     watching = true;
     api.watch({ kind: 'nodes', name: nodeName, ...(resourceVersion === undefined ? {} : { resourceVersion }) }, (event) => {
-      if (event.type === 'ADDED' || event.type === 'MODIFIED') consider(event.object as NodeLike);
+      if (event.type === 'ADDED' || event.type === 'MODIFIED') consider(event.object as NodeLike, ++views);
     }, () => {
       watching = false;
     }, signal).catch((error: unknown) => {
@@ -228,8 +240,9 @@ export async function runNodeAgent(options: NodeAgentOptions): Promise<void> {
       await report(r, kind).catch((error: unknown) => emit({ type: 'error', error: asKubeosError(error, 'E_KUBERNETES') }));
     }
     try {
+      const view = ++views;
       const node = await api.readNode(nodeName);
-      consider(node);
+      consider(node, view);
       // the watch starts where the read left off, so a change made between the two is not missed
       watch(node.metadata?.resourceVersion);
     } catch (error) {
