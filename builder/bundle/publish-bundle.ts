@@ -203,6 +203,7 @@ export async function publishBundle(options: PublishOptions): Promise<PublishRes
       prefix: options.prefix,
       bundle: options.bundle,
       index,
+      uncompressedSha256: manifest.payload.uncompressedSha256,
       trustedKeys,
       signal: options.signal,
       fail: (what, error) => options.signal?.aborted ? new KubeosError('E_PUBLISH', `${what} was interrupted; channel ${channel} is unchanged`, { cause: options.signal.reason }) : publishError(what, error, options),

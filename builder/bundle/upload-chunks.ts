@@ -3,7 +3,9 @@
  * zstd frame per chunk of the signed index, shared by every release. Chunks already in the bucket
  * (listed once) are neither compressed nor uploaded again, so a release that changes little
  * uploads little. The chunks come from the bundle itself, through the same verifying reader as the
- * hosts' (every chunk checked against the signed index before it is stored).
+ * hosts' (every chunk checked against the signed index before it is stored). The chunks uploaded
+ * now go up a second time as the release's pack (`chunks/packs/<image sha256>.pack` and `.map`,
+ * chunk-pack.ts), so a host fetches runs of them by Range instead of one GET a chunk.
  */
 import { createReadStream } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -16,6 +18,9 @@ import { chunkPath, objectKey } from '../../runtime/core/channel/layout.js';
 import type { TrustedKeys } from '../../runtime/core/crypto/keys.js';
 import type { KubeosError } from '../../runtime/core/errors.js';
 import { writeChunkFiles } from './write-chunk-files.js';
+import { writeChunkPack } from './write-chunk-pack.js';
+import { uploadFile } from './upload-file.js';
+import { packPaths } from '../../runtime/core/bundle/chunk-pack.js';
 
 export interface ChunkUpload {
   /** Distinct chunks in the bundle's index. */
@@ -24,6 +29,8 @@ export interface ChunkUpload {
   alreadyStored: number;
   /** Compressed bytes uploaded now. */
   uploadedBytes: number;
+  /** The pack of the chunks uploaded now (hosts fetch runs of it by Range), when one was written. */
+  pack?: { key: string; chunks: number; bytes: number };
 }
 
 export interface UploadChunksOptions {
@@ -32,6 +39,8 @@ export interface UploadChunksOptions {
   prefix?: string | undefined;
   bundle: string;
   index: ChunkIndexInfo;
+  /** The image's signed sha256: the name of its pack. */
+  uncompressedSha256: string;
   trustedKeys: TrustedKeys;
   signal?: AbortSignal | undefined;
   /** Turns an S3 failure into the publisher's error (which names endpoint, bucket, credentials). */
@@ -45,6 +54,7 @@ export async function uploadChunks(options: UploadChunksOptions): Promise<ChunkU
   const { client, bucket, signal } = options;
   const folder = objectKey(options.prefix, 'chunks/');
   const stored = new Set<string>();
+  const maps = new Set<string>();
   let token: string | undefined;
   do {
     let page;
@@ -56,6 +66,7 @@ export async function uploadChunks(options: UploadChunksOptions): Promise<ChunkU
     for (const object of page.Contents ?? []) {
       const match = /([0-9a-f]{64})\.zst$/.exec(object.Key ?? '');
       if (match !== null && (object.Size ?? 0) > 0) stored.add(match[1]!);
+      if (object.Key !== undefined && object.Key.endsWith('.map')) maps.add(object.Key);
     }
     token = page.IsTruncated ? page.NextContinuationToken : undefined;
   } while (token !== undefined);
@@ -92,6 +103,27 @@ export async function uploadChunks(options: UploadChunksOptions): Promise<ChunkU
     const settled = await Promise.allSettled(Array.from({ length: inFlight }, worker));
     const failure = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
     if (failure !== undefined) throw failure.reason;
+    // the pack after its chunks, its map last: a map in the bucket means the pack is whole
+    const paths = packPaths(options.uncompressedSha256);
+    const mapKey = objectKey(options.prefix, `chunks/${paths.map}`);
+    if (!maps.has(mapKey)) {
+      const pack = await writeChunkPack(scratch, options.index, written.written, options.uncompressedSha256, signal);
+      if (pack !== undefined) {
+        const packKey = objectKey(options.prefix, `chunks/${paths.pack}`);
+        try {
+          await uploadFile({ client, bucket, key: packKey, path: join(scratch, pack.pack), size: pack.bytes, contentType: 'application/octet-stream', metadata: {}, signal });
+        } catch (error) {
+          throw options.fail(`uploading s3://${bucket}/${packKey}`, error);
+        }
+        const map = await readFile(join(scratch, pack.map));
+        try {
+          await client.send(new PutObjectCommand({ Bucket: bucket, Key: mapKey, Body: map, ContentLength: map.length, ContentType: 'application/octet-stream' }), { abortSignal: signal });
+        } catch (error) {
+          throw options.fail(`uploading s3://${bucket}/${mapKey}`, error);
+        }
+        result.pack = { key: packKey, chunks: pack.chunks, bytes: pack.bytes };
+      }
+    }
     return result;
   } finally {
     await rm(scratch, { recursive: true, force: true });

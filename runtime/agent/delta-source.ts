@@ -13,7 +13,8 @@ import { createHash } from 'node:crypto';
 import { open, type FileHandle } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { KubeosError } from '../core/errors.js';
-import { ChunkFetcher } from './fetch-chunks.js';
+import { decodePackMap, packPaths } from '../core/bundle/chunk-pack.js';
+import { ChunkFetcher, type PackFrame } from './fetch-chunks.js';
 import type { SlotTarget } from './open-slot.js';
 import type { DeltaPlan, SeedSlot } from './plan-delta.js';
 
@@ -30,9 +31,11 @@ export interface DeltaSourceOptions {
   sockets?: number;
 }
 
-/** Chunk requests made ahead of the writer: at most this many, and this many bytes of chunks. */
-const aheadChunks = 32;
+/** Requests made ahead of the writer: at most this many, covering at most this many bytes of chunks. */
+const aheadRequests = 32;
 const aheadBytes = 16 << 20;
+/** A Range request into the pack covers at most this many bytes of frames. */
+const maxRunBytes = 4 << 20;
 
 export interface DeltaStats {
   /** Compressed bytes received from the chunk store. */
@@ -50,16 +53,54 @@ export interface DeltaStats {
   /** Seed chunks that no longer matched when read, and were fetched instead. */
   seedMismatches: number;
   requests: number;
+  /** Of the fetched, chunks that came from the release's pack, by runs of Range requests. */
+  packedChunks: number;
+  /** Why the pack was not used, or a run of it failed and its chunks were fetched one by one. */
+  packProblem?: string;
 }
 
 export function openDeltaSource(options: DeltaSourceOptions): { stream: Readable; stats: () => DeltaStats } {
   const fetcher = new ChunkFetcher(options.store, { signal: options.signal, idleMs: options.idleMs, sockets: options.sockets ?? 6 });
-  const stats: DeltaStats = { fetchedBytes: 0, fetchedChunks: 0, reusedBytes: 0, reusedChunks: 0, resumedBytes: 0, resumedChunks: 0, repeatedChunks: 0, decoders: 0, seedMismatches: 0, requests: 0 };
+  const stats: DeltaStats = { fetchedBytes: 0, fetchedChunks: 0, reusedBytes: 0, reusedChunks: 0, resumedBytes: 0, resumedChunks: 0, repeatedChunks: 0, decoders: 0, seedMismatches: 0, requests: 0, packedChunks: 0 };
   const stream = Readable.from(produce(options, fetcher, stats), { objectMode: false, highWaterMark: 4 << 20 });
   return {
     stream,
     stats: () => ({ ...stats, fetchedBytes: fetcher.fetchedBytes, requests: fetcher.requests, decoders: fetcher.decoder.processes }),
   };
+}
+
+interface OpenPack {
+  url: string;
+  /** Frame of each chunk the pack holds, by the chunk's sha256. */
+  frames: Map<string, PackFrame>;
+  /** A run failed: the rest is fetched chunk by chunk. */
+  broken: boolean;
+}
+
+/**
+ * The release's pack, when the store has one: its map (a few bytes a chunk) is read first. No map,
+ * or one that does not parse, and the chunks are fetched one by one as before.
+ */
+async function openPack(options: DeltaSourceOptions, fetcher: ChunkFetcher, stats: DeltaStats): Promise<OpenPack | undefined> {
+  const { steps } = options.plan;
+  const paths = packPaths(options.uncompressedSha256);
+  try {
+    const bytes = await fetcher.getObject(paths.map, 12 + 8 * steps.length);
+    if (bytes === undefined) {
+      stats.packProblem = 'the store has no pack for this image';
+      return undefined;
+    }
+    const frames = new Map<string, PackFrame>();
+    for (const entry of decodePackMap(bytes, steps.length, `${options.store}${paths.map}`)) {
+      const step = steps[entry.position]!;
+      frames.set(step.sha256, { sha256: step.sha256, length: step.length, offset: entry.offset, size: entry.size });
+    }
+    return { url: `${options.store}${paths.pack}`, frames, broken: false };
+  } catch (error) {
+    options.signal?.throwIfAborted();
+    stats.packProblem = `the pack map could not be used: ${(error as Error).message}`;
+    return undefined;
+  }
 }
 
 async function* produce(options: DeltaSourceOptions, fetcher: ChunkFetcher, stats: DeltaStats): AsyncGenerator<Buffer> {
@@ -69,16 +110,57 @@ async function* produce(options: DeltaSourceOptions, fetcher: ChunkFetcher, stat
   const lastUse = new Map<number, number>();
   for (const [i, step] of plan.steps.entries()) if (step.from === 'repeat') lastUse.set(step.step, i);
   const kept = new Map<number, Buffer>();
+  const pack = fetchAt.length === 0 ? undefined : await openPack(options, fetcher, stats);
   let nextFetch = 0;
   let aheadLength = 0;
+  let requestsAhead = 0;
   const pending = new Map<number, Promise<Buffer>>();
   const fill = () => {
-    while (nextFetch < fetchAt.length && pending.size < aheadChunks && (pending.size === 0 || aheadLength < aheadBytes)) {
-      const i = fetchAt[nextFetch++]!;
+    while (nextFetch < fetchAt.length && requestsAhead < aheadRequests && (pending.size === 0 || aheadLength < aheadBytes)) {
+      // a run: the next chunks to fetch whose frames follow one another in the pack
+      const run = [fetchAt[nextFetch++]!];
+      let frame = pack?.frames.get(plan.steps[run[0]!]!.sha256);
+      if (frame !== undefined && !pack!.broken) {
+        const frames = [frame];
+        let runBytes = frame.size;
+        let runLength = plan.steps[run[0]!]!.length;
+        while (nextFetch < fetchAt.length && aheadLength + runLength < aheadBytes) {
+          const next = plan.steps[fetchAt[nextFetch]!]!;
+          const after = pack!.frames.get(next.sha256);
+          if (after === undefined || after.offset !== frame.offset + frame.size || runBytes + after.size > maxRunBytes) break;
+          run.push(fetchAt[nextFetch++]!);
+          frames.push(after);
+          frame = after;
+          runBytes += after.size;
+          runLength += next.length;
+        }
+        const got = fetcher.getRun(pack!.url, frames);
+        requestsAhead++;
+        void Promise.allSettled(got).then(() => requestsAhead--);
+        run.forEach((i, k) => {
+          const step = plan.steps[i]!;
+          // a pack that disagrees with the index costs the chunk file, never a wrong byte
+          const chunk = got[k]!.then((data) => {
+            stats.packedChunks++;
+            return data;
+          }, (error: unknown) => {
+            signal?.throwIfAborted();
+            pack!.broken = true;
+            stats.packProblem ??= `a run of the pack failed (${(error as Error).message}); its chunks were fetched one by one`;
+            return fetcher.get(step.sha256, step.length);
+          });
+          chunk.catch(() => {});
+          pending.set(i, chunk);
+          aheadLength += step.length;
+        });
+        continue;
+      }
+      const i = run[0]!;
       const step = plan.steps[i]!;
       const got = fetcher.get(step.sha256, step.length);
+      requestsAhead++;
       // judged when its turn comes; until then a failure must not count as unhandled
-      got.catch(() => {});
+      got.catch(() => {}).finally(() => requestsAhead--);
       pending.set(i, got);
       aheadLength += step.length;
     }

@@ -69,7 +69,7 @@ async function build(dir: string, name: string, definition: string, layout?: str
 function pairRows(label: string, pair: PairResult, changed?: { bytes: number; what: string }): BenchRow[] {
   const { full, delta, casync } = pair.ways;
   const t = delta.transfer;
-  const how = t?.mode === 'delta' ? `${t.fetchedChunks} chunks fetched, ${t.bundleBytes} bytes of the bundle` : `the agent took the full bundle: ${t?.reason ?? t?.fallback?.message ?? '?'}`;
+  const how = t?.mode === 'delta' ? `${t.fetchedChunks} chunks fetched (${t.packedChunks ?? 0} from the pack; ${t.requests ?? '?'} requests in all; seed index ${t.seedIndex ?? '?'}), ${t.bundleBytes} bytes of the bundle` : `the agent took the full bundle: ${t?.reason ?? t?.fallback?.message ?? '?'}`;
   const rows = [
     row(`delta-install (${label}): bytes, kubeos delta`, 'casync extract --seed (.caibx + chunks, from the server log)', delta.bytes / MiB, casync.bytes / MiB, 'MiB',
       `goal < 1; ${how}; server log: ${delta.logged.requests} GETs, ${delta.logged.fileBytes} chunk bytes; casync ${casync.logged.requests} GETs, .caibx ${pair.caibx.bytes} bytes`),

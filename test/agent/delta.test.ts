@@ -36,7 +36,9 @@ test('a delta install fetches only the chunks the booted slot lacks and writes a
   const headerEnd = member(await readFile(v2.path), 'payload.img.zst').dataOffset;
   t.true(headerEnd < 65536, `the header is ${headerEnd} bytes`);
   t.is(result.transfer.bundleBytes, 65536);
-  t.is(server.requests.filter((r) => r.path.startsWith('chunks/')).length, missing.length);
+  // and one for the pack map this store lacks
+  t.is(server.requests.filter((r) => /^chunks\/[0-9a-f]{64}\.zst$/.test(r.path)).length, missing.length);
+  t.is(server.requests.filter((r) => r.path.startsWith('chunks/packs/')).length, 1);
   t.true(server.connections < server.requests.length, `${server.connections} connections for ${server.requests.length} requests`);
   t.true(result.transfer.fetchedBytes < v2.size / 3, `fetched ${result.transfer.fetchedBytes} of a ${v2.size}-byte bundle`);
 

@@ -1,6 +1,7 @@
 /** kubeos publish and the chunk store of format 2 bundles, against a real S3 server (s3rver). */
 import test, { type ExecutionContext } from 'ava';
 import { indexBuffer } from '../../runtime/core/bundle/chunk-index.js';
+import { decodePackMap, packPaths } from '../../runtime/core/bundle/chunk-pack.js';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { GetObjectCommand } from '@aws-sdk/client-s3';
@@ -26,14 +27,23 @@ test('publishing a format 2 bundle stores each distinct chunk once as chunks/<sh
   const result = await publish(created.path);
   const distinct = new Set(created.manifest.payload.index!.chunks.map(([, s]) => s));
   t.like(result.chunks, { chunks: distinct.size, uploaded: distinct.size, alreadyStored: 0 });
-  const keys_ = (await s3.listKeys()).filter((k) => k.startsWith('kubeos/chunks/'));
+  const stored = await s3.listKeys();
+  const keys_ = stored.filter((k) => /^kubeos\/chunks\/[0-9a-f]{64}\.zst$/.test(k));
   t.deepEqual(keys_, [...distinct].map((s) => `kubeos/chunks/${s}.zst`).sort());
+  const get = async (key: string) => Buffer.from(await (await s3.client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: key }))).Body!.transformToByteArray());
   for (const key of keys_.slice(0, 4)) {
-    const object = await s3.client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: key }));
-    const frame = Buffer.from(await object.Body!.transformToByteArray());
-    const { stdout } = await execa('zstd', ['-d', '-c', '-q'], { input: frame, encoding: 'buffer', stripFinalNewline: false });
+    const { stdout } = await execa('zstd', ['-d', '-c', '-q'], { input: await get(key), encoding: 'buffer', stripFinalNewline: false });
     t.is(`kubeos/chunks/${sha256(Buffer.from(stdout))}.zst`, key);
   }
+  // and the same frames once more as the release's pack, in image order, its map last
+  const paths = packPaths(created.manifest.payload.uncompressedSha256);
+  t.deepEqual(stored.filter((k) => k.startsWith('kubeos/chunks/packs/')), [`kubeos/chunks/${paths.map}`, `kubeos/chunks/${paths.pack}`]);
+  const index = created.manifest.payload.index!;
+  const entries = decodePackMap(await get(`kubeos/chunks/${paths.map}`), index.chunks.length, 'map');
+  t.is(entries.length, distinct.size);
+  t.like(result.chunks?.pack, { key: `kubeos/chunks/${paths.pack}`, chunks: distinct.size });
+  const frames = await Promise.all(entries.map((e) => get(`kubeos/chunks/${index.chunks[e.position]![1]}.zst`)));
+  t.true((await get(`kubeos/chunks/${paths.pack}`)).equals(Buffer.concat(frames)));
 });
 
 test('the next release uploads only the chunks the store lacks, and publishing it again uploads none', async (t) => {
@@ -51,8 +61,11 @@ test('the next release uploads only the chunks the store lacks, and publishing i
   t.true(second.chunks!.alreadyStored > 0.8 * second.chunks!.chunks, JSON.stringify(second.chunks));
   t.true(second.chunks!.uploaded >= 1 && second.chunks!.uploaded <= 6, JSON.stringify(second.chunks));
   t.log(`v1 uploaded ${first.chunks!.uploadedBytes} chunk bytes, v2 ${second.chunks!.uploadedBytes} (${second.chunks!.uploaded} of ${second.chunks!.chunks})`);
+  // v2's pack holds the chunks v2 added, not v1's
+  t.like(second.chunks!.pack, { chunks: second.chunks!.uploaded });
   const again = await publish(created.path);
   t.like(again.chunks, { uploaded: 0, uploadedBytes: 0 });
+  t.is(again.chunks!.pack, undefined);
 });
 
 test('a format 1 bundle publishes no chunks', async (t) => {
@@ -80,7 +93,9 @@ test('a host installs by delta from what kubeos publish put in the bucket (s3rve
   const missing = v2.manifest.payload.index!.chunks.filter(([, s]) => !held.has(s));
   t.true(missing.length <= 10, `${missing.length} chunks missing`);
   t.is(result.transfer.fetchedChunks, missing.length, JSON.stringify(result.transfer));
+  // from the pack publish uploaded, by Range requests to s3rver (the first release: it holds every chunk)
+  t.is(result.transfer.packedChunks, missing.length, JSON.stringify(result.transfer));
   t.true(result.transfer.fetchedBytes < 65536 + missing.reduce((sum, [length]) => sum + length, 0) * 1.1, JSON.stringify(result.transfer));
   t.is(sha256(await readSlot(host, 'B', image.length)), sha256(image));
-  t.log(`published ${published.chunks!.uploaded} chunks; the host fetched ${result.transfer.fetchedBytes} bytes (${result.transfer.fetchedChunks} chunks, ${result.transfer.bundleBytes} of the bundle) for a ${v2.size}-byte bundle`);
+  t.log(`published ${published.chunks!.uploaded} chunks; the host fetched ${result.transfer.fetchedBytes} bytes (${result.transfer.fetchedChunks} chunks in ${result.transfer.requests} requests, ${result.transfer.bundleBytes} of the bundle) for a ${v2.size}-byte bundle`);
 });
