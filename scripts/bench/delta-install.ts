@@ -90,7 +90,6 @@ function pairRows(label: string, pair: PairResult, changed?: { bytes: number; wh
 
 function causeRows(label: string, pair: PairResult, c: DeltaCauses): BenchRow[] {
   const deltaSeconds = median(pair.ways.delta.seconds);
-  const perChunk = (c.zstdProcess.perProcessSeconds - c.zstdProcess.oneProcessSeconds) / c.zstdProcess.sample;
   const p = (name: string) => `delta-install (${label}) cause: ${name}`;
   return [
     row(p('bundle bytes read past its header'), 'the header (tar headers, manifest with the index, signature)', c.readAheadBytes / MiB, c.headerBytes / MiB, 'MiB', `${c.readAheadBytes} of ${pair.ways.delta.transfer?.bundleBytes ?? '?'} bundle bytes`),
@@ -100,9 +99,7 @@ function causeRows(label: string, pair: PairResult, c: DeltaCauses): BenchRow[] 
       `${c.store.chunks} distinct chunks, ${(c.plan.fetchBytes / MiB).toFixed(2)} MiB raw; -19 took ${c.store.zstd19Seconds.toFixed(1)} s`),
     row(p('chunks fetched again (repeated in the image)'), 'the distinct chunks fetched', c.repeated.compressed / MiB, c.store.compressed / MiB, 'MiB', `${c.repeated.chunks} repeats, ${c.repeated.bytes} bytes raw`),
     row(p('share of the image to fetch'), `the agent's limit (plan-delta.ts maxDeltaShare)`, c.plan.share, maxDeltaShare, 'x', c.plan.refused === undefined ? 'delta allowed' : `refused: ${c.plan.refused}`),
-    row(p('one zstd -t process per chunk'), 'one zstd -t process for the same chunks', (c.zstdProcess.perProcessSeconds / c.zstdProcess.sample) * 1000, (c.zstdProcess.oneProcessSeconds / c.zstdProcess.sample) * 1000, 'ms',
-      `per chunk, ${c.zstdProcess.sample} chunks; x ${c.plan.fetchChunks} fetched chunks = ${(perChunk * c.plan.fetchChunks).toFixed(2)} s of process start-up (run 6 at a time by the agent) in a ${deltaSeconds.toFixed(2)} s delta`),
-    row(p('indexing the booted slot (seed) before any fetch'), 'the delta install', c.seedIndexSeconds, deltaSeconds, 's', 'in the bench process, slot in the page cache'),
+    row(p('indexing the booted slot (seed) before any fetch'), 'the delta install', c.seedIndexSeconds, deltaSeconds, 's', 'what a host without the saved index (fresh from a disk image) adds before its first fetch; the bench hosts have it, as after the agent installed OLD (in the bench process, slot in the page cache)'),
   ];
 }
 
