@@ -11,7 +11,8 @@
  *          the host's, the same in both: what changes is the Debian userland)
  * Goals: delta bytes under casync's on both; within 1.1x of the added file plus the signed index
  * on the small one; a delta install never slower than the full install of the same update.
- * `--no-debian` leaves the large update out (it needs Debian's archive or the mmdebstrap cache).
+ * `--no-debian` leaves the large update out (it needs Debian's archive or the mmdebstrap cache),
+ * `--no-small` the small one.
  */
 import { createCipheriv, createHash } from 'node:crypto';
 import { copyFile, lstat, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
@@ -29,6 +30,7 @@ const addedSize = 10 * MiB;
 const fillerBytes = 720 * MiB;
 const nextVersion = process.argv.includes('--next-version');
 const withDebian = !process.argv.includes('--no-debian');
+const withSmall = !process.argv.includes('--no-small');
 
 /** Real files (executables, libraries, data) in sorted order, up to `bytes`, under usr/lib/bench-filler of `out`. */
 async function copyFiller(out: string, bytes: number): Promise<void> {
@@ -108,31 +110,39 @@ function addedBytes(): Buffer {
   return createCipheriv('aes-256-ctr', createHash('sha256').update('kubeos-bench-delta-install').digest(), Buffer.alloc(16)).update(Buffer.alloc(addedSize));
 }
 
+/** The small update: one incompressible 10 MiB file added to a 1 GiB root. */
+async function measureSmall(dir: string, say: (text: string) => void): Promise<BenchRow[]> {
+  const rows: BenchRow[] = [];
+  const small = join(dir, 'small');
+  const filler = join(small, 'filler');
+  await copyFiller(filler, fillerBytes);
+  const added = join(small, 'added');
+  await mkdir(join(added, 'usr/share/kubeos-delta'), { recursive: true });
+  await writeFile(join(added, 'usr/share/kubeos-delta/added.bin'), addedBytes());
+  const minimal = resolve('images/minimal');
+  say(`building the 1 GiB root twice (images/minimal + filler; + one 10 MiB file${nextVersion ? ' at the next version' : ''})`);
+  const oldSmall = await build(small, 'old', await defineImage(join(small, 'def-old'), minimal, (d) => { d['version'] = '1.0.0'; }, [filler]), 'debian');
+  const newSmall = await build(small, 'new', await defineImage(join(small, 'def-new'), minimal, (d) => { d['version'] = nextVersion ? '1.0.1' : '1.0.0'; }, [filler, added]), 'debian');
+  await rm(filler, { recursive: true, force: true });
+  const smallPair = await installPair(small, oldSmall, newSmall, { rounds, epoch, say });
+  const smallCauses = await measureCauses(small, oldSmall, smallPair);
+  const header = smallCauses.headerBytes;
+  rows.push(...pairRows(`one 10 MiB file added to a 1 GiB root${nextVersion ? ', next version' : ''}`, smallPair, { bytes: addedSize + header, what: `the added file + the bundle header with the signed index (${header} bytes)` }));
+  rows.push(...causeRows('small', smallPair, smallCauses));
+  // the large update may fail (Debian's archive unreachable): what the small one measured is kept
+  say(`small update measured:\n${rows.map((r) => JSON.stringify(r)).join('\n')}`);
+  await rm(small, { recursive: true, force: true });
+  return rows;
+}
+
+
 export const bench: Bench = async () => {
   await requireTools(['casync', 'zstd', 'busybox', 'mke2fs', 'mmdebstrap', 'sha256sum']);
   const dir = await mkdtemp(join(tmpdir(), 'kubeos-bench-delta-install-'));
   const say = (text: string) => process.stderr.write(`bench: delta-install: ${text}\n`);
   const rows: BenchRow[] = [];
   try {
-    const small = join(dir, 'small');
-    const filler = join(small, 'filler');
-    await copyFiller(filler, fillerBytes);
-    const added = join(small, 'added');
-    await mkdir(join(added, 'usr/share/kubeos-delta'), { recursive: true });
-    await writeFile(join(added, 'usr/share/kubeos-delta/added.bin'), addedBytes());
-    const minimal = resolve('images/minimal');
-    say(`building the 1 GiB root twice (images/minimal + filler; + one 10 MiB file${nextVersion ? ' at the next version' : ''})`);
-    const oldSmall = await build(small, 'old', await defineImage(join(small, 'def-old'), minimal, (d) => { d['version'] = '1.0.0'; }, [filler]), 'debian');
-    const newSmall = await build(small, 'new', await defineImage(join(small, 'def-new'), minimal, (d) => { d['version'] = nextVersion ? '1.0.1' : '1.0.0'; }, [filler, added]), 'debian');
-    await rm(filler, { recursive: true, force: true });
-    const smallPair = await installPair(small, oldSmall, newSmall, { rounds, epoch, say });
-    const smallCauses = await measureCauses(small, oldSmall, smallPair);
-    const header = smallCauses.headerBytes;
-    rows.push(...pairRows(`one 10 MiB file added to a 1 GiB root${nextVersion ? ', next version' : ''}`, smallPair, { bytes: addedSize + header, what: `the added file + the bundle header with the signed index (${header} bytes)` }));
-    rows.push(...causeRows('small', smallPair, smallCauses));
-    // the large update may fail (Debian's archive unreachable): what the small one measured is kept
-    say(`small update measured:\n${rows.map((r) => JSON.stringify(r)).join('\n')}`);
-    await rm(small, { recursive: true, force: true });
+    if (withSmall) rows.push(...(await measureSmall(dir, say)));
     if (!withDebian) return rows;
 
     const large = join(dir, 'large');
