@@ -80,6 +80,21 @@ test('a seed chunk that changes after it was indexed is caught when read, and fe
   t.like(opened.stats(), { seedMismatches: 1, fetchedChunks: plan.fetchChunks + 1 });
 });
 
+test('an assembled image whose sha256 is not the signed one fails the delta stream (E_DELTA) before it ends', async (t) => {
+  const { host, v2, image, server } = await makeDeltaHost(t);
+  const seed = await resolveSlot('A', host.config.slots.A);
+  const plan = planDelta(indexBuffer(await readSlot(host, 'A')), v2.manifest.payload.index!);
+  const opened = openDeltaSource({ seeds: { booted: seed }, plan, store: `${server.url}/chunks/`, uncompressedSha256: 'f'.repeat(64), idleMs: 10_000 });
+  let bytes = 0;
+  const consumed = (async () => {
+    for await (const part of opened.stream) bytes += (part as Buffer).length;
+  })();
+  await t.throwsAsync(consumed, { code: 'E_DELTA', message: /assembled from the chunk index has sha256 [0-9a-f]{64}, the manifest says f{64}/ } as never);
+  // every chunk matched the index: only the whole image's hash, checked at the end, was wrong
+  t.true(bytes <= image.length, `${bytes} bytes`);
+  t.like(opened.stats(), { seedMismatches: 0, fetchedChunks: plan.fetchChunks });
+});
+
 const brokenStore = test.macro(async (t, damage: (site: string, sha256: string) => Promise<void>, code: string) => {
   const { host, v2, imageSha256, channelUrl, site } = await makeDeltaHost(t);
   const missing = await missingChunks(host, v2);
