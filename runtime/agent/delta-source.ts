@@ -16,6 +16,7 @@ import { OffThreadHashTap } from '../core/bundle/stream-hasher.js';
 import { KubeosError } from '../core/errors.js';
 import { decodePackMap, packPaths } from '../core/bundle/chunk-pack.js';
 import { ChunkFetcher, type PackFrame } from './fetch-chunks.js';
+import { PackRun } from './read-pack-run.js';
 import type { SlotTarget } from './open-slot.js';
 import type { DeltaPlan, SeedSlot } from './plan-delta.js';
 
@@ -32,16 +33,16 @@ export interface DeltaSourceOptions {
   sockets?: number;
 }
 
-/** Requests made ahead of the writer: at most this many, covering at most this many bytes of chunks. */
+/** Chunk-file GETs made ahead of the writer: at most this many, covering at most this many bytes of chunks. */
 const aheadRequests = 32;
-const aheadBytes = 24 << 20;
-/** A Range request into the pack covers at most this many bytes of frames. */
-const maxRunBytes = 4 << 20;
+const aheadBytes = 16 << 20;
 /**
- * A run is started only with this much of the window free: refilling as each chunk is written
- * would cut the pack into runs of a chunk or two (measured: 3,961 chunks in 973 requests).
+ * A run of the pack, one request and one zstd, covers at most this many bytes of frames: a
+ * failure mid-run costs a new request for the rest, and a run is read while the next one starts.
  */
-const minRunWindow = 8 << 20;
+const maxRunBytes = 64 << 20;
+/** A run that fails is restarted after the failing chunk this many times; then its chunks come from their files. */
+const maxRunRestarts = 2;
 
 export interface DeltaStats {
   /** Compressed bytes received from the chunk store. */
@@ -73,16 +74,49 @@ export function openDeltaSource(options: DeltaSourceOptions): { stream: Readable
   const stream = pipeline(source, new CheckedImage(options.uncompressedSha256), () => {});
   return {
     stream,
-    stats: () => ({ ...stats, fetchedBytes: fetcher.fetchedBytes, requests: fetcher.requests, decoders: fetcher.decoder.processes }),
+    stats: () => ({ ...stats, fetchedBytes: fetcher.fetchedBytes, requests: fetcher.requests, decoders: stats.decoders + fetcher.decoder.processes }),
   };
+}
+
+interface Run {
+  steps: number[];
+  frames: PackFrame[];
+  restarts: number;
+}
+
+/** The chunks to fetch, in order, cut into runs of frames that follow one another in the pack. */
+function planRuns(plan: DeltaPlan, fetchAt: readonly number[], pack: OpenPack): Run[] {
+  const runs: Run[] = [];
+  let run: Run | undefined;
+  let bytes = 0;
+  for (const i of fetchAt) {
+    const frame = pack.frames.get(plan.steps[i]!.sha256);
+    if (frame === undefined) {
+      run = undefined;
+      continue;
+    }
+    const last = run?.frames[run.frames.length - 1];
+    if (run === undefined || last === undefined || frame.offset !== last.offset + last.size || bytes + frame.size > maxRunBytes) {
+      run = { steps: [], frames: [], restarts: 0 };
+      runs.push(run);
+      bytes = 0;
+    }
+    run.steps.push(i);
+    run.frames.push(frame);
+    bytes += frame.size;
+  }
+  return runs;
+}
+
+/** Stands in for a run given up on: its chunks come from their own files. */
+function failedRun(left: number): PackRun {
+  return { left, take: () => Promise.reject(new Error('the pack run was given up on')), close: () => {} } as unknown as PackRun;
 }
 
 interface OpenPack {
   url: string;
   /** Frame of each chunk the pack holds, by the chunk's sha256. */
   frames: Map<string, PackFrame>;
-  /** A run failed: the rest is fetched chunk by chunk. */
-  broken: boolean;
 }
 
 /**
@@ -103,7 +137,7 @@ async function openPack(options: DeltaSourceOptions, fetcher: ChunkFetcher, stat
       const step = steps[entry.position]!;
       frames.set(step.sha256, { sha256: step.sha256, length: step.length, offset: entry.offset, size: entry.size });
     }
-    return { url: `${options.store}${paths.pack}`, frames, broken: false };
+    return { url: `${options.store}${paths.pack}`, frames };
   } catch (error) {
     options.signal?.throwIfAborted();
     stats.packProblem = `the pack map could not be used: ${(error as Error).message}`;
@@ -119,52 +153,25 @@ async function* produce(options: DeltaSourceOptions, fetcher: ChunkFetcher, stat
   for (const [i, step] of plan.steps.entries()) if (step.from === 'repeat') lastUse.set(step.step, i);
   const kept = new Map<number, Buffer>();
   const pack = fetchAt.length === 0 ? undefined : await openPack(options, fetcher, stats);
+  // runs: the chunks to fetch whose frames follow one another in the pack, each read as one
+  // stream (read-pack-run.ts); the other chunks to fetch are GETs of their own files
+  const runs = pack === undefined ? [] : planRuns(plan, fetchAt, pack);
+  const runOf = new Map<number, number>();
+  runs.forEach((run, r) => run.steps.forEach((i) => runOf.set(i, r)));
+  const opened = new Map<number, PackRun>();
+  const openRun = (r: number, from = 0) => {
+    const run = runs[r]!;
+    opened.set(r, new PackRun(fetcher, pack!.url, run.frames.slice(from), signal));
+    stats.decoders++;
+  };
+  const single = fetchAt.filter((i) => !runOf.has(i));
   let nextFetch = 0;
   let aheadLength = 0;
   let requestsAhead = 0;
   const pending = new Map<number, Promise<Buffer>>();
   const fill = () => {
-    while (nextFetch < fetchAt.length && requestsAhead < aheadRequests && (pending.size === 0 || aheadLength < aheadBytes)) {
-      // a run: the next chunks to fetch whose frames follow one another in the pack
-      let frame = pack?.broken === false ? pack.frames.get(plan.steps[fetchAt[nextFetch]!]!.sha256) : undefined;
-      if (frame !== undefined && pending.size > 0 && aheadLength > aheadBytes - minRunWindow) break;
-      const run = [fetchAt[nextFetch++]!];
-      if (frame !== undefined) {
-        const frames = [frame];
-        let runBytes = frame.size;
-        let runLength = plan.steps[run[0]!]!.length;
-        while (nextFetch < fetchAt.length && aheadLength + runLength < aheadBytes) {
-          const next = plan.steps[fetchAt[nextFetch]!]!;
-          const after = pack!.frames.get(next.sha256);
-          if (after === undefined || after.offset !== frame.offset + frame.size || runBytes + after.size > maxRunBytes) break;
-          run.push(fetchAt[nextFetch++]!);
-          frames.push(after);
-          frame = after;
-          runBytes += after.size;
-          runLength += next.length;
-        }
-        const got = fetcher.getRun(pack!.url, frames);
-        requestsAhead++;
-        void Promise.allSettled(got).then(() => requestsAhead--);
-        run.forEach((i, k) => {
-          const step = plan.steps[i]!;
-          // a pack that disagrees with the index costs the chunk file, never a wrong byte
-          const chunk = got[k]!.then((data) => {
-            stats.packedChunks++;
-            return data;
-          }, (error: unknown) => {
-            signal?.throwIfAborted();
-            pack!.broken = true;
-            stats.packProblem ??= `a run of the pack failed (${(error as Error).message}); its chunks were fetched one by one`;
-            return fetcher.get(step.sha256, step.length);
-          });
-          chunk.catch(() => {});
-          pending.set(i, chunk);
-          aheadLength += step.length;
-        });
-        continue;
-      }
-      const i = run[0]!;
+    while (nextFetch < single.length && requestsAhead < aheadRequests && (pending.size === 0 || aheadLength < aheadBytes)) {
+      const i = single[nextFetch++]!;
       const step = plan.steps[i]!;
       const got = fetcher.get(step.sha256, step.length);
       requestsAhead++;
@@ -173,6 +180,34 @@ async function* produce(options: DeltaSourceOptions, fetcher: ChunkFetcher, stat
       pending.set(i, got);
       aheadLength += step.length;
     }
+  };
+  /** The next chunk of run `r`: from the pack, else (a failed run, a chunk that does not match) from its own file. */
+  const fromRun = async (r: number, step: { sha256: string; length: number }): Promise<Buffer> => {
+    // the run being read and the next one are open: the next one's request and zstd start early
+    if (!opened.has(r)) openRun(r);
+    if (r + 1 < runs.length && !opened.has(r + 1)) openRun(r + 1);
+    const run = opened.get(r)!;
+    const at = runs[r]!.frames.length - run.left;
+    let problem: string;
+    try {
+      const data = await run.take();
+      if (data.length === step.length && createHash('sha256').update(data).digest('hex') === step.sha256) {
+        stats.packedChunks++;
+        if (run.left === 0) opened.delete(r);
+        return data;
+      }
+      problem = `chunk ${step.sha256} at ${runs[r]!.frames[at]!.offset} does not match the signed index`;
+    } catch (error) {
+      signal?.throwIfAborted();
+      problem = (error as Error).message;
+    }
+    // the rest of the run from a request of its own (once), this chunk from its file
+    run.close();
+    const restarts = (runs[r]!.restarts += 1);
+    if (restarts <= maxRunRestarts && at + 1 < runs[r]!.frames.length) openRun(r, at + 1);
+    else opened.set(r, failedRun(runs[r]!.frames.length - at - 1));
+    stats.packProblem ??= `${problem}; that chunk came from its own file`;
+    return fetcher.get(step.sha256, step.length);
   };
   // a seed is a source like the chunk store: a seed that cannot be read is a delta problem
   // (E_DELTA: the full bundle instead), not a failure of the slot being written
@@ -215,15 +250,20 @@ async function* produce(options: DeltaSourceOptions, fetcher: ChunkFetcher, stat
         if (lastUse.get(step.step) === i) kept.delete(step.step);
         stats.repeatedChunks++;
       } else {
-        data = await pending.get(i)!;
-        pending.delete(i);
-        aheadLength -= step.length;
+        const r = runOf.get(i);
+        if (r !== undefined) data = await fromRun(r, step);
+        else {
+          data = await pending.get(i)!;
+          pending.delete(i);
+          aheadLength -= step.length;
+        }
         stats.fetchedChunks++;
         if (step.recurs) kept.set(i, data);
       }
       yield data;
     }
   } finally {
+    for (const run of opened.values()) run.close();
     for (const { handle } of handles.values()) await handle.close();
     fetcher.close();
   }

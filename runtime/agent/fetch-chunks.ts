@@ -10,9 +10,18 @@ import { createHash } from 'node:crypto';
 import { Agent as HttpAgent, get as httpGet, type IncomingMessage } from 'node:http';
 import { Agent as HttpsAgent, get as httpsGet } from 'node:https';
 import { setMaxListeners } from 'node:events';
+import { Transform, type Readable } from 'node:stream';
 import { setTimeout as delay } from 'node:timers/promises';
 import { isKubeosError, KubeosError } from '../core/errors.js';
 import { ChunkDecoder } from './decode-chunks.js';
+
+/** A ranged body being received, counted in fetchedBytes. */
+export interface RangeBody {
+  stream: Readable;
+  /** True once every byte of the range arrived. */
+  complete(): boolean;
+  destroy(): void;
+}
 
 /** A chunk's frame in a pack (chunk-pack.ts), with what the signed index says of the chunk. */
 export interface PackFrame {
@@ -60,23 +69,26 @@ export class ChunkFetcher {
   }
 
   /**
-   * A run of chunks that sit one after another in a pack: one Range request for all their frames,
-   * each decoded and checked against the signed index as `get` does. One promise per chunk.
+   * The body of `url`'s bytes start..end-1, not yet read (the caller pipes it): the response is
+   * checked to be that range, a network error or 5xx before it is tried again, and every byte
+   * read counts in fetchedBytes; more than the range, or no data for the idle time, destroys it.
    */
-  getRun(packUrl: string, frames: readonly PackFrame[]): Promise<Buffer>[] {
-    const start = frames[0]!.offset;
-    const last = frames[frames.length - 1]!;
-    const end = last.offset + last.size;
-    const url = `${packUrl} bytes ${start}-${end - 1}`;
-    const body = this.withRetries(url, () => this.download(packUrl, end - start, { start, end }));
-    // judged chunk by chunk; until then a failure must not count as unhandled
-    body.catch(() => {});
-    return frames.map(async (frame) => {
-      const data = await body;
-      const at = frame.offset - start;
-      const chunkUrl = `${packUrl} (chunk ${frame.sha256} at ${frame.offset})`;
-      return this.check(await this.decoder.decode(data.subarray(at, at + frame.size), frame.length, chunkUrl), frame.sha256, frame.length, chunkUrl);
+  async openRange(url: string, start: number, end: number): Promise<RangeBody> {
+    const response = await this.withRetries(`${url} bytes ${start}-${end - 1}`, () => this.respond(url, { start, end }));
+    const limit = end - start;
+    let received = 0;
+    const count = new Transform({
+      transform: (piece: Buffer, _encoding, callback) => {
+        received += piece.length;
+        this.fetchedBytes += piece.length;
+        if (received > limit) callback(new KubeosError('E_DELTA', `${url} sent more than the ${limit} bytes asked for`, { details: { url, limit } }));
+        else callback(null, piece);
+      },
     });
+    response.setTimeout(this.options.idleMs, () => response.destroy(new Error(`no data from ${url} for ${this.options.idleMs / 1000} s`)));
+    response.on('error', (error) => count.destroy(error));
+    response.pipe(count);
+    return { stream: count, complete: () => response.complete && received === limit, destroy: () => response.destroy() };
   }
 
   /** A small object of the store (a pack map), or undefined when the store has none (404). */
@@ -122,6 +134,32 @@ export class ChunkFetcher {
    * that answers a range with anything but that range gets a final E_DELTA).
    */
   private async download(url: string, limit: number, range?: { start: number; end: number }): Promise<Buffer> {
+    const { idleMs } = this.options;
+    const response = await this.respond(url, range);
+    const parts: Buffer[] = [];
+    let received = 0;
+    await new Promise<void>((resolve, reject) => {
+      response.setTimeout(idleMs, () => response.destroy(new Error(`no data from ${url} for ${idleMs / 1000} s`)));
+      response.on('data', (piece: Buffer) => {
+        received += piece.length;
+        this.fetchedBytes += piece.length;
+        if (received > limit) {
+          response.destroy(new KubeosError('E_DELTA', `${url} is over ${limit} bytes, more than it may hold`, { details: { url, limit } }));
+          return;
+        }
+        parts.push(piece);
+      });
+      response.once('end', () => (response.complete ? resolve() : reject(new Error('connection closed'))));
+      response.once('error', reject);
+      response.once('aborted', () => reject(new Error('connection aborted')));
+    });
+    const body = Buffer.concat(parts, received);
+    if (range !== undefined && body.length !== limit) throw new Error(`${url} sent ${body.length} bytes of the ${limit} asked for`);
+    return body;
+  }
+
+  /** A GET answered 200 (206 with exactly `range` for a range), its body not read yet. */
+  private async respond(url: string, range?: { start: number; end: number }): Promise<IncomingMessage> {
     const { idleMs, signal } = this.options;
     this.requests++;
     const headers = range === undefined ? {} : { range: `bytes=${range.start}-${range.end - 1}` };
@@ -148,26 +186,7 @@ export class ChunkFetcher {
         throw new KubeosError('E_DELTA', `GET ${url} (${headers.range}) answered the range "${response.headers['content-range'] ?? ''}"`, { details: { url, status } });
       }
     }
-    const parts: Buffer[] = [];
-    let received = 0;
-    await new Promise<void>((resolve, reject) => {
-      response.setTimeout(idleMs, () => response.destroy(new Error(`no data from ${url} for ${idleMs / 1000} s`)));
-      response.on('data', (piece: Buffer) => {
-        received += piece.length;
-        this.fetchedBytes += piece.length;
-        if (received > limit) {
-          response.destroy(new KubeosError('E_DELTA', `${url} is over ${limit} bytes, more than it may hold`, { details: { url, limit } }));
-          return;
-        }
-        parts.push(piece);
-      });
-      response.once('end', () => (response.complete ? resolve() : reject(new Error('connection closed'))));
-      response.once('error', reject);
-      response.once('aborted', () => reject(new Error('connection aborted')));
-    });
-    const body = Buffer.concat(parts, received);
-    if (range !== undefined && body.length !== limit) throw new Error(`${url} sent ${body.length} bytes of the ${limit} asked for`);
-    return body;
+    return response;
   }
 }
 

@@ -19,7 +19,7 @@ async function packHost(t: Parameters<typeof makeDeltaHost>[0]) {
 
 const chunkFileRequests = (requests: { path: string }[]) => requests.filter((r) => /^chunks\/[0-9a-f]{64}\.zst$/.test(r.path));
 
-test('the chunks a host lacks come from the pack in one Range request, and the slot is the image', async (t) => {
+test('the chunks a host lacks come from the pack in one Range request, decoded by one zstd, and the slot is the image', async (t) => {
   const { host, v2, imageSha256, channelUrl, server, pack, map, paths } = await packHost(t);
   const missing = await missingChunks(host, v2);
   t.true(missing.length >= 10, `${missing.length} chunks missing`);
@@ -29,7 +29,7 @@ test('the chunks a host lacks come from the pack in one Range request, and the s
 
   const result = await upgrade(host.config, { channel: channelUrl, reboot: false });
   if (result.kind !== 'installed') return t.fail(result.kind);
-  t.like(result.transfer, { mode: 'delta', fetchedChunks: missing.length, packedChunks: missing.length });
+  t.like(result.transfer, { mode: 'delta', fetchedChunks: missing.length, packedChunks: missing.length, decoders: 1 });
   t.is(result.transfer.packProblem, undefined);
   t.is(sha256(await readSlot(host, 'B', imageSize)), imageSha256);
   const packSize = (await readFile(pack)).length;
@@ -50,10 +50,14 @@ test('a damaged frame in the pack costs that chunk its own file: the slot is sti
   const result = await upgrade(host.config, { channel: channelUrl, reboot: false });
   if (result.kind !== 'installed') return t.fail(result.kind);
   t.like(result.transfer, { mode: 'delta', fetchedChunks: missing.length });
-  t.regex(result.transfer.packProblem ?? '', /run of the pack failed/);
+  t.regex(result.transfer.packProblem ?? '', /that chunk came from its own file/);
+  // the chunk the damage is in, and those zstd had not handed out when it stopped, from their
+  // files; the rest of the run from a second request after the damaged frame
   const files = chunkFileRequests(server.requests).length;
-  t.true(files >= 1 && files <= 2, `${files} chunk files fetched`);
+  t.log(`${files} chunk files, ${result.transfer.packedChunks} of ${missing.length} chunks from the pack: ${result.transfer.packProblem}`);
+  t.true(files >= 1 && files <= 4, `${files} chunk files fetched`);
   t.is(result.transfer.packedChunks, missing.length - files);
+  t.true(server.requests.filter((r) => r.path.endsWith('.pack')).length >= 2, 'the rest of the run came from a request of its own');
   t.is(sha256(await readSlot(host, 'B', imageSize)), imageSha256);
 });
 
