@@ -63,6 +63,35 @@ test('a valid index passes validation', (t) => {
   t.notThrows(() => validateManifest(validPayload({ rule: defaultCdcRule, chunks: [[40, 'e'.repeat(64)], [60, 'f'.repeat(64)]] })));
 });
 
+/** A manifest of a 100-byte image with `indexObject` in place of the inline index. */
+const withObject = (indexObject: unknown, extra: Record<string, unknown> = {}): Record<string, unknown> => {
+  const m = validPayload(undefined);
+  const payload = m['payload'] as Record<string, unknown>;
+  delete payload['index'];
+  return { ...m, payload: { ...payload, indexObject, ...extra } };
+};
+const goodObject = { rule: defaultCdcRule, chunkCount: 2, size: 8 + 2 * 36, sha256: 'e'.repeat(64) };
+
+const refusesObject = test.macro(async (t, indexObject: unknown, paths: string[], extra?: Record<string, unknown>) => {
+  const error = t.throws(() => validateManifest(withObject(indexObject, extra)), { code: 'E_BUNDLE_INVALID' } as never) as unknown as { details: { problems: { path: string }[] } };
+  t.deepEqual(error.details.problems.map((p) => p.path), paths);
+});
+
+test('a valid index object passes validation', (t) => {
+  t.notThrows(() => validateManifest(withObject(goodObject)));
+});
+test('an index object that is not an object is refused', refusesObject, 'e'.repeat(64), ['$.payload.indexObject']);
+test('an index object with an unknown rule is refused', refusesObject, { ...goodObject, rule: { kind: 'fixed', size: 100 } }, ['$.payload.indexObject.rule']);
+test('an index object with a rule the chunker cannot honour is refused', refusesObject, { ...goodObject, rule: { ...defaultCdcRule, avg: 65535 } }, ['$.payload.indexObject.rule']);
+test('an index object whose count is not an integer is refused (and so its size cannot be checked)', refusesObject, { ...goodObject, chunkCount: 1.5 }, ['$.payload.indexObject.chunkCount']);
+test('an index object of more chunks than the image has bytes is refused', refusesObject, { ...goodObject, chunkCount: 101, size: 8 + 101 * 36 }, ['$.payload.indexObject.chunkCount']);
+test('an index object of no chunks for a non-empty image is refused', refusesObject, { ...goodObject, chunkCount: 0, size: 8 }, ['$.payload.indexObject.chunkCount']);
+test('an index object of too few chunks for the image under the rule\'s max is refused', refusesObject, { ...goodObject, rule: { kind: 'cdc', min: 64, avg: 128, max: 256 }, chunkCount: 1, size: 44 }, ['$.payload.indexObject.chunkCount'], { uncompressedSize: 1000 });
+test('an index object whose size is not what its count encodes to is refused', refusesObject, { ...goodObject, size: 8 + 3 * 36 }, ['$.payload.indexObject.size']);
+test('an index object whose sha256 is not hex is refused', refusesObject, { ...goodObject, sha256: 'E'.repeat(64) }, ['$.payload.indexObject.sha256']);
+test('every problem of an index object is reported at once', refusesObject, { rule: null, chunkCount: -1, size: 'x', sha256: 1 }, ['$.payload.indexObject.rule', '$.payload.indexObject.chunkCount', '$.payload.indexObject.size', '$.payload.indexObject.sha256']);
+test('a manifest carrying both the inline index and an index object is refused', refusesObject, goodObject, ['$.payload'], { index: { rule: defaultCdcRule, chunks: [[100, 'e'.repeat(64)]] } });
+
 test('today\'s reader (format 1, from git) verifies a format 2 bundle and streams the exact image', async (t) => {
   const old = await checkOutOldRuntime(t);
   const oldReader = (await import(pathToFileURL(join(old, 'runtime/core/bundle/read-bundle.ts')).href)) as typeof import('../../runtime/core/bundle/read-bundle.js');
