@@ -14,7 +14,7 @@ import { link, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/prom
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createBundle, type CreatedBundle } from '../../builder/bundle/create-bundle.js';
-import { writeChunkFiles } from '../../builder/bundle/write-chunk-files.js';
+import { writeBundleChunks } from '../../builder/bundle/write-bundle-chunks.js';
 import type { TransferReport } from '../../runtime/agent/upgrade.js';
 import { readUnsignedBundle } from '../../runtime/core/bundle/read-bundle.js';
 import { bundlePath } from '../../runtime/core/channel/layout.js';
@@ -71,10 +71,8 @@ export async function installPair(dir: string, oldImage: string, newImage: strin
   const bundle = { ...made, path: published };
   // the same file under a path with no chunk store beside it: the agent installs it in full
   await link(published, join(www, 'full', 'bundle.kubeos'));
-  const index = bundle.manifest.payload.index;
-  if (index === undefined) throw new Error('bundle create wrote no chunk index');
-  const { payload } = await readUnsignedBundle(createReadStream(published));
-  await writeChunkFiles(payload, index, join(www, 'chunks'));
+  const { manifest, payload } = await readUnsignedBundle(createReadStream(published));
+  await writeBundleChunks(payload, manifest, join(www, 'chunks'));
   const caibx = join(www, 'new.caibx');
   await run('casync', ['make', `--store=${join(www, 'castr')}`, caibx, newImage], { timeoutMs: 20 * 60_000 });
   const caibxBytes = (await stat(caibx)).size;

@@ -11,6 +11,9 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { execa } from 'execa';
 import { writeChunkFiles, listChunkFiles } from '../../builder/bundle/write-chunk-files.js';
+import { writeBundleChunks } from '../../builder/bundle/write-bundle-chunks.js';
+import { decodeChunkIndex, encodeChunkIndex } from '../../runtime/core/bundle/chunk-index-object.js';
+import { readUnsignedBundle } from '../../runtime/core/bundle/read-bundle.js';
 import { indexBuffer, defaultCdcRule } from '../../runtime/core/bundle/chunk-index.js';
 import { readBundle } from '../../runtime/core/bundle/read-bundle.js';
 import { validateManifest, type BundleManifest } from '../../runtime/core/bundle/manifest.js';
@@ -36,10 +39,10 @@ test('bundle create signs the content-defined chunk index of the uncompressed im
   t.deepEqual(opened.manifest.payload.index, index);
 });
 
-test('a bundle created with index: false is format 1 as before', async (t) => {
+test('a bundle created with index: \'none\' is format 1 as before', async (t) => {
   const dir = await makeTempDir(t);
   const keys = await makeKeys(dir);
-  const created = await makeBundle(dir, keys, { size: 1024 * 1024, index: false });
+  const created = await makeBundle(dir, keys, { size: 1024 * 1024, index: 'none' });
   t.is(created.manifest.payload.index, undefined);
 });
 
@@ -166,4 +169,68 @@ test('a chunk store refuses an image that does not match the index', async (t) =
   const other = await readFile(rootfs);
   other[1000] = other[1000]! ^ 1;
   await t.throwsAsync(writeChunkFiles([other], created.manifest.payload.index!, join(dir, 'chunks')), { code: 'E_HASH_MISMATCH' } as never);
+});
+
+test('bundle create with an index object signs its size and sha256, not the index, and hands the index back', async (t) => {
+  const dir = await makeTempDir(t);
+  const keys = await makeKeys(dir);
+  const rootfs = await makeRootfs(join(dir, 'rootfs.img'), 5 * 1024 * 1024 + 77);
+  const created = await makeBundle(dir, keys, { rootfs, index: 'object' });
+  const { payload } = created.manifest;
+  t.is(payload.index, undefined);
+  const expected = indexBuffer(await readFile(rootfs)).map((c): [number, string] => [c.length, c.sha256]);
+  t.deepEqual(created.index, { rule: defaultCdcRule, chunks: expected });
+  const bytes = encodeChunkIndex(expected);
+  t.deepEqual(payload.indexObject, { rule: defaultCdcRule, chunkCount: expected.length, size: bytes.length, sha256: sha256(bytes) });
+  const opened = await readBundle(createReadStream(created.path), { trustedKeys: keys.trusted });
+  opened.payload.destroy();
+  t.deepEqual(opened.manifest.payload.indexObject, payload.indexObject);
+});
+
+test('the chunk store of a bundle with an index object is cut from its payload in one pass: the same chunk files as the inline index gives, and the object after them', async (t) => {
+  const dir = await makeTempDir(t);
+  const keys = await makeKeys(dir);
+  const rootfs = await makeRootfs(join(dir, 'rootfs.img'), 3 * 1024 * 1024 + 5);
+  const inline = await makeBundle(dir, keys, { rootfs, name: 'inline', index: 'inline' });
+  const object = await makeBundle(dir, keys, { rootfs, name: 'object', index: 'object' });
+  const cut = async (path: string, store: string) => {
+    const { manifest, payload } = await readUnsignedBundle(createReadStream(path));
+    // pieces of odd sizes: the cuts do not depend on them
+    const odd = (async function* () {
+      for await (const piece of payload) for (let at = 0; at < (piece as Buffer).length; at += 12_345) yield (piece as Buffer).subarray(at, at + 12_345);
+    })();
+    return writeBundleChunks(odd, manifest, join(dir, store));
+  };
+  const a = await cut(inline.path, 'a');
+  const b = await cut(object.path, 'b');
+  t.deepEqual(b.index, inline.manifest.payload.index);
+  t.deepEqual(b.written, a.written);
+  t.is(a.indexObject, undefined);
+  const sha = object.manifest.payload.indexObject!.sha256;
+  t.like(b.indexObject, { sha256: sha, written: true });
+  t.deepEqual(await listChunkFiles(join(dir, 'b')), [...(await listChunkFiles(join(dir, 'a'))), `${sha}.zst`].sort());
+  const { stdout } = await execa('zstd', ['-d', '-c', '-q', join(dir, 'b', `${sha}.zst`)], { encoding: 'buffer', stripFinalNewline: false });
+  t.is(sha256(Buffer.from(stdout)), sha);
+  t.deepEqual(decodeChunkIndex(Buffer.from(stdout), { max: defaultCdcRule.max, imageSize: object.manifest.payload.uncompressedSize }), inline.manifest.payload.index!.chunks);
+  // again: nothing written, the object included
+  const again = await cut(object.path, 'b');
+  t.is(again.written.length, 0);
+  t.like(again.indexObject, { written: false });
+});
+
+test('an index cut from the payload that is not the one signed is refused, and no index object is written', async (t) => {
+  const dir = await makeTempDir(t);
+  const keys = await makeKeys(dir);
+  const rootfs = await makeRootfs(join(dir, 'rootfs.img'), 2 * 1024 * 1024);
+  const created = await makeBundle(dir, keys, { rootfs, index: 'object' });
+  const signed = created.manifest.payload.indexObject!;
+  const other = { ...created.manifest, payload: { ...created.manifest.payload, indexObject: { ...signed, sha256: 'e'.repeat(64) } } };
+  const store = join(dir, 'chunks');
+  await t.throwsAsync(writeBundleChunks(createReadStream(rootfs), other, store), { code: 'E_BUNDLE_INVALID' } as never);
+  t.false((await listChunkFiles(store)).some((name) => name.startsWith('e'.repeat(64)) || name.startsWith(signed.sha256)));
+  // an image other than the signed one: its index is not the signed one either
+  const image = await readFile(rootfs);
+  image[100_000] = image[100_000]! ^ 1;
+  await t.throwsAsync(writeBundleChunks([image], created.manifest, join(dir, 'other')), { code: 'E_BUNDLE_INVALID' } as never);
+  t.false((await listChunkFiles(join(dir, 'other'))).includes(`${signed.sha256}.zst`));
 });

@@ -14,7 +14,7 @@ import type { ExecutionContext } from 'ava';
 import { signChannel, type ChannelSigned } from '../../runtime/core/channel/channel-index.js';
 import { bundlePath, channelPath } from '../../runtime/core/channel/layout.js';
 import type { CreatedBundle } from '../../builder/bundle/create-bundle.js';
-import { writeChunkFiles } from '../../builder/bundle/write-chunk-files.js';
+import { writeBundleChunks } from '../../builder/bundle/write-bundle-chunks.js';
 import { readUnsignedBundle } from '../../runtime/core/bundle/read-bundle.js';
 
 export interface UpdateServer {
@@ -160,10 +160,8 @@ export async function publishToDir(root: string, bundle: CreatedBundle, key: Key
   return signed;
 }
 
-/** Writes `chunks/<sha256>.zst` for a format 2 bundle's index under root, as kubeos publish uploads them. */
+/** Writes `chunks/<sha256>.zst` for a format 2 bundle's index (and its index object) under root, as kubeos publish uploads them, from the bundle's payload. */
 export async function writeChunkStore(root: string, bundle: CreatedBundle): Promise<void> {
-  const index = bundle.manifest.payload.index;
-  if (index === undefined) throw new Error(`${bundle.path} has no chunk index`);
-  const { payload } = await readUnsignedBundle(createReadStream(bundle.path));
-  await writeChunkFiles(payload, index, join(root, 'chunks'));
+  const { manifest, payload } = await readUnsignedBundle(createReadStream(bundle.path));
+  await writeBundleChunks(payload, manifest, join(root, 'chunks'));
 }

@@ -57,7 +57,7 @@ test('the next release uploads only the chunks the store lacks, and publishing i
 
 test('a format 1 bundle publishes no chunks', async (t) => {
   const { dir, keys, s3, publish } = await setup(t);
-  const created = await makeBundle(dir, keys, { size: 1024 * 1024, index: false });
+  const created = await makeBundle(dir, keys, { size: 1024 * 1024, index: 'none' });
   const result = await publish(created.path);
   t.is(result.chunks, undefined);
   t.false((await s3.listKeys()).some((k) => k.includes('chunks/')));
