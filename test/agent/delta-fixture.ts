@@ -6,6 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { open, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ExecutionContext } from 'ava';
+import type { IndexForm } from '../../builder/bundle/create-bundle.js';
 import { makeBundle } from '../helpers/bundle-fixtures.js';
 import { publishToDir, startUpdateServer } from '../helpers/update-server.js';
 import { makeHost, MiB, readSlot, sha256, slotOffsets, type Host } from './host-fixture.js';
@@ -13,7 +14,7 @@ import { makeHost, MiB, readSlot, sha256, slotOffsets, type Host } from './host-
 export const imageSize = 6 * MiB + 4321;
 
 /** v1's first imageSize bytes with `regions` 4 KiB regions rewritten, spread evenly. */
-export async function makeDeltaHost(t: ExecutionContext, options: { regions?: number } = {}) {
+export async function makeDeltaHost(t: ExecutionContext, options: { regions?: number; index?: IndexForm } = {}) {
   const host = await makeHost(t);
   const v1 = await readSlot(host, 'A');
   const image = Buffer.from(v1.subarray(0, imageSize));
@@ -21,7 +22,7 @@ export async function makeDeltaHost(t: ExecutionContext, options: { regions?: nu
   for (let i = 0; i < regions; i++) randomBytes(4096).copy(image, Math.floor(((i + 0.5) * imageSize) / regions));
   const rootfs = join(host.dir, 'v2.img');
   await writeFile(rootfs, image);
-  const v2 = await makeBundle(host.dir, host.keys, { rootfs, name: 'v2' });
+  const v2 = await makeBundle(host.dir, host.keys, { rootfs, name: 'v2', ...(options.index === undefined ? {} : { index: options.index }) });
   const site = join(host.dir, 'site');
   await publishToDir(site, v2, host.keys.privateKey, { serial: 1, chunks: true });
   const server = await startUpdateServer(t, site);
@@ -32,7 +33,7 @@ export async function makeDeltaHost(t: ExecutionContext, options: { regions?: nu
 export async function missingChunks(host: Host, v2: Awaited<ReturnType<typeof makeBundle>>): Promise<string[]> {
   const { indexBuffer } = await import('../../runtime/core/bundle/chunk-index.js');
   const held = new Set(indexBuffer(await readSlot(host, 'A')).map((c) => c.sha256));
-  return v2.manifest.payload.index!.chunks.map(([, s]) => s).filter((s) => !held.has(s));
+  return v2.index!.chunks.map(([, s]) => s).filter((s) => !held.has(s));
 }
 
 export async function flipSlotByte(host: Host, slot: 'A' | 'B', offset: number): Promise<void> {
