@@ -57,7 +57,8 @@ export interface CreateBundleOptions {
    * ignore either form): 'object' signs the size and sha256 of the binary index object the chunk
    * store holds (36 bytes a chunk, chunk-index-object.ts), 'inline' the index itself in the
    * manifest (hex JSON, ~75 bytes a chunk, as bundles were made before), 'none' leaves it out
-   * (format 1). Default 'inline'.
+   * (format 1). Default 'object': it costs a delta host under half the bytes of 'inline', and
+   * older hosts install either in full (they ignore both fields).
    */
   index?: IndexForm;
   signal?: AbortSignal | undefined;
@@ -124,7 +125,7 @@ export async function createBundle(options: CreateBundleOptions): Promise<Create
   const bundleTemp = `${out}.partial-${process.pid}.tmp`;
   try {
     const compressed = new HashTap();
-    const form = options.index ?? 'inline';
+    const form = options.index ?? 'object';
     const chunker = form === 'none' ? undefined : new Chunker(defaultCdcRule);
     // zstd reads the file, the worker hashes it, and this thread cuts the delta index (content-
     // defined chunks) from a read of its own; the stat check below ties the three together. The

@@ -51,7 +51,7 @@ const brokenObject = test.macro(async (t, damage: (file: string) => Promise<void
   t.is(result.transfer.mode, 'full');
   t.regex(result.transfer.reason ?? '', reason);
   t.is(result.transfer.fallback, undefined);
-  // no chunk was asked for, and no slot read to plan: the object is fetched first
+  // nothing but the object was asked of the store: it is fetched before anything else
   t.is(server.requests.filter((r) => r.path.startsWith('chunks/')).length, 1);
   t.is(sha256(await readSlot(host, 'B', imageSize)), imageSha256);
   t.is(sha256(await readSlot(host, 'A')), host.v1Sha256);

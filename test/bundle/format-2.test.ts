@@ -16,9 +16,9 @@ import { decodeChunkIndex, encodeChunkIndex } from '../../runtime/core/bundle/ch
 import { readUnsignedBundle } from '../../runtime/core/bundle/read-bundle.js';
 import { indexBuffer, defaultCdcRule } from '../../runtime/core/bundle/chunk-index.js';
 import { readBundle } from '../../runtime/core/bundle/read-bundle.js';
-import { validateManifest, type BundleManifest } from '../../runtime/core/bundle/manifest.js';
+import { validateManifest } from '../../runtime/core/bundle/manifest.js';
 import { makeBundle, makeKeys, makeRootfs, metadata, sha256File } from '../helpers/bundle-fixtures.js';
-import { checkOutOldRuntime } from '../helpers/old-runtime.js';
+import { checkOutOldRuntime, inlineIndexCommit } from '../helpers/old-runtime.js';
 import { makeTempDir } from '../helpers/temp-dir.js';
 import { publishToDir, startUpdateServer } from '../helpers/update-server.js';
 import { makeHost, readSlot, sha256 } from '../agent/host-fixture.js';
@@ -27,7 +27,7 @@ test('bundle create signs the content-defined chunk index of the uncompressed im
   const dir = await makeTempDir(t);
   const keys = await makeKeys(dir);
   const rootfs = await makeRootfs(join(dir, 'rootfs.img'), 5 * 1024 * 1024 + 77);
-  const created = await makeBundle(dir, keys, { rootfs });
+  const created = await makeBundle(dir, keys, { rootfs, index: 'inline' });
   const index = created.manifest.payload.index;
   t.truthy(index);
   t.is(created.manifest.format, 1);
@@ -103,7 +103,7 @@ test('today\'s reader (format 1, from git) verifies a format 2 bundle and stream
   const keys = await makeKeys(dir);
   const rootfs = await makeRootfs(join(dir, 'rootfs.img'), 6 * 1024 * 1024 + 5);
   const created = await makeBundle(dir, keys, { rootfs });
-  t.truthy(created.manifest.payload.index);
+  t.truthy(created.manifest.payload.indexObject);
 
   const opened = await oldReader.readBundle(createReadStream(created.path), { trustedKeys: keys.trusted, compatible: metadata.compatible });
   const hash = createHash('sha256');
@@ -130,7 +130,7 @@ test('today\'s agent (from git) installs a format 2 bundle from a channel, byte 
   const host = await makeHost(t);
   const rootfs = await makeRootfs(join(host.dir, 'v2.img'), 6 * 1024 * 1024);
   const v2 = await makeBundle(host.dir, host.keys, { rootfs, name: 'v2' });
-  t.truthy(v2.manifest.payload.index);
+  t.truthy(v2.manifest.payload.indexObject);
   const site = join(host.dir, 'site');
   await publishToDir(site, v2, host.keys.privateKey, { serial: 1, chunks: true });
   const server = await startUpdateServer(t, site);
@@ -140,13 +140,34 @@ test('today\'s agent (from git) installs a format 2 bundle from a channel, byte 
   t.false(server.requests.some((r) => r.path.startsWith('chunks/')), 'an old host never asks for chunks');
 });
 
+test('the agent of main before the index object (from git) accepts its manifest and installs such a bundle in full, never asking for a chunk', async (t) => {
+  const old = await checkOutOldRuntime(t, inlineIndexCommit);
+  const oldManifest = (await import(pathToFileURL(join(old, 'runtime/core/bundle/manifest.ts')).href)) as typeof import('../../runtime/core/bundle/manifest.js');
+  const oldUpgrade = (await import(pathToFileURL(join(old, 'runtime/agent/upgrade.ts')).href)) as typeof import('../../runtime/agent/upgrade.js');
+  const oldConfig = (await import(pathToFileURL(join(old, 'runtime/agent/agent-config.ts')).href)) as typeof import('../../runtime/agent/agent-config.js');
+  const host = await makeHost(t);
+  const rootfs = await makeRootfs(join(host.dir, 'v2.img'), 6 * 1024 * 1024);
+  const v2 = await makeBundle(host.dir, host.keys, { rootfs, name: 'v2' });
+  t.is(v2.manifest.payload.index, undefined);
+  t.truthy(v2.manifest.payload.indexObject);
+  t.deepEqual(oldManifest.validateManifest(JSON.parse(JSON.stringify(v2.manifest))), v2.manifest);
+  const site = join(host.dir, 'site');
+  await publishToDir(site, v2, host.keys.privateKey, { serial: 1, chunks: true });
+  const server = await startUpdateServer(t, site);
+  const result = await oldUpgrade.upgrade(await oldConfig.loadAgentConfig(host.configPath), { channel: `${server.url}/channels/stable.json`, reboot: false });
+  if (result.kind !== 'installed') return t.fail(result.kind);
+  t.like(result, { version: '2.0.0', slot: 'B', transfer: { mode: 'full' } });
+  t.regex(result.transfer.reason ?? '', /no chunk index/);
+  t.is(sha256(await readSlot(host, 'B', v2.manifest.payload.uncompressedSize)), await sha256File(rootfs));
+  t.false(server.requests.some((r) => r.path.startsWith('chunks/')), 'it asks for neither chunks nor the index object');
+});
+
 test('the chunk store holds each distinct chunk once, as a zstd frame named by its sha256, and a second run writes none', async (t) => {
   const dir = await makeTempDir(t);
   const keys = await makeKeys(dir);
   const rootfs = await makeRootfs(join(dir, 'rootfs.img'), 3 * 1024 * 1024);
   const created = await makeBundle(dir, keys, { rootfs });
-  const manifest: BundleManifest = created.manifest;
-  const index = manifest.payload.index!;
+  const index = created.index!;
   const store = join(dir, 'chunks');
   const first = await writeChunkFiles(createReadStream(rootfs), index, store);
   const distinct = new Set(index.chunks.map(([, s]) => s));
@@ -168,7 +189,7 @@ test('a chunk store refuses an image that does not match the index', async (t) =
   const created = await makeBundle(dir, keys, { rootfs });
   const other = await readFile(rootfs);
   other[1000] = other[1000]! ^ 1;
-  await t.throwsAsync(writeChunkFiles([other], created.manifest.payload.index!, join(dir, 'chunks')), { code: 'E_HASH_MISMATCH' } as never);
+  await t.throwsAsync(writeChunkFiles([other], created.index!, join(dir, 'chunks')), { code: 'E_HASH_MISMATCH' } as never);
 });
 
 test('bundle create with an index object signs its size and sha256, not the index, and hands the index back', async (t) => {
