@@ -158,8 +158,12 @@ function describeDiff(d: ImageDiff): string {
     `  reused          ${mib(d.reusedBytes)} already on OLD`,
   ];
   if (d.missingCompressed !== undefined) lines.push(`  compressed      ~${mib(d.missingCompressed)} (zstd of the missing chunks)`);
+  const headerBytes = d.header === undefined ? 0 : d.header.bundleBytes + (d.header.indexObjectBytes ?? 0);
+  if (d.header !== undefined) {
+    lines.push(`  header          ${headerBytes} bytes before any chunk: ${d.header.bundleBytes} of the bundle${d.header.indexObjectBytes === undefined ? ' (its inline index included)' : ` + ${d.header.indexObjectBytes} of the index object`}`);
+  }
   if (d.fullBundle !== undefined) {
-    const fetched = d.missingCompressed ?? d.missingBytes;
+    const fetched = (d.missingCompressed ?? d.missingBytes) + headerBytes;
     lines.push(`  full bundle     ${d.fullBundle.estimated ? '~' : ''}${mib(d.fullBundle.bytes)}${d.fullBundle.estimated ? ' (zstd of NEW\'s image)' : ''}; the delta is ${pct(fetched, d.fullBundle.bytes)} of it`);
   }
   return lines.join('\n');
