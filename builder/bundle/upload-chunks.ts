@@ -5,7 +5,9 @@
  * the bucket (listed once) are neither compressed nor uploaded again, so a release that changes
  * little uploads little. The chunks come from the bundle itself, through the same verifying reader
  * as the hosts'; for an index object the index is cut from the payload in the same pass and must
- * be the signed one (write-bundle-chunks.ts) before anything is uploaded.
+ * be the signed one (write-bundle-chunks.ts) before anything is uploaded. The chunks uploaded now
+ * go up a second time as the release's pack (`chunks/packs/<image sha256>.pack` and `.map`,
+ * chunk-pack.ts), so a host fetches runs of them by Range instead of one GET a chunk.
  */
 import { createReadStream } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -18,6 +20,9 @@ import { chunkPath, objectKey } from '../../runtime/core/channel/layout.js';
 import type { TrustedKeys } from '../../runtime/core/crypto/keys.js';
 import type { KubeosError } from '../../runtime/core/errors.js';
 import { writeBundleChunks } from './write-bundle-chunks.js';
+import { writeChunkPack } from './write-chunk-pack.js';
+import { uploadFile } from './upload-file.js';
+import { packPaths } from '../../runtime/core/bundle/chunk-pack.js';
 
 export interface ChunkUpload {
   /** Distinct chunks in the bundle's index. */
@@ -28,6 +33,8 @@ export interface ChunkUpload {
   uploadedBytes: number;
   /** The index object, for a bundle whose manifest names one: its key, and whether it was uploaded now (false: stored already). */
   indexObject?: { key: string; uploaded: boolean; bytes: number };
+  /** The pack of the chunks uploaded now (hosts fetch runs of it by Range), when one was written. */
+  pack?: { key: string; chunks: number; bytes: number };
 }
 
 export interface UploadChunksOptions {
@@ -50,6 +57,7 @@ export async function uploadChunks(options: UploadChunksOptions): Promise<ChunkU
   const { client, bucket, signal } = options;
   const folder = objectKey(options.prefix, 'chunks/');
   const stored = new Set<string>();
+  const maps = new Set<string>();
   let token: string | undefined;
   do {
     let page;
@@ -61,6 +69,7 @@ export async function uploadChunks(options: UploadChunksOptions): Promise<ChunkU
     for (const object of page.Contents ?? []) {
       const match = /([0-9a-f]{64})\.zst$/.exec(object.Key ?? '');
       if (match !== null && (object.Size ?? 0) > 0) stored.add(match[1]!);
+      if (object.Key !== undefined && object.Key.endsWith('.map')) maps.add(object.Key);
     }
     token = page.IsTruncated ? page.NextContinuationToken : undefined;
   } while (token !== undefined);
@@ -101,7 +110,29 @@ export async function uploadChunks(options: UploadChunksOptions): Promise<ChunkU
     const settled = await Promise.allSettled(Array.from({ length: inFlight }, worker));
     const failure = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
     if (failure !== undefined) throw failure.reason;
-    // last: a bucket that holds the index object holds every chunk it names
+    // the pack after its chunks, its map last: a map in the bucket means the pack is whole
+    const uncompressedSha256 = bundle.manifest.payload.uncompressedSha256;
+    const paths = packPaths(uncompressedSha256);
+    const mapKey = objectKey(options.prefix, `chunks/${paths.map}`);
+    if (!maps.has(mapKey)) {
+      const pack = await writeChunkPack(scratch, written.index, written.written, uncompressedSha256, signal);
+      if (pack !== undefined) {
+        const packKey = objectKey(options.prefix, `chunks/${paths.pack}`);
+        try {
+          await uploadFile({ client, bucket, key: packKey, path: join(scratch, pack.pack), size: pack.bytes, contentType: 'application/octet-stream', metadata: {}, signal });
+        } catch (error) {
+          throw options.fail(`uploading s3://${bucket}/${packKey}`, error);
+        }
+        const map = await readFile(join(scratch, pack.map));
+        try {
+          await client.send(new PutObjectCommand({ Bucket: bucket, Key: mapKey, Body: map, ContentLength: map.length, ContentType: 'application/octet-stream' }), { abortSignal: signal });
+        } catch (error) {
+          throw options.fail(`uploading s3://${bucket}/${mapKey}`, error);
+        }
+        result.pack = { key: packKey, chunks: pack.chunks, bytes: pack.bytes };
+      }
+    }
+    // last of all: a bucket that holds the index object holds every chunk it names
     const object = written.indexObject;
     if (object !== undefined) {
       const key = objectKey(options.prefix, chunkPath(object.sha256));

@@ -92,6 +92,10 @@ export interface TransferReport {
   seedMismatches?: number;
   /** Requests to the chunk store: the chunks, and the index object's. */
   requests?: number;
+  /** Of the fetched chunks, those read from the release's pack by Range requests (runs of them). */
+  packedChunks?: number;
+  /** Why the pack was not used (none in the store, a map that does not parse), or a run of it failed and its chunks were fetched one by one. */
+  packProblem?: string;
   /** Why a full install did not try a delta. */
   reason?: string;
   /** A delta that failed, and so took the full bundle. */
@@ -267,7 +271,7 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
           transfer = {
             mode: 'delta', fetchedBytes: headerBytes + indexBytes + stats.fetchedBytes, bundleBytes: headerBytes, reusedBytes: stats.reusedBytes, ...indexReport, fetchedChunks: stats.fetchedChunks, reusedChunks: stats.reusedChunks,
             resumedBytes: stats.resumedBytes, resumedChunks: stats.resumedChunks, repeatedChunks: stats.repeatedChunks, seedMismatches: stats.seedMismatches, requests: stats.requests + (delta.indexFetch?.requests ?? 0), decoders: stats.decoders,
-            seedIndex: delta.savedIndex ? 'saved' : 'read',
+            seedIndex: delta.savedIndex ? 'saved' : 'read', packedChunks: stats.packedChunks, ...(stats.packProblem === undefined ? {} : { packProblem: stats.packProblem }),
           };
         } catch (error) {
           opened.stream.destroy();

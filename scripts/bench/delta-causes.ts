@@ -8,7 +8,7 @@
 import { createReadStream } from 'node:fs';
 import { mkdir, open, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { zstdLevel } from '../../builder/bundle/create-bundle.js';
+import { chunkZstdLevel as zstdLevel } from '../../builder/bundle/write-chunk-files.js';
 import { maxDeltaShare, planDelta, refuseDelta } from '../../runtime/agent/plan-delta.js';
 import { indexStream } from '../../runtime/core/bundle/chunk-index.js';
 import { payloadMember } from '../../runtime/core/bundle/manifest.js';
@@ -34,8 +34,6 @@ export interface DeltaCauses {
   repeated: { chunks: number; bytes: number; compressed: number };
   /** The distinct chunks to fetch: compressed in the store, and at zstd -19 one by one. */
   store: { chunks: number; compressed: number; zstd19: number; zstd19Seconds: number };
-  /** `zstd -t` of `sample` chunk files, one process each, against one process for all. */
-  zstdProcess: { sample: number; perProcessSeconds: number; oneProcessSeconds: number };
   seedIndexSeconds: number;
 }
 
@@ -112,11 +110,6 @@ export async function measureCauses(dir: string, oldImage: string, pair: PairRes
   const recompressed = await timeIt(() => zstdFiles(['-19', `--output-dir-flat=${high}`], rawFiles));
   const zstd19 = await sizes(rawFiles.map((f) => join(high, `${f.slice(raw.length + 1)}.zst`)));
 
-  const sample = files.slice(0, 300);
-  const perProcess = await timeIt(async () => {
-    for (const file of sample) await run('zstd', ['-t', '-q', file], { timeoutMs: 60_000 });
-  });
-  const oneProcess = await timeIt(() => run('zstd', ['-t', '-q', ...sample], { timeoutMs: 60_000 }));
   await rm(scratch, { recursive: true, force: true });
 
   return {
@@ -127,7 +120,6 @@ export async function measureCauses(dir: string, oldImage: string, pair: PairRes
     plan: { bytes: plan.bytes, fetchBytes: plan.fetchBytes, fetchChunks: plan.fetchChunks, share: plan.fetchBytes / plan.bytes, refused: refuseDelta(plan) },
     repeated,
     store: { chunks: files.length, compressed: await sizes(files), zstd19, zstd19Seconds: recompressed.seconds },
-    zstdProcess: { sample: sample.length, perProcessSeconds: perProcess.seconds, oneProcessSeconds: oneProcess.seconds },
     seedIndexSeconds: seeded.seconds,
   };
 }

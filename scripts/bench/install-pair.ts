@@ -1,13 +1,16 @@
 /**
  * One update OLD -> NEW installed three ways from the same `busybox httpd` (a process apart, its
- * `-vv` log kept), each into a fresh file-backed standby slot whose booted slot A is OLD:
+ * `-vv` log kept), each into a fresh file-backed standby slot whose booted slot A is OLD. The store
+ * holds OLD's chunks (OLD was published before), then NEW's new ones and their pack; the agent's
+ * hosts are as after the agent installed OLD: state.json names OLD in slot A, and OLD's index is
+ * saved beside it (so the delta does not read slot A to index it; delta-causes.ts times that).
  *   full    `upgrade` of NEW's bundle from a URL outside bundles/, so the agent has no chunk store
  *   delta   `upgrade` of the same bundle from bundles/<sha256>.kubeos, chunks/ beside it
  *   casync  `casync extract --seed=OLD` of NEW's .caibx from the same server (casync-http), then
  *           `sync` of the written file, timed inside its shell like the bench floors
  * Runs alternate, each round starting with another one. Bytes come from the agent's transfer
- * report and, for every GET but the bundle's (cut short by the agent), from the server log: each
- * logged URL is a whole file of the served folder.
+ * report and, for every GET but the bundle's (cut short by the agent) and the pack's (ranges), from
+ * the server log: each other logged URL is a whole file of the served folder.
  */
 import { createReadStream } from 'node:fs';
 import { link, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
@@ -15,8 +18,13 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createBundle, type CreatedBundle } from '../../builder/bundle/create-bundle.js';
 import { writeBundleChunks } from '../../builder/bundle/write-bundle-chunks.js';
+import { writeChunkFiles } from '../../builder/bundle/write-chunk-files.js';
+import { writeChunkPack } from '../../builder/bundle/write-chunk-pack.js';
 import type { TransferReport } from '../../runtime/agent/upgrade.js';
 import { readUnsignedBundle } from '../../runtime/core/bundle/read-bundle.js';
+import { defaultCdcRule, indexStream } from '../../runtime/core/bundle/chunk-index.js';
+import { writeState } from '../../runtime/agent/agent-state.js';
+import { saveSlotIndex } from '../../runtime/agent/slot-index-store.js';
 import { bundlePath } from '../../runtime/core/channel/layout.js';
 import { generateKeyPair, parsePrivateKey } from '../../runtime/core/crypto/keys.js';
 import { run } from '../../runtime/core/exec.js';
@@ -71,8 +79,15 @@ export async function installPair(dir: string, oldImage: string, newImage: strin
   const bundle = { ...made, path: published };
   // the same file under a path with no chunk store beside it: the agent installs it in full
   await link(published, join(www, 'full', 'bundle.kubeos'));
+  say('OLD\'s chunk store (as published before NEW), then NEW\'s new chunks, its index object and their pack');
+  const oldChunks = await indexStream(createReadStream(oldImage));
+  const oldIndex = { rule: defaultCdcRule, chunks: oldChunks.map((c): [number, string] => [c.length, c.sha256]) };
+  await writeChunkFiles(createReadStream(oldImage), oldIndex, join(www, 'chunks'));
+  const oldSha256 = (await run('sha256sum', [oldImage], { timeoutMs: 10 * 60_000 })).stdout.split(' ')[0]!;
+  const oldSize = (await stat(oldImage)).size;
   const { manifest, payload } = await readUnsignedBundle(createReadStream(published));
-  await writeBundleChunks(payload, manifest, join(www, 'chunks'));
+  const { written, index } = await writeBundleChunks(payload, manifest, join(www, 'chunks'));
+  await writeChunkPack(join(www, 'chunks'), index, written, bundle.manifest.payload.uncompressedSha256);
   const caibx = join(www, 'new.caibx');
   await run('casync', ['make', `--store=${join(www, 'castr')}`, caibx, newImage], { timeoutMs: 20 * 60_000 });
   const caibxBytes = (await stat(caibx)).size;
@@ -88,6 +103,13 @@ export async function installPair(dir: string, oldImage: string, newImage: strin
       const host = join(dir, `host-${way}`);
       await rm(host, { recursive: true, force: true });
       const { config, slotB } = await makeHost(host, size, pub, oldImage);
+      if (way !== 'casync') {
+        // what the agent keeps once it installed OLD into slot A (upgrade.ts, slot-index-store.ts)
+        const stateDir = join(host, 'state');
+        await mkdir(stateDir, { recursive: true });
+        await writeState(stateDir, { slots: { A: { version: '1.0.0', sha256: oldSha256, size: oldSize, committed: true } }, channelSerials: {} });
+        await saveSlotIndex(stateDir, 'A', oldSha256, oldIndex);
+      }
       const before = (await readFile(log, 'utf8')).length;
       const result = results[way];
       if (way === 'casync') {
@@ -108,7 +130,7 @@ export async function installPair(dir: string, oldImage: string, newImage: strin
       // busybox logs a request as it starts answering it: by the time the client is done, it is in
       const urls = loggedUrls(await readFile(log, 'utf8'), before);
       let fileBytes = 0;
-      for (const path of urls) if (!path.startsWith('bundles/') && !path.startsWith('full/')) fileBytes += (await stat(join(www, path))).size;
+      for (const path of urls) if (!path.startsWith('bundles/') && !path.startsWith('full/') && !path.endsWith('.pack')) fileBytes += (await stat(join(www, path))).size;
       result.logged = { requests: urls.length, fileBytes };
       if (way === 'casync') result.bytes = fileBytes;
       await rm(host, { recursive: true, force: true });

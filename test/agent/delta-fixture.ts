@@ -7,14 +7,20 @@ import { open, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ExecutionContext } from 'ava';
 import type { IndexForm } from '../../builder/bundle/create-bundle.js';
+import { writeChunkFiles } from '../../builder/bundle/write-chunk-files.js';
+import { defaultCdcRule, indexBuffer } from '../../runtime/core/bundle/chunk-index.js';
 import { makeBundle } from '../helpers/bundle-fixtures.js';
 import { publishToDir, startUpdateServer } from '../helpers/update-server.js';
 import { makeHost, MiB, readSlot, sha256, slotOffsets, type Host } from './host-fixture.js';
 
 export const imageSize = 6 * MiB + 4321;
 
-/** v1's first imageSize bytes with `regions` 4 KiB regions rewritten, spread evenly. */
-export async function makeDeltaHost(t: ExecutionContext, options: { regions?: number; index?: IndexForm } = {}) {
+/**
+ * v1's first imageSize bytes with `regions` 4 KiB regions rewritten, spread evenly. The store has
+ * no pack unless `pack` (so chunks are fetched one GET each, the path these tests probe); with
+ * `v1Published`, the store held v1's chunks before v2 was published, as after a release of v1.
+ */
+export async function makeDeltaHost(t: ExecutionContext, options: { regions?: number; pack?: boolean; v1Published?: boolean; index?: IndexForm } = {}) {
   const host = await makeHost(t);
   const v1 = await readSlot(host, 'A');
   const image = Buffer.from(v1.subarray(0, imageSize));
@@ -24,7 +30,11 @@ export async function makeDeltaHost(t: ExecutionContext, options: { regions?: nu
   await writeFile(rootfs, image);
   const v2 = await makeBundle(host.dir, host.keys, { rootfs, name: 'v2', ...(options.index === undefined ? {} : { index: options.index }) });
   const site = join(host.dir, 'site');
-  await publishToDir(site, v2, host.keys.privateKey, { serial: 1, chunks: true });
+  if (options.v1Published === true) {
+    // v1 is all of slot A (the host has no image size for it, and indexes the whole slot)
+    await writeChunkFiles([v1], { rule: defaultCdcRule, chunks: indexBuffer(v1).map((c) => [c.length, c.sha256]) }, join(site, 'chunks'));
+  }
+  await publishToDir(site, v2, host.keys.privateKey, { serial: 1, chunks: true, pack: options.pack ?? false });
   const server = await startUpdateServer(t, site);
   return { host, v2, image, imageSha256: sha256(image), site, server, channelUrl: `${server.url}/channels/stable.json` };
 }

@@ -36,8 +36,10 @@ test('a delta install fetches only the chunks the booted slot lacks and writes a
   const headerEnd = member(await readFile(v2.path), 'payload.img.zst').dataOffset;
   t.true(headerEnd < 65536, `the header is ${headerEnd} bytes`);
   t.is(result.transfer.bundleBytes, 65536);
-  t.is(server.requests.filter((r) => r.path.startsWith('chunks/')).length, missing.length + 1);
+  // and one for the index object, one for the pack map this store lacks
+  t.is(server.requests.filter((r) => /^chunks\/[0-9a-f]{64}\.zst$/.test(r.path)).length, missing.length + 1);
   t.true(server.requests.some((r) => r.path === `chunks/${v2.manifest.payload.indexObject!.sha256}.zst`));
+  t.is(server.requests.filter((r) => r.path.startsWith('chunks/packs/')).length, 1);
   t.true(server.connections < server.requests.length, `${server.connections} connections for ${server.requests.length} requests`);
   t.true(result.transfer.fetchedBytes < v2.size / 3, `fetched ${result.transfer.fetchedBytes} of a ${v2.size}-byte bundle`);
 
@@ -77,6 +79,21 @@ test('a seed chunk that changes after it was indexed is caught when read, and fe
   for await (const part of opened.stream) parts.push(part as Buffer);
   t.true(Buffer.concat(parts).equals(image));
   t.like(opened.stats(), { seedMismatches: 1, fetchedChunks: plan.fetchChunks + 1 });
+});
+
+test('an assembled image whose sha256 is not the signed one fails the delta stream (E_DELTA) before it ends', async (t) => {
+  const { host, v2, image, server } = await makeDeltaHost(t);
+  const seed = await resolveSlot('A', host.config.slots.A);
+  const plan = planDelta(indexBuffer(await readSlot(host, 'A')), v2.index!);
+  const opened = openDeltaSource({ seeds: { booted: seed }, plan, store: `${server.url}/chunks/`, uncompressedSha256: 'f'.repeat(64), idleMs: 10_000 });
+  let bytes = 0;
+  const consumed = (async () => {
+    for await (const part of opened.stream) bytes += (part as Buffer).length;
+  })();
+  await t.throwsAsync(consumed, { code: 'E_DELTA', message: /assembled from the chunk index has sha256 [0-9a-f]{64}, the manifest says f{64}/ } as never);
+  // every chunk matched the index: only the whole image's hash, checked at the end, was wrong
+  t.true(bytes <= image.length, `${bytes} bytes`);
+  t.like(opened.stats(), { seedMismatches: 0, fetchedChunks: plan.fetchChunks });
 });
 
 const brokenStore = test.macro(async (t, damage: (site: string, sha256: string) => Promise<void>, code: string) => {

@@ -15,6 +15,7 @@ import { signChannel, type ChannelSigned } from '../../runtime/core/channel/chan
 import { bundlePath, channelPath } from '../../runtime/core/channel/layout.js';
 import type { CreatedBundle } from '../../builder/bundle/create-bundle.js';
 import { writeBundleChunks } from '../../builder/bundle/write-bundle-chunks.js';
+import { writeChunkPack } from '../../builder/bundle/write-chunk-pack.js';
 import { readUnsignedBundle } from '../../runtime/core/bundle/read-bundle.js';
 
 export interface UpdateServer {
@@ -131,12 +132,12 @@ export async function startUpdateServer(t: ExecutionContext, root: string): Prom
 }
 
 /** Places a bundle under bundles/ and writes a signed channel index for it, as `kubeos publish` lays out a bucket. */
-export async function publishToDir(root: string, bundle: CreatedBundle, key: KeyObject, options: { channel?: string; serial: number; expires?: Date; published?: Date; earlier?: CreatedBundle[]; chunks?: boolean }): Promise<ChannelSigned> {
+export async function publishToDir(root: string, bundle: CreatedBundle, key: KeyObject, options: { channel?: string; serial: number; expires?: Date; published?: Date; earlier?: CreatedBundle[]; chunks?: boolean; /** With chunks: also the pack (default true). */ pack?: boolean }): Promise<ChannelSigned> {
   const channel = options.channel ?? 'stable';
   await mkdir(join(root, 'bundles'), { recursive: true });
   await mkdir(join(root, 'channels'), { recursive: true });
   await copyFile(bundle.path, join(root, bundlePath(bundle.sha256)));
-  if (options.chunks === true) await writeChunkStore(root, bundle);
+  if (options.chunks === true) await writeChunkStore(root, bundle, { pack: options.pack });
   const m = bundle.manifest;
   const signed: ChannelSigned = {
     type: 'kubeos-channel',
@@ -160,8 +161,13 @@ export async function publishToDir(root: string, bundle: CreatedBundle, key: Key
   return signed;
 }
 
-/** Writes `chunks/<sha256>.zst` for a format 2 bundle's index (and its index object) under root, as kubeos publish uploads them, from the bundle's payload. */
-export async function writeChunkStore(root: string, bundle: CreatedBundle): Promise<void> {
+/**
+ * Writes `chunks/<sha256>.zst` for a format 2 bundle's index (and its index object) under root, from
+ * the bundle's payload, and the pack of the chunks written now (unless `pack: false`), as kubeos
+ * publish uploads them.
+ */
+export async function writeChunkStore(root: string, bundle: CreatedBundle, options: { pack?: boolean } = {}): Promise<void> {
   const { manifest, payload } = await readUnsignedBundle(createReadStream(bundle.path));
-  await writeBundleChunks(payload, manifest, join(root, 'chunks'));
+  const { written, index } = await writeBundleChunks(payload, manifest, join(root, 'chunks'));
+  if (options.pack !== false) await writeChunkPack(join(root, 'chunks'), index, written, bundle.manifest.payload.uncompressedSha256);
 }

@@ -2,6 +2,7 @@
 import test, { type ExecutionContext } from 'ava';
 import { indexBuffer } from '../../runtime/core/bundle/chunk-index.js';
 import { openIndexObject } from '../../runtime/core/bundle/chunk-index-object.js';
+import { decodePackMap, packPaths } from '../../runtime/core/bundle/chunk-pack.js';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { GetObjectCommand } from '@aws-sdk/client-s3';
@@ -29,11 +30,12 @@ test('publishing a format 2 bundle stores each distinct chunk once as chunks/<sh
   const distinct = new Set(created.index!.chunks.map(([, s]) => s));
   const objectKey = `kubeos/chunks/${signed.sha256}.zst`;
   t.like(result.chunks, { chunks: distinct.size, uploaded: distinct.size, alreadyStored: 0, indexObject: { key: objectKey, uploaded: true } });
-  const keys_ = (await s3.listKeys()).filter((k) => k.startsWith('kubeos/chunks/'));
+  const stored = await s3.listKeys();
+  const keys_ = stored.filter((k) => /^kubeos\/chunks\/[0-9a-f]{64}\.zst$/.test(k));
   t.deepEqual(keys_, [...[...distinct].map((s) => `kubeos/chunks/${s}.zst`), objectKey].sort());
+  const get = async (key: string) => Buffer.from(await (await s3.client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: key }))).Body!.transformToByteArray());
   const unzstd = async (key: string) => {
-    const object = await s3.client.send(new GetObjectCommand({ Bucket: s3.bucket, Key: key }));
-    const frame = Buffer.from(await object.Body!.transformToByteArray());
+    const frame = await get(key);
     const { stdout } = await execa('zstd', ['-d', '-c', '-q'], { input: frame, encoding: 'buffer', stripFinalNewline: false });
     return { frame, data: Buffer.from(stdout) };
   };
@@ -42,6 +44,15 @@ test('publishing a format 2 bundle stores each distinct chunk once as chunks/<sh
   const { frame, data } = await unzstd(objectKey);
   t.is(result.chunks!.indexObject!.bytes, frame.length);
   t.deepEqual(openIndexObject(data, signed, created.manifest.payload.uncompressedSize), created.index);
+  // and the chunks' frames once more as the release's pack, in image order, its map last (the index object is not in it)
+  const paths = packPaths(created.manifest.payload.uncompressedSha256);
+  t.deepEqual(stored.filter((k) => k.startsWith('kubeos/chunks/packs/')), [`kubeos/chunks/${paths.map}`, `kubeos/chunks/${paths.pack}`]);
+  const index = created.index!;
+  const entries = decodePackMap(await get(`kubeos/chunks/${paths.map}`), index.chunks.length, 'map');
+  t.is(entries.length, distinct.size);
+  t.like(result.chunks?.pack, { key: `kubeos/chunks/${paths.pack}`, chunks: distinct.size });
+  const frames = await Promise.all(entries.map((e) => get(`kubeos/chunks/${index.chunks[e.position]![1]}.zst`)));
+  t.true((await get(`kubeos/chunks/${paths.pack}`)).equals(Buffer.concat(frames)));
 });
 
 test('the next release uploads only the chunks the store lacks, and publishing it again uploads none', async (t) => {
@@ -59,8 +70,11 @@ test('the next release uploads only the chunks the store lacks, and publishing i
   t.true(second.chunks!.alreadyStored > 0.8 * second.chunks!.chunks, JSON.stringify(second.chunks));
   t.true(second.chunks!.uploaded >= 1 && second.chunks!.uploaded <= 6, JSON.stringify(second.chunks));
   t.log(`v1 uploaded ${first.chunks!.uploadedBytes} chunk bytes, v2 ${second.chunks!.uploadedBytes} (${second.chunks!.uploaded} of ${second.chunks!.chunks})`);
+  // v2's pack holds the chunks v2 added, not v1's
+  t.like(second.chunks!.pack, { chunks: second.chunks!.uploaded });
   const again = await publish(created.path);
   t.like(again.chunks, { uploaded: 0, uploadedBytes: 0, indexObject: { uploaded: false } });
+  t.is(again.chunks!.pack, undefined);
 });
 
 test('a format 1 bundle publishes no chunks', async (t) => {
@@ -88,10 +102,10 @@ test('a host installs by delta from what kubeos publish put in the bucket (s3rve
   const missing = v2.index!.chunks.filter(([, s]) => !held.has(s));
   t.true(missing.length <= 10, `${missing.length} chunks missing`);
   t.is(result.transfer.fetchedChunks, missing.length, JSON.stringify(result.transfer));
-  // the header's range, the index object (one request) and the chunks
-  t.is(result.transfer.requests, missing.length + 1);
+  // from the pack publish uploaded, by Range requests to s3rver (the first release: it holds every chunk), after the index object
+  t.is(result.transfer.packedChunks, missing.length, JSON.stringify(result.transfer));
   t.true(result.transfer.indexBytes! > v2.manifest.payload.indexObject!.size, JSON.stringify(result.transfer));
   t.true(result.transfer.fetchedBytes < 65536 + result.transfer.indexBytes! + missing.reduce((sum, [length]) => sum + length, 0) * 1.1, JSON.stringify(result.transfer));
   t.is(sha256(await readSlot(host, 'B', image.length)), sha256(image));
-  t.log(`published ${published.chunks!.uploaded} chunks; the host fetched ${result.transfer.fetchedBytes} bytes (${result.transfer.fetchedChunks} chunks, ${result.transfer.bundleBytes} of the bundle) for a ${v2.size}-byte bundle`);
+  t.log(`published ${published.chunks!.uploaded} chunks; the host fetched ${result.transfer.fetchedBytes} bytes (${result.transfer.fetchedChunks} chunks in ${result.transfer.requests} requests, ${result.transfer.bundleBytes} of the bundle) for a ${v2.size}-byte bundle`);
 });

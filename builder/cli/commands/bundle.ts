@@ -3,6 +3,7 @@ import type { Argv, CommandModule } from 'yargs';
 import { createReadStream } from 'node:fs';
 import { createBundle } from '../../bundle/create-bundle.js';
 import { writeBundleChunks } from '../../bundle/write-bundle-chunks.js';
+import { writeChunkPack } from '../../bundle/write-chunk-pack.js';
 import { parseSourceDateEpoch, readBuildInfo, resolveMetadata } from '../../bundle/resolve-metadata.js';
 import { loadPrivateKey, loadTrustedKeys } from '../../../runtime/core/crypto/keys.js';
 import { readBundleFileHeader, verifyBundleFile } from '../../../runtime/core/bundle/verify-bundle-file.js';
@@ -81,7 +82,7 @@ const create: CommandModule<GlobalArgs, CreateArgs> = {
       .option('arch', { type: 'string', describe: 'Architecture (default x86_64)' })
       .option('kernel-version', { type: 'string', describe: 'Kernel version inside the image' })
       .option('index', { type: 'boolean', default: true, describe: 'Sign a content-defined chunk index into the manifest, for delta installs (--no-index: a format 1 bundle)' })
-      .option('chunks', { type: 'string', describe: 'Also write the chunk store: each chunk as DIR/<sha256>.zst, skipping those already there (kubeos publish uploads them itself)' })
+      .option('chunks', { type: 'string', describe: 'Also write the chunk store: each chunk as DIR/<sha256>.zst, skipping those already there, and the new ones again as one pack (DIR/packs/<image sha256>.pack and .map) that hosts read by ranges (kubeos publish uploads them itself)' })
       .example('SOURCE_DATE_EPOCH=1700000000 $0 bundle create --rootfs out/v2/rootfs.img --key keys/signing.pem --out v2.kubeos', 'version, compatible and kernel from out/v2/build.json; the same inputs give the same bytes'),
   handler: async (args) => {
     if (args.chunks !== undefined && !args.index) {
@@ -105,11 +106,12 @@ const create: CommandModule<GlobalArgs, CreateArgs> = {
     // the index bundle create cut is the one its manifest signs: the chunk files are cut by it
     const chunks = args.chunks === undefined || created.index === undefined ? undefined : await writeBundleChunks(createReadStream(args.rootfs), created.manifest, args.chunks, { index: created.index });
     const object = chunks?.indexObject;
+    const pack = chunks === undefined ? undefined : await writeChunkPack(args.chunks!, chunks.index, chunks.written, created.manifest.payload.uncompressedSha256);
     printResult(args, {
       path: created.path, size: created.size, sha256: created.sha256, manifest: created.manifest,
-      ...(chunks === undefined ? {} : { chunks: { dir: args.chunks, written: chunks.written.length, skipped: chunks.skipped, compressedBytes: chunks.compressedBytes, ...(object === undefined ? {} : { indexObject: object }) } }),
+      ...(chunks === undefined ? {} : { chunks: { dir: args.chunks, written: chunks.written.length, skipped: chunks.skipped, compressedBytes: chunks.compressedBytes, pack: pack ?? null, ...(object === undefined ? {} : { indexObject: object }) } }),
     }, () =>
-      `wrote ${created.path} (${created.size} bytes, sha256 ${created.sha256})\n${describeManifest(created.manifest)}${chunks === undefined ? '' : `\n  chunk store     ${args.chunks}: ${chunks.written.length} written (${chunks.compressedBytes} bytes), ${chunks.skipped} already there`}${object === undefined ? '' : `\n  index object    ${object.sha256}.zst${object.written ? ` written (${object.compressedBytes} bytes)` : ' already there'}`}`,
+      `wrote ${created.path} (${created.size} bytes, sha256 ${created.sha256})\n${describeManifest(created.manifest)}${chunks === undefined ? '' : `\n  chunk store     ${args.chunks}: ${chunks.written.length} written (${chunks.compressedBytes} bytes), ${chunks.skipped} already there${pack === undefined ? '' : `; pack ${pack.pack} of ${pack.chunks} chunks`}`}${object === undefined ? '' : `\n  index object    ${object.sha256}.zst${object.written ? ` written (${object.compressedBytes} bytes)` : ' already there'}`}`,
     );
   },
 };

@@ -5,6 +5,7 @@
  *   bundles/<sha256>.kubeos     immutable bundle, named by the sha256 of its bytes
  *   chunks/<sha256>.zst         one chunk of an image (format 2 bundles' index), zstd, named by the
  *                               sha256 of its uncompressed bytes; shared by every release
+ *   chunks/packs/<image>.pack   the chunks a release added, concatenated; .map says where each is
  */
 import { KubeosError } from '../errors.js';
 
