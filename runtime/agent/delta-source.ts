@@ -11,13 +11,13 @@
  */
 import { open, type FileHandle } from 'node:fs/promises';
 import { pipeline, Readable, type TransformCallback } from 'node:stream';
-import { ChunkHasher } from '../core/bundle/chunk-hasher.js';
+import { createHash } from 'node:crypto';
 import { OffThreadHashTap } from '../core/bundle/stream-hasher.js';
 import { KubeosError } from '../core/errors.js';
 import { decodePackMap, packPaths } from '../core/bundle/chunk-pack.js';
 import { ChunkFetcher, type PackFrame } from './fetch-chunks.js';
 import type { SlotTarget } from './open-slot.js';
-import type { DeltaPlan, DeltaStep, SeedSlot } from './plan-delta.js';
+import type { DeltaPlan, SeedSlot } from './plan-delta.js';
 
 export interface DeltaSourceOptions {
   /** The booted slot, and the standby slot when the plan takes chunks an interrupted install left there. */
@@ -35,8 +35,6 @@ export interface DeltaSourceOptions {
 /** Requests made ahead of the writer: at most this many, covering at most this many bytes of chunks. */
 const aheadRequests = 32;
 const aheadBytes = 24 << 20;
-/** Seed chunks read (and being hashed) ahead of the writer. */
-const seedAheadLimit = 16 << 20;
 /** A Range request into the pack covers at most this many bytes of frames. */
 const maxRunBytes = 4 << 20;
 /**
@@ -180,31 +178,6 @@ async function* produce(options: DeltaSourceOptions, fetcher: ChunkFetcher, stat
   // (E_DELTA: the full bundle instead), not a failure of the slot being written
   const seedProblem = (target: SlotTarget, error: unknown) => new KubeosError('E_DELTA', `slot ${target.slot} (${target.path}) cannot be read as the delta's seed: ${(error as NodeJS.ErrnoException).code ?? String(error)}`, { cause: error, details: { seed: target.path } });
   const handles = new Map<SeedSlot, { target: SlotTarget; handle: FileHandle }>();
-  // seed chunks are read ahead of the writer and hashed on a worker, in shared memory
-  const hasher = new ChunkHasher();
-  const seedAt = plan.steps.flatMap((step, i) => (step.from === 'seed' ? [i] : []));
-  const seedReads = new Map<number, Promise<Buffer | undefined>>();
-  let nextSeed = 0;
-  let seedAheadBytes = 0;
-  const readSeed = async (step: Extract<DeltaStep, { from: 'seed' }>): Promise<Buffer | undefined> => {
-    const { target, handle } = handles.get(step.seed) ?? { target: seeds.booted, handle: undefined };
-    if (handle === undefined) throw new KubeosError('E_DELTA', `the delta plan reads slot ${step.seed}, which was not given`);
-    const data = Buffer.from(new SharedArrayBuffer(step.length));
-    const { bytesRead } = await handle.read(data, 0, step.length, target.offset + step.seedOffset).catch((error: unknown) => {
-      throw seedProblem(target, error);
-    });
-    return bytesRead === step.length && (await hasher.digest(data, step.length)) === step.sha256 ? data : undefined;
-  };
-  const fillSeeds = () => {
-    while (nextSeed < seedAt.length && (seedReads.size === 0 || seedAheadBytes < seedAheadLimit)) {
-      const i = seedAt[nextSeed++]!;
-      const step = plan.steps[i] as Extract<DeltaStep, { from: 'seed' }>;
-      const read = readSeed(step);
-      read.catch(() => {});
-      seedReads.set(i, read);
-      seedAheadBytes += step.length;
-    }
-  };
   try {
     for (const [name, target] of [['booted', seeds.booted], ['standby', seeds.standby]] as const) {
       if (target === undefined || !plan.steps.some((step) => step.from === 'seed' && step.seed === name)) continue;
@@ -213,14 +186,17 @@ async function* produce(options: DeltaSourceOptions, fetcher: ChunkFetcher, stat
     for (const [i, step] of plan.steps.entries()) {
       signal?.throwIfAborted();
       fill();
-      fillSeeds();
       let data: Buffer;
       if (step.from === 'seed') {
-        const read = await seedReads.get(i)!;
-        seedReads.delete(i);
-        seedAheadBytes -= step.length;
-        if (read !== undefined) {
-          data = read;
+        // a read from the page cache and a sha256 of one chunk: cheaper here than shared memory
+        // per chunk, whose buffers the garbage collector frees late (twice the RSS, measured)
+        const { target, handle } = handles.get(step.seed) ?? { target: seeds.booted, handle: undefined };
+        if (handle === undefined) throw new KubeosError('E_DELTA', `the delta plan reads slot ${step.seed}, which was not given`);
+        data = Buffer.allocUnsafe(step.length);
+        const { bytesRead } = await handle.read(data, 0, step.length, target.offset + step.seedOffset).catch((error: unknown) => {
+          throw seedProblem(target, error);
+        });
+        if (bytesRead === step.length && createHash('sha256').update(data).digest('hex') === step.sha256) {
           stats.reusedBytes += step.length;
           stats.reusedChunks++;
           if (step.seed === 'standby') {
@@ -248,10 +224,7 @@ async function* produce(options: DeltaSourceOptions, fetcher: ChunkFetcher, stat
       yield data;
     }
   } finally {
-    // reads still in flight end before their file does
-    await Promise.allSettled(seedReads.values());
     for (const { handle } of handles.values()) await handle.close();
-    await hasher.close();
     fetcher.close();
   }
 }
