@@ -93,7 +93,7 @@ function current(): World {
 
 test.serial('v1 in slot A upgrades to v2 by delta, fetching a few chunks and not the bundle; v2 boots from slot B and commits', async (t) => {
   const w = current();
-  const index = w.bundle.manifest.payload.index;
+  const index = w.bundle.index;
   if (index === undefined) throw new Error('the v2 bundle has no chunk index');
   vm = await QemuVm.start({
     disk: w.disk,

@@ -4,14 +4,21 @@
  * agent's own reader) or a rootfs image. OLD is indexed first; NEW is then streamed once, and the
  * bytes of its missing chunks go to zstd as they pass, for a compressed estimate. Nothing is kept
  * but the two indexes and at most one chunk's bytes.
+ *
+ * For a NEW bundle the header a host reads before any chunk is counted too: the bundle's own
+ * header as the agent reads it (the same Range reads, from the file), and the index object when
+ * the manifest names one (NEW's index as cut here, checked against the signed size and sha256,
+ * at the chunk store's zstd level).
  */
 import { createReadStream } from 'node:fs';
-import { open } from 'node:fs/promises';
+import { open, type FileHandle } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Chunker, defaultCdcRule, indexStream, type Chunk, type ChunkRule } from '../../runtime/core/bundle/chunk-index.js';
+import { encodeChunkIndex, openIndexObject } from '../../runtime/core/bundle/chunk-index-object.js';
 import { ChunkDiffer, type ChunkDiff } from '../../runtime/core/bundle/diff-chunk-indexes.js';
-import { manifestMember } from '../../runtime/core/bundle/manifest.js';
+import { manifestMember, type BundleManifest, type IndexedChunk } from '../../runtime/core/bundle/manifest.js';
+import { readHeaderPrefix } from '../../runtime/core/bundle/measure-bundle-header.js';
 import { readBundle, readUnsignedBundle } from '../../runtime/core/bundle/read-bundle.js';
 import { startZstd } from '../../runtime/core/bundle/run-zstd.js';
 import type { TrustedKeys } from '../../runtime/core/crypto/keys.js';
@@ -42,6 +49,12 @@ export interface ImageDiff extends ChunkDiff {
   missingCompressed?: number;
   /** What a host downloads today: NEW's bundle file, or zstd of NEW's whole image when NEW is an image (estimated). */
   fullBundle?: { bytes: number; estimated: boolean };
+  /**
+   * For a NEW bundle, what a delta host reads before any chunk: `bundleBytes` of the bundle (its
+   * header, by the agent's Range reads: at least the first 64 KiB), and `indexObjectBytes`, the
+   * index object's zstd frame, when the manifest names one (an inline index is in the header).
+   */
+  header?: { bundleBytes: number; indexObjectBytes?: number };
 }
 
 export interface DiffOptions {
@@ -80,8 +93,8 @@ export async function classifyInput(role: DiffRole, path: string): Promise<{ kin
   }
 }
 
-/** The image bytes of one side, and what it is. */
-async function openSide(role: DiffRole, path: string, options: DiffOptions): Promise<{ side: DiffSide; image: Readable }> {
+/** The image bytes of one side, what it is, and a bundle's manifest. */
+async function openSide(role: DiffRole, path: string, options: DiffOptions): Promise<{ side: DiffSide; image: Readable; manifest?: BundleManifest }> {
   const { kind, size } = await classifyInput(role, path);
   if (kind === 'image') {
     return { side: { path, kind, imageBytes: size }, image: createReadStream(path, { highWaterMark: 1 << 20, signal: options.signal }) };
@@ -93,7 +106,7 @@ async function openSide(role: DiffRole, path: string, options: DiffOptions): Pro
       ? await readBundle(source, { trustedKeys: options.trustedKeys, chunksOnly: true, signal: options.signal })
       : await readUnsignedBundle(source, { signal: options.signal });
     const { manifest } = opened;
-    return { side: { path, kind, imageBytes: manifest.payload.uncompressedSize, bundleBytes: size, version: manifest.version, verified }, image: opened.payload };
+    return { side: { path, kind, imageBytes: manifest.payload.uncompressedSize, bundleBytes: size, version: manifest.version, verified }, image: opened.payload, manifest };
   } catch (error) {
     source.destroy();
     throw named(role, path, error);
@@ -122,7 +135,7 @@ function counted(image: Readable, total: number, step: string, options: DiffOpti
  * The bytes of each missing chunk of `source`, in order, while the index is built: held pieces
  * are dropped once a chunk ends after them, so memory stays at one chunk plus one piece.
  */
-async function* missingChunkBytes(source: AsyncIterable<Buffer>, chunker: Chunker, differ: ChunkDiffer): AsyncGenerator<Buffer> {
+async function* missingChunkBytes(source: AsyncIterable<Buffer>, chunker: Chunker, differ: ChunkDiffer, index: IndexedChunk[]): AsyncGenerator<Buffer> {
   const held: Buffer[] = [];
   let heldStart = 0;
   const cut = (chunk: Chunk): Buffer => {
@@ -140,7 +153,10 @@ async function* missingChunkBytes(source: AsyncIterable<Buffer>, chunker: Chunke
     while (held.length > 0 && heldStart + held[0]!.length <= end) heldStart += held.shift()!.length;
   };
   function* take(chunks: Chunk[]): Generator<Buffer> {
-    for (const chunk of chunks) if (differ.add(chunk)) yield cut(chunk);
+    for (const chunk of chunks) {
+      index.push([chunk.length, chunk.sha256]);
+      if (differ.add(chunk)) yield cut(chunk);
+    }
     const last = chunks.at(-1);
     if (last !== undefined) drop(last.offset + last.length);
   }
@@ -151,9 +167,36 @@ async function* missingChunkBytes(source: AsyncIterable<Buffer>, chunker: Chunke
   yield* take(chunker.finish());
 }
 
-/** Bytes zstd makes of `input` at `level`. */
-async function compressedSize(input: AsyncIterable<Buffer> | Readable, level: number, signal: AbortSignal | undefined): Promise<number> {
-  const child = await startZstd([`-${level}`, '-T0', '-c', '-q', '--no-progress'], { signal, timeoutMs: zstdTimeoutMs });
+/** Bytes a delta host reads of a bundle file for its header (the agent's reads, from a file). */
+async function hostHeaderBytes(path: string): Promise<number | undefined> {
+  const handle: FileHandle = await open(path, 'r');
+  try {
+    const read = await readHeaderPrefix(async (offset, length) => {
+      const buffer = Buffer.alloc(length);
+      const { bytesRead } = await handle.read(buffer, 0, length, offset);
+      return buffer.subarray(0, bytesRead);
+    });
+    return read?.prefix.length;
+  } finally {
+    await handle.close();
+  }
+}
+
+/** The index object a host would fetch for NEW: cut here, it must be the one signed; its size at the chunk store's level. */
+async function indexObjectBytes(manifest: BundleManifest, index: IndexedChunk[], rule: ChunkRule, signal: AbortSignal | undefined): Promise<number | undefined> {
+  const signed = manifest.payload.indexObject;
+  if (signed === undefined) return undefined;
+  const sameRule = rule.kind === 'cdc' && rule.min === signed.rule.min && rule.avg === signed.rule.avg && rule.max === signed.rule.max;
+  if (!sameRule) return undefined;
+  const bytes = encodeChunkIndex(index);
+  openIndexObject(bytes, signed, manifest.payload.uncompressedSize);
+  // as the chunk store holds it: a file compressed by write-index-object.ts
+  return compressedSize(Readable.from([bytes]), chunkZstdLevel, signal, bytes.length);
+}
+
+/** Bytes zstd makes of `input` at `level`; with `streamSize` (the input's exact size) the frame is byte for byte what zstd makes of a file of it. */
+async function compressedSize(input: AsyncIterable<Buffer> | Readable, level: number, signal: AbortSignal | undefined, streamSize?: number): Promise<number> {
+  const child = await startZstd([`-${level}`, '-T0', '-c', '-q', '--no-progress', ...(streamSize === undefined ? [] : [`--stream-size=${streamSize}`])], { signal, timeoutMs: zstdTimeoutMs });
   let bytes = 0;
   child.stdout.on('data', (data: Buffer) => {
     bytes += data.length;
@@ -185,7 +228,8 @@ export async function diffImages(oldPath: string, newPath: string, options: Diff
 
   const fresh = await openSide('NEW', newPath, options);
   const differ = new ChunkDiffer(held);
-  const missing = missingChunkBytes(counted(fresh.image, fresh.side.imageBytes, 'indexing NEW', options), new Chunker(rule), differ);
+  const index: IndexedChunk[] = [];
+  const missing = missingChunkBytes(counted(fresh.image, fresh.side.imageBytes, 'indexing NEW', options), new Chunker(rule), differ, index);
   let missingCompressed: number | undefined;
   let fullBundle: ImageDiff['fullBundle'];
   try {
@@ -207,5 +251,19 @@ export async function diffImages(oldPath: string, newPath: string, options: Diff
     fresh.image.destroy();
   }
   if (fresh.side.bundleBytes !== undefined) fullBundle = { bytes: fresh.side.bundleBytes, estimated: false };
-  return { old: old.side, new: fresh.side, rule, ...differ.result(), ...(missingCompressed === undefined ? {} : { missingCompressed }), ...(fullBundle === undefined ? {} : { fullBundle }) };
+  let header: ImageDiff['header'];
+  const { index: inline, indexObject } = fresh.manifest?.payload ?? {};
+  if (fresh.manifest !== undefined && (inline !== undefined || indexObject !== undefined)) {
+    try {
+      const bundleBytes = await hostHeaderBytes(newPath);
+      const objectBytes = compress ? await indexObjectBytes(fresh.manifest, index, rule, options.signal) : undefined;
+      if (bundleBytes !== undefined) header = { bundleBytes, ...(objectBytes === undefined ? {} : { indexObjectBytes: objectBytes }) };
+    } catch (error) {
+      throw named('NEW', newPath, error);
+    }
+  }
+  return {
+    old: old.side, new: fresh.side, rule, ...differ.result(),
+    ...(missingCompressed === undefined ? {} : { missingCompressed }), ...(fullBundle === undefined ? {} : { fullBundle }), ...(header === undefined ? {} : { header }),
+  };
 }

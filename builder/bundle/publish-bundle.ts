@@ -194,16 +194,14 @@ export async function publishBundle(options: PublishOptions): Promise<PublishRes
 
   // the chunks hosts will ask for go up before the index names the release, like the bundle
   let chunks: ChunkUpload | undefined;
-  const index = manifest.payload.index;
-  if (index !== undefined) {
+  if (manifest.payload.index !== undefined || manifest.payload.indexObject !== undefined) {
     progress('chunks', 0);
     chunks = await uploadChunks({
       client: options.client,
       bucket: options.bucket,
       prefix: options.prefix,
       bundle: options.bundle,
-      index,
-      uncompressedSha256: manifest.payload.uncompressedSha256,
+      manifest,
       trustedKeys,
       signal: options.signal,
       fail: (what, error) => options.signal?.aborted ? new KubeosError('E_PUBLISH', `${what} was interrupted; channel ${channel} is unchanged`, { cause: options.signal.reason }) : publishError(what, error, options),

@@ -44,6 +44,11 @@ const lanes = Math.max(1, availableParallelism());
  */
 export const chunkZstdLevel = 9;
 
+/**
+ * `index.chunks` may still grow while `image` streams: write-bundle-chunks.ts cuts the index of an
+ * index-object bundle in the same pass and appends each chunk before its bytes arrive here. So an
+ * entry is read only once bytes of its chunk have come (test/bundle/format-2.test.ts holds to it).
+ */
 export async function writeChunkFiles(image: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, index: ChunkIndexInfo, dir: string, options: WriteChunkOptions = {}): Promise<WrittenChunks> {
   await mkdir(dir, { recursive: true });
   const scratch = join(dir, `.partial-${process.pid}`);

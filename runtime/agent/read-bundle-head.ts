@@ -9,11 +9,9 @@
  */
 import { Readable } from 'node:stream';
 import type { TrustedKeys } from '../core/crypto/keys.js';
-import { measureBundleHeader } from '../core/bundle/measure-bundle-header.js';
+import { readHeaderPrefix } from '../core/bundle/measure-bundle-header.js';
 import { readBundle, type OpenedBundle } from '../core/bundle/read-bundle.js';
 import { fetchRange } from './fetch-resumable.js';
-
-const firstRequestBytes = 64 << 10;
 
 export interface BundleHead {
   /** The verified manifest; its payload stream holds nothing and is to be destroyed. */
@@ -31,20 +29,10 @@ export async function readBundleHead(url: string, options: { trustedKeys: Truste
   const timer = setTimeout(() => stop.abort(), idleMs);
   const signal = AbortSignal.any([options.signal, stop.signal]);
   try {
-    let prefix = await fetchRange(url, 0, firstRequestBytes, { signal, idleMs });
-    let measured = await measureBundleHeader(prefix);
-    let whole = prefix.length < firstRequestBytes;
-    // at most two more: the manifest's rest (and a guess at the signature), then a bigger signature
-    for (let more = 0; more < 2 && !whole && measured !== undefined && 'guess' in measured && measured.guess > prefix.length; more++) {
-      const asked = measured.guess - prefix.length;
-      const got = await fetchRange(url, prefix.length, asked, { signal, idleMs });
-      whole = got.length < asked;
-      prefix = Buffer.concat([prefix, got]);
-      measured = await measureBundleHeader(prefix);
-    }
-    if (measured === undefined || !('bytes' in measured)) return undefined;
-    const bundle = await readBundle(Readable.from([prefix.subarray(0, measured.bytes)]), { trustedKeys: options.trustedKeys, compatible: options.compatible, signal });
-    return { bundle, bytes: prefix.length };
+    const read = await readHeaderPrefix((offset, length) => fetchRange(url, offset, length, { signal, idleMs }));
+    if (read === undefined) return undefined;
+    const bundle = await readBundle(Readable.from([read.prefix.subarray(0, read.headerBytes)]), { trustedKeys: options.trustedKeys, compatible: options.compatible, signal });
+    return { bundle, bytes: read.prefix.length };
   } catch {
     options.signal.throwIfAborted();
     return undefined;

@@ -69,12 +69,14 @@ export type UpgradeResult = { kind: 'up-to-date'; version: string } | InstalledR
 /** What an install downloaded and what it copied from the booted slot instead. */
 export interface TransferReport {
   mode: 'delta' | 'full';
-  /** Bytes received: the bundle (its manifest alone for a delta) and the compressed chunks. */
+  /** Bytes received: the bundle (its manifest alone for a delta), the chunk index object and the compressed chunks. */
   fetchedBytes: number;
   /** Of those, bytes of the bundle file (a delta reads its manifest, and what was in flight when it stopped). */
   bundleBytes: number;
   /** Image bytes copied from the slots: the booted one, and what an interrupted install left in the standby. */
   reusedBytes: number;
+  /** Of fetchedBytes, those of the chunk index object (a bundle whose manifest names one, beside its chunk store). */
+  indexBytes?: number;
   fetchedChunks?: number;
   reusedChunks?: number;
   /** Of the reused, what the standby held from an interrupted install. */
@@ -88,6 +90,7 @@ export interface TransferReport {
   seedIndex?: 'saved' | 'read';
   /** Booted-slot chunks that did not match when read (a damaged seed) and were fetched instead. */
   seedMismatches?: number;
+  /** Requests to the chunk store: the chunks, and the index object's. */
   requests?: number;
   /** Of the fetched chunks, those read from the release's pack by Range requests (runs of them). */
   packedChunks?: number;
@@ -195,10 +198,13 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
       // The seed is the booted slot (checked apart from the standby just above), never the slot being written.
       // an install into the standby that did not end may have left chunks of this image there
       const resume = state.interrupted?.slot === standby && state.slots[standby] === undefined ? { target, bytes: Math.min(state.interrupted.size, target.size) } : undefined;
-      const rule = bundle.manifest.payload.index?.rule;
+      const rule = (bundle.manifest.payload.index ?? bundle.manifest.payload.indexObject)?.rule;
       const saved = rule === undefined ? undefined : await loadSlotIndex(config.stateDir, booted.slot, state.slots[booted.slot]?.sha256 ?? '', rule);
-      const delta = await chooseDelta(bundle.manifest, source as string, { target: active, bytes: state.slots[booted.slot]?.size, saved }, resume, signal);
+      const delta = await chooseDelta(bundle.manifest, source as string, { target: active, bytes: state.slots[booted.slot]?.size, saved }, resume, { signal, idleMs: config.networkTimeoutSeconds * 1000 });
       const headerBytes = head?.bytes ?? full!.tap.bytes;
+      // the index object, when one was fetched (whether the delta then went ahead or not)
+      const indexBytes = delta.indexFetch?.bytes ?? 0;
+      const indexReport = delta.indexFetch === undefined ? {} : { indexBytes };
       if ('plan' in delta) {
         // only the manifest was needed: the rest of the bundle is not downloaded
         bundle.payload.destroy();
@@ -263,8 +269,8 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
           await writeSlot(opened.stream, false);
           const stats = opened.stats();
           transfer = {
-            mode: 'delta', fetchedBytes: headerBytes + stats.fetchedBytes, bundleBytes: headerBytes, reusedBytes: stats.reusedBytes, fetchedChunks: stats.fetchedChunks, reusedChunks: stats.reusedChunks,
-            resumedBytes: stats.resumedBytes, resumedChunks: stats.resumedChunks, repeatedChunks: stats.repeatedChunks, seedMismatches: stats.seedMismatches, requests: stats.requests, decoders: stats.decoders,
+            mode: 'delta', fetchedBytes: headerBytes + indexBytes + stats.fetchedBytes, bundleBytes: headerBytes, reusedBytes: stats.reusedBytes, ...indexReport, fetchedChunks: stats.fetchedChunks, reusedChunks: stats.reusedChunks,
+            resumedBytes: stats.resumedBytes, resumedChunks: stats.resumedChunks, repeatedChunks: stats.repeatedChunks, seedMismatches: stats.seedMismatches, requests: stats.requests + (delta.indexFetch?.requests ?? 0), decoders: stats.decoders,
             seedIndex: delta.savedIndex ? 'saved' : 'read', packedChunks: stats.packedChunks, ...(stats.packProblem === undefined ? {} : { packProblem: stats.packProblem }),
           };
         } catch (error) {
@@ -278,20 +284,21 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
           const stats = opened.stats();
           const reopened = await reopenFull();
           await writeFull(reopened);
-          transfer = { mode: 'full', fetchedBytes: headerBytes + stats.fetchedBytes + reopened.tap.bytes, bundleBytes: headerBytes + reopened.tap.bytes, reusedBytes: 0, fallback: { code, message: (error as Error).message } };
+          transfer = { mode: 'full', fetchedBytes: headerBytes + indexBytes + stats.fetchedBytes + reopened.tap.bytes, bundleBytes: headerBytes + reopened.tap.bytes, reusedBytes: 0, ...indexReport, fallback: { code, message: (error as Error).message } };
         }
       } else {
         const opened = full!;
         await writeFull(opened);
         // a header read apart (by range) was received twice
         const bytes = opened.tap.bytes + (head?.bytes ?? 0);
-        transfer = { mode: 'full', fetchedBytes: bytes, bundleBytes: bytes, reusedBytes: 0, reason: delta.reason };
+        transfer = { mode: 'full', fetchedBytes: bytes + indexBytes, bundleBytes: bytes, reusedBytes: 0, ...indexReport, reason: delta.reason };
       }
       const actual = uncompressedSha256;
       step('read-back');
-      // the signed index now describes the standby: the next delta from it need not read it
-      const signedIndex = bundle.manifest.payload.index;
-      if (signedIndex !== undefined) await saveSlotIndex(config.stateDir, standby, actual, signedIndex);
+      // the signed index now describes the standby: the next delta from it need not read it. An
+      // index object not fetched (no chunk store beside the bundle, or it failed) is not saved:
+      // that slot is read when it seeds a delta, as on a host the agent never updated
+      if (delta.index !== undefined) await saveSlotIndex(config.stateDir, standby, actual, delta.index);
       state.slots[standby] = { version, sha256: actual, size: uncompressedSize, committed: false };
       delete state.interrupted;
       await writeState(config.stateDir, state);

@@ -23,8 +23,12 @@ export interface DeltaCauses {
   /** What the agent read of the bundle past those. */
   readAheadBytes: number;
   manifestBytes: number;
-  /** The index as it sits in the manifest (JSON), as 40-byte binary items (casync's .caibx), and the manifest at zstd -19. */
-  index: { chunks: number; jsonBytes: number; binaryBytes: number; manifestZstd19: number };
+  /**
+   * The index as JSON (as the inline form signs it), as 40-byte binary items (casync's .caibx),
+   * the manifest at zstd -19, and the index object the host fetches (its zstd frame in the store;
+   * 0 for a bundle with the inline index).
+   */
+  index: { chunks: number; jsonBytes: number; binaryBytes: number; manifestZstd19: number; objectBytes: number };
   plan: { bytes: number; fetchBytes: number; fetchChunks: number; share: number; refused: string | undefined };
   /** Chunks the plan fetches again because the image holds them more than once. */
   repeated: { chunks: number; bytes: number; compressed: number };
@@ -66,7 +70,9 @@ async function sizes(files: string[]): Promise<number> {
 
 export async function measureCauses(dir: string, oldImage: string, pair: PairResult): Promise<DeltaCauses> {
   const { bundle, www } = pair;
-  const index = bundle.manifest.payload.index!;
+  const index = bundle.index!;
+  const object = bundle.manifest.payload.indexObject;
+  const objectBytes = object === undefined ? 0 : (await stat(join(www, chunkPath(object.sha256)))).size;
   const { offset: headerBytes, manifestBytes } = await payloadOffset(bundle.path);
   const delta = pair.ways.delta.transfer;
   const readAheadBytes = delta?.mode === 'delta' ? delta.bundleBytes - headerBytes : Number.NaN;
@@ -110,7 +116,7 @@ export async function measureCauses(dir: string, oldImage: string, pair: PairRes
     headerBytes,
     readAheadBytes,
     manifestBytes,
-    index: { chunks: index.chunks.length, jsonBytes, binaryBytes: index.chunks.length * 40, manifestZstd19 },
+    index: { chunks: index.chunks.length, jsonBytes, binaryBytes: index.chunks.length * 40, manifestZstd19, objectBytes },
     plan: { bytes: plan.bytes, fetchBytes: plan.fetchBytes, fetchChunks: plan.fetchChunks, share: plan.fetchBytes / plan.bytes, refused: refuseDelta(plan) },
     repeated,
     store: { chunks: files.length, compressed: await sizes(files), zstd19, zstd19Seconds: recompressed.seconds },

@@ -95,8 +95,8 @@ function causeRows(label: string, pair: PairResult, c: DeltaCauses): BenchRow[] 
   const p = (name: string) => `delta-install (${label}) cause: ${name}`;
   return [
     row(p('bundle bytes read past its header'), 'the header (tar headers, manifest with the index, signature)', c.readAheadBytes / MiB, c.headerBytes / MiB, 'MiB', `${c.readAheadBytes} of ${pair.ways.delta.transfer?.bundleBytes ?? '?'} bundle bytes`),
-    row(p('signed index as JSON'), 'the same index as 40-byte binary items (casync .caibx)', c.index.jsonBytes / MiB, c.index.binaryBytes / MiB, 'MiB',
-      `${c.index.chunks} chunks; manifest ${c.manifestBytes} bytes, ${c.index.manifestZstd19} at zstd -19; .caibx ${pair.caibx.bytes}`),
+    row(p('chunk index as the host fetches it (index object)'), 'casync\'s .caibx of the same image', c.index.objectBytes / MiB, pair.caibx.bytes / MiB, 'MiB',
+      `${c.index.chunks} chunks; as inline JSON it would be ${c.index.jsonBytes} bytes; manifest ${c.manifestBytes} bytes, ${c.index.manifestZstd19} at zstd -19`),
     row(p('chunks to fetch, compressed as stored (zstd -' + String(zstdLevel) + ', one frame each)'), 'the same chunks at zstd -19, one frame each', c.store.compressed / MiB, c.store.zstd19 / MiB, 'MiB',
       `${c.store.chunks} distinct chunks, ${(c.plan.fetchBytes / MiB).toFixed(2)} MiB raw; -19 took ${c.store.zstd19Seconds.toFixed(1)} s`),
     row(p('chunks fetched again (repeated in the image)'), 'the distinct chunks fetched', c.repeated.compressed / MiB, c.store.compressed / MiB, 'MiB', `${c.repeated.chunks} repeats, ${c.repeated.bytes} bytes raw`),

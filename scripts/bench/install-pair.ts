@@ -17,6 +17,7 @@ import { link, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/prom
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createBundle, type CreatedBundle } from '../../builder/bundle/create-bundle.js';
+import { writeBundleChunks } from '../../builder/bundle/write-bundle-chunks.js';
 import { writeChunkFiles } from '../../builder/bundle/write-chunk-files.js';
 import { writeChunkPack } from '../../builder/bundle/write-chunk-pack.js';
 import type { TransferReport } from '../../runtime/agent/upgrade.js';
@@ -78,16 +79,14 @@ export async function installPair(dir: string, oldImage: string, newImage: strin
   const bundle = { ...made, path: published };
   // the same file under a path with no chunk store beside it: the agent installs it in full
   await link(published, join(www, 'full', 'bundle.kubeos'));
-  const index = bundle.manifest.payload.index;
-  if (index === undefined) throw new Error('bundle create wrote no chunk index');
-  say('OLD\'s chunk store (as published before NEW), then NEW\'s new chunks and their pack');
+  say('OLD\'s chunk store (as published before NEW), then NEW\'s new chunks, its index object and their pack');
   const oldChunks = await indexStream(createReadStream(oldImage));
   const oldIndex = { rule: defaultCdcRule, chunks: oldChunks.map((c): [number, string] => [c.length, c.sha256]) };
   await writeChunkFiles(createReadStream(oldImage), oldIndex, join(www, 'chunks'));
   const oldSha256 = (await run('sha256sum', [oldImage], { timeoutMs: 10 * 60_000 })).stdout.split(' ')[0]!;
   const oldSize = (await stat(oldImage)).size;
-  const { payload } = await readUnsignedBundle(createReadStream(published));
-  const { written } = await writeChunkFiles(payload, index, join(www, 'chunks'));
+  const { manifest, payload } = await readUnsignedBundle(createReadStream(published));
+  const { written, index } = await writeBundleChunks(payload, manifest, join(www, 'chunks'));
   await writeChunkPack(join(www, 'chunks'), index, written, bundle.manifest.payload.uncompressedSha256);
   const caibx = join(www, 'new.caibx');
   await run('casync', ['make', `--store=${join(www, 'castr')}`, caibx, newImage], { timeoutMs: 20 * 60_000 });

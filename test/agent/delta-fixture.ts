@@ -6,6 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { open, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ExecutionContext } from 'ava';
+import type { IndexForm } from '../../builder/bundle/create-bundle.js';
 import { writeChunkFiles } from '../../builder/bundle/write-chunk-files.js';
 import { defaultCdcRule, indexBuffer } from '../../runtime/core/bundle/chunk-index.js';
 import { makeBundle } from '../helpers/bundle-fixtures.js';
@@ -19,7 +20,7 @@ export const imageSize = 6 * MiB + 4321;
  * no pack unless `pack` (so chunks are fetched one GET each, the path these tests probe); with
  * `v1Published`, the store held v1's chunks before v2 was published, as after a release of v1.
  */
-export async function makeDeltaHost(t: ExecutionContext, options: { regions?: number; pack?: boolean; v1Published?: boolean } = {}) {
+export async function makeDeltaHost(t: ExecutionContext, options: { regions?: number; pack?: boolean; v1Published?: boolean; index?: IndexForm } = {}) {
   const host = await makeHost(t);
   const v1 = await readSlot(host, 'A');
   const image = Buffer.from(v1.subarray(0, imageSize));
@@ -27,7 +28,7 @@ export async function makeDeltaHost(t: ExecutionContext, options: { regions?: nu
   for (let i = 0; i < regions; i++) randomBytes(4096).copy(image, Math.floor(((i + 0.5) * imageSize) / regions));
   const rootfs = join(host.dir, 'v2.img');
   await writeFile(rootfs, image);
-  const v2 = await makeBundle(host.dir, host.keys, { rootfs, name: 'v2' });
+  const v2 = await makeBundle(host.dir, host.keys, { rootfs, name: 'v2', ...(options.index === undefined ? {} : { index: options.index }) });
   const site = join(host.dir, 'site');
   if (options.v1Published === true) {
     // v1 is all of slot A (the host has no image size for it, and indexes the whole slot)
@@ -42,7 +43,7 @@ export async function makeDeltaHost(t: ExecutionContext, options: { regions?: nu
 export async function missingChunks(host: Host, v2: Awaited<ReturnType<typeof makeBundle>>): Promise<string[]> {
   const { indexBuffer } = await import('../../runtime/core/bundle/chunk-index.js');
   const held = new Set(indexBuffer(await readSlot(host, 'A')).map((c) => c.sha256));
-  return v2.manifest.payload.index!.chunks.map(([, s]) => s).filter((s) => !held.has(s));
+  return v2.index!.chunks.map(([, s]) => s).filter((s) => !held.has(s));
 }
 
 export async function flipSlotByte(host: Host, slot: 'A' | 'B', offset: number): Promise<void> {

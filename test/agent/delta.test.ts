@@ -28,16 +28,17 @@ test('a delta install fetches only the chunks the booted slot lacks and writes a
   if (result.kind !== 'installed') return t.fail(result.kind);
   t.is(result.transfer.mode, 'delta');
   t.is(result.transfer.fetchedChunks, missing.length);
-  t.is(result.transfer.reusedBytes + missing.reduce((sum, s) => sum + v2.manifest.payload.index!.chunks.find(([, x]) => x === s)![0], 0), imageSize);
+  t.is(result.transfer.reusedBytes + missing.reduce((sum, s) => sum + v2.index!.chunks.find(([, x]) => x === s)![0], 0), imageSize);
   t.is(sha256(await readSlot(host, 'B', imageSize)), imageSha256);
   t.deepEqual(bootEnvFromGrub(decodeGrubEnv(await readFile(host.bootEnv))), { good: 'A', trying: 'B', triesLeft: 3, failed: undefined });
-  // one ranged GET of the bundle's header (its manifest), one per missing chunk, over kept-alive connections
+  // one ranged GET of the bundle's header (its manifest), one of the index object, one per missing chunk, over kept-alive connections
   t.deepEqual(server.requests.filter((r) => r.path.startsWith('bundles/')).map((r) => r.range), ['bytes=0-65535']);
   const headerEnd = member(await readFile(v2.path), 'payload.img.zst').dataOffset;
   t.true(headerEnd < 65536, `the header is ${headerEnd} bytes`);
   t.is(result.transfer.bundleBytes, 65536);
-  // and one for the pack map this store lacks
-  t.is(server.requests.filter((r) => /^chunks\/[0-9a-f]{64}\.zst$/.test(r.path)).length, missing.length);
+  // and one for the index object, one for the pack map this store lacks
+  t.is(server.requests.filter((r) => /^chunks\/[0-9a-f]{64}\.zst$/.test(r.path)).length, missing.length + 1);
+  t.true(server.requests.some((r) => r.path === `chunks/${v2.manifest.payload.indexObject!.sha256}.zst`));
   t.is(server.requests.filter((r) => r.path.startsWith('chunks/packs/')).length, 1);
   t.true(server.connections < server.requests.length, `${server.connections} connections for ${server.requests.length} requests`);
   t.true(result.transfer.fetchedBytes < v2.size / 3, `fetched ${result.transfer.fetchedBytes} of a ${v2.size}-byte bundle`);
@@ -53,7 +54,7 @@ test('a delta install fetches only the chunks the booted slot lacks and writes a
   if (fullResult.kind !== 'installed') return t.fail(fullResult.kind);
   t.like(fullResult.transfer, { mode: 'full' });
   t.true((await readSlot(twin, 'B')).equals(await readSlot(host, 'B')));
-  t.log(`v2 bundle ${v2.size} bytes; delta fetched ${result.transfer.fetchedBytes} bytes (${result.transfer.bundleBytes} of the bundle for its manifest, the rest ${missing.length} of ${v2.manifest.payload.index!.chunks.length} chunks) and reused ${result.transfer.reusedBytes}; the full install fetched ${fullResult.transfer.fetchedBytes}`);
+  t.log(`v2 bundle ${v2.size} bytes; delta fetched ${result.transfer.fetchedBytes} bytes (${result.transfer.bundleBytes} of the bundle for its manifest, the rest ${missing.length} of ${v2.index!.chunks.length} chunks) and reused ${result.transfer.reusedBytes}; the full install fetched ${fullResult.transfer.fetchedBytes}`);
 });
 
 test('a byte flipped in the booted slot makes its chunk missing: it is fetched, and the slot is still v2', async (t) => {
@@ -71,7 +72,7 @@ test('a byte flipped in the booted slot makes its chunk missing: it is fetched, 
 test('a seed chunk that changes after it was indexed is caught when read, and fetched instead', async (t) => {
   const { host, v2, image, server } = await makeDeltaHost(t);
   const seed = await resolveSlot('A', host.config.slots.A);
-  const plan = planDelta(indexBuffer(await readSlot(host, 'A')), v2.manifest.payload.index!);
+  const plan = planDelta(indexBuffer(await readSlot(host, 'A')), v2.index!);
   await flipSlotByte(host, 'A', 2_000_000);
   const opened = openDeltaSource({ seeds: { booted: seed }, plan, store: `${server.url}/chunks/`, uncompressedSha256: v2.manifest.payload.uncompressedSha256, idleMs: 10_000 });
   const parts: Buffer[] = [];
@@ -83,7 +84,7 @@ test('a seed chunk that changes after it was indexed is caught when read, and fe
 test('an assembled image whose sha256 is not the signed one fails the delta stream (E_DELTA) before it ends', async (t) => {
   const { host, v2, image, server } = await makeDeltaHost(t);
   const seed = await resolveSlot('A', host.config.slots.A);
-  const plan = planDelta(indexBuffer(await readSlot(host, 'A')), v2.manifest.payload.index!);
+  const plan = planDelta(indexBuffer(await readSlot(host, 'A')), v2.index!);
   const opened = openDeltaSource({ seeds: { booted: seed }, plan, store: `${server.url}/chunks/`, uncompressedSha256: 'f'.repeat(64), idleMs: 10_000 });
   let bytes = 0;
   const consumed = (async () => {

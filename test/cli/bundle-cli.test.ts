@@ -2,6 +2,7 @@ import test, { type ExecutionContext } from 'ava';
 import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { flipByte, makeRootfs, member } from '../helpers/bundle-fixtures.js';
+import { indexBuffer } from '../../runtime/core/bundle/chunk-index.js';
 import { makeTempDir } from '../helpers/temp-dir.js';
 import { kubeos as runCli } from '../helpers/cli.js';
 
@@ -163,18 +164,21 @@ test('a private key where a public key belongs is refused, not quietly turned in
   t.regex(verify.json.error.hint, /signing\.pub\.pem/);
 });
 
-test('bundle create --chunks writes the chunk store of its index, and bundle info shows the index', async (t) => {
+test('bundle create --chunks writes the chunk store of its index and the index object, and bundle info shows the index', async (t) => {
   const { dir, rootfs, priv } = await setup(t);
   const out = join(dir, 'v2.kubeos');
   const chunks = join(dir, 'chunks');
   const create = await runCli(['bundle', 'create', '--rootfs', rootfs, '--image-version', '2.0.0', '--key', priv, '--out', out, '--chunks', chunks, '--json'], { env: { SOURCE_DATE_EPOCH: '1700000000' } });
   t.is(create.exitCode, 0, create.stderr);
-  const distinct = new Set((create.json.manifest.payload.index.chunks as [number, string][]).map(([, s]) => s));
-  t.like(create.json.chunks, { written: distinct.size, skipped: 0 });
-  t.is((await readdir(chunks)).filter((n) => n.endsWith('.zst')).length, distinct.size);
+  const distinct = new Set(indexBuffer(await readFile(rootfs)).map((c) => c.sha256));
+  const object = create.json.manifest.payload.indexObject as { sha256: string; chunkCount: number };
+  t.is(create.json.manifest.payload.index, undefined);
+  t.like(create.json.chunks, { written: distinct.size, skipped: 0, indexObject: { sha256: object.sha256, written: true } });
+  t.deepEqual((await readdir(chunks)).filter((n) => n.endsWith('.zst')).sort(), [...[...distinct].map((s) => `${s}.zst`), `${object.sha256}.zst`].sort());
   const info = await runCli(['bundle', 'info', out]);
-  t.regex(info.stdout, /delta index +\d+ content-defined chunks \(16\/64\/256 KiB\)/);
+  t.regex(info.stdout, new RegExp(`delta index +${object.chunkCount} content-defined chunks \\(16/64/256 KiB\\), index object chunks/${object.sha256}\\.zst`));
   const none = await runCli(['bundle', 'create', '--rootfs', rootfs, '--image-version', '2.0.0', '--key', priv, '--out', join(dir, 'v1.kubeos'), '--no-index', '--json'], { env: { SOURCE_DATE_EPOCH: '1700000000' } });
   t.is(none.exitCode, 0, none.stderr);
   t.is(none.json.manifest.payload.index, undefined);
+  t.is(none.json.manifest.payload.indexObject, undefined);
 });

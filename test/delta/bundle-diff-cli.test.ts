@@ -1,12 +1,13 @@
 /** `kubeos bundle diff` as users run it: two real ext4 images one added file apart, as images and as a bundle, and inputs it refuses. */
 import type { ExecutionContext } from 'ava';
 import { createCipheriv, createHash } from 'node:crypto';
-import { lutimes, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { lutimes, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { run } from '../../runtime/core/exec.js';
 import { kubeos } from '../helpers/cli.js';
 import { makeTempDir } from '../helpers/temp-dir.js';
 import { testNeeding } from '../helpers/tools.js';
+import { makeBundle as makeBundleInProcess, makeKeys } from '../helpers/bundle-fixtures.js';
 
 const test = await testNeeding(['mke2fs', 'zstd']);
 const added = 1024 * 1024 + 12345;
@@ -37,15 +38,15 @@ async function makeImage(dir: string, name: string, extra: boolean): Promise<str
   return image;
 }
 
-/** A signed bundle of `image` (keys made on first use in `dir`/keys); its `bundle create --json` result. */
-async function makeBundle(t: ExecutionContext, dir: string, image: string, version: string): Promise<{ path: string; size: number }> {
+/** A signed bundle of `image` (keys made on first use in `dir`/keys) and its chunk store in `dir`/chunks; its `bundle create --json` result. */
+async function makeBundle(t: ExecutionContext, dir: string, image: string, version: string): Promise<{ path: string; size: number; indexObject: string }> {
   const keys = join(dir, 'keys');
   if ((await kubeos(['keygen', '--out', keys])).exitCode !== 0) t.log('keys exist already');
   const path = join(dir, `${version}.kubeos`);
   const metadata = ['--image-version', version, '--compatible', 'kubeos-test-x86_64', '--os-name', 'kubeos', '--kernel-version', '6.1.0'];
-  const create = await kubeos(['bundle', 'create', '--rootfs', image, ...metadata, '--key', join(keys, 'signing.pem'), '--out', path, '--json'], { env: { SOURCE_DATE_EPOCH: '1700000000' } });
+  const create = await kubeos(['bundle', 'create', '--rootfs', image, ...metadata, '--key', join(keys, 'signing.pem'), '--out', path, '--chunks', join(dir, 'chunks'), '--json'], { env: { SOURCE_DATE_EPOCH: '1700000000' } });
   t.is(create.exitCode, 0, create.stderr);
-  return { path, size: create.json.size as number };
+  return { path, size: create.json.size as number, indexObject: join(dir, 'chunks', `${create.json.manifest.payload.indexObject.sha256 as string}.zst`) };
 }
 
 async function setup(t: ExecutionContext) {
@@ -73,13 +74,29 @@ test('bundle diff of two images one added file apart counts about that file as n
 
 test('bundle diff reads a bundle through its payload, verified with --pubkey and marked unverified without', async (t) => {
   const { dir, old, new: fresh } = await setup(t);
-  const { path: bundle, size } = await makeBundle(t, dir, fresh, '2.0.0');
+  const { path: bundle, size, indexObject } = await makeBundle(t, dir, fresh, '2.0.0');
   const images = (await kubeos(['bundle', 'diff', old, fresh, '--json'])).json;
+  t.is(images.header, undefined);
   const verified = await kubeos(['bundle', 'diff', old, bundle, '--pubkey', join(dir, 'keys/signing.pub.pem'), '--json']);
   t.is(verified.exitCode, 0, verified.stderr);
   t.like(verified.json, { new: { kind: 'bundle', version: '2.0.0', verified: true, bundleBytes: size }, missingBytes: images.missingBytes, fullBundle: { bytes: size, estimated: false } });
+  // a host reads the bundle's header (its first 64 KiB here) and the index object, byte for byte as the store holds it
+  t.deepEqual(verified.json.header, { bundleBytes: 65536, indexObjectBytes: (await stat(indexObject)).size });
+  const text = await kubeos(['bundle', 'diff', old, bundle]);
+  t.regex(text.stdout, new RegExp(`header +${65536 + (await stat(indexObject)).size} bytes before any chunk`));
   const unverified = await kubeos(['bundle', 'diff', bundle, bundle, '--json']);
   t.like(unverified.json, { old: { verified: false }, new: { verified: false }, missingBytes: 0 });
+});
+
+test('bundle diff of a bundle with the inline index (made before the index object) counts its header, which holds the index', async (t) => {
+  const { dir, old, new: fresh } = await setup(t);
+  const keys = await makeKeys(dir);
+  const inline = await makeBundleInProcess(dir, keys, { rootfs: fresh, name: 'inline', index: 'inline' });
+  const images = (await kubeos(['bundle', 'diff', old, fresh, '--json'])).json;
+  const r = await kubeos(['bundle', 'diff', old, inline.path, '--json']);
+  t.is(r.exitCode, 0, r.stderr);
+  t.like(r.json, { new: { kind: 'bundle', verified: false }, missingBytes: images.missingBytes, missingChunks: images.missingChunks });
+  t.deepEqual(r.json.header, { bundleBytes: 65536 });
 });
 
 test('bundle diff names the input it refuses and what to give instead, with no stack trace', async (t) => {

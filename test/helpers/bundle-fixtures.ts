@@ -3,7 +3,7 @@ import { randomBytes, createHash } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ExecutionContext } from 'ava';
-import { createBundle, type CreatedBundle } from '../../builder/bundle/create-bundle.js';
+import { createBundle, type CreatedBundle, type IndexForm } from '../../builder/bundle/create-bundle.js';
 import type { BundleMetadata } from '../../builder/bundle/resolve-metadata.js';
 import { generateKeyPair, makeTrustedKeys, parsePrivateKey, parsePublicKey, type TrustedKeys } from '../../runtime/core/crypto/keys.js';
 import { findTool, run } from '../../runtime/core/exec.js';
@@ -64,7 +64,7 @@ export async function makeExt4Rootfs(t: ExecutionContext, dir: string, sizeMiB =
   return image;
 }
 
-export async function makeBundle(dir: string, keys: TestKeys, options: { size?: number; version?: string; name?: string; rootfs?: string; incompressible?: boolean; index?: boolean } = {}): Promise<CreatedBundle> {
+export async function makeBundle(dir: string, keys: TestKeys, options: { size?: number; version?: string; name?: string; rootfs?: string; incompressible?: boolean; index?: IndexForm } = {}): Promise<CreatedBundle> {
   const size = options.size ?? 6 * 1024 * 1024;
   const rootfs = options.rootfs ?? (await makeRootfs(join(dir, `${options.name ?? 'rootfs'}.img`), size, options.incompressible ? size : undefined));
   return createBundle({

@@ -13,13 +13,15 @@ import { makeTempDir } from './temp-dir.js';
 
 /** main when format 2 work began: the agent every host runs today. */
 export const formatOneCommit = 'ebbd9aa4265f7bcd55fdde626e29309682047343';
+/** main before the index object: an agent that delta-installs bundles with the inline index only. */
+export const inlineIndexCommit = '2fae49ba7ad55454cfa3b2eb3657c2d6d0b55f17';
 
 const repo = fileURLToPath(new URL('../..', import.meta.url));
 
-/** A folder holding `runtime/` as of `formatOneCommit`; import `join(dir, 'runtime/...ts')`. */
-export async function checkOutOldRuntime(t: ExecutionContext): Promise<string> {
+/** A folder holding `runtime/` as of `commit` (default `formatOneCommit`); import `join(dir, 'runtime/...ts')`. */
+export async function checkOutOldRuntime(t: ExecutionContext, commit = formatOneCommit): Promise<string> {
   const dir = await makeTempDir(t, 'kubeos-old-runtime-');
-  const archive = await execa('git', ['-C', repo, 'archive', '--format=tar', formatOneCommit, 'runtime'], { encoding: 'buffer', stripFinalNewline: false, timeout: 60_000 });
+  const archive = await execa('git', ['-C', repo, 'archive', '--format=tar', commit, 'runtime'], { encoding: 'buffer', stripFinalNewline: false, timeout: 60_000 });
   const extract = tar.extract();
   const done = (async () => {
     for await (const entry of extract) {

@@ -14,7 +14,7 @@ import type { ExecutionContext } from 'ava';
 import { signChannel, type ChannelSigned } from '../../runtime/core/channel/channel-index.js';
 import { bundlePath, channelPath } from '../../runtime/core/channel/layout.js';
 import type { CreatedBundle } from '../../builder/bundle/create-bundle.js';
-import { writeChunkFiles } from '../../builder/bundle/write-chunk-files.js';
+import { writeBundleChunks } from '../../builder/bundle/write-bundle-chunks.js';
 import { writeChunkPack } from '../../builder/bundle/write-chunk-pack.js';
 import { readUnsignedBundle } from '../../runtime/core/bundle/read-bundle.js';
 
@@ -162,13 +162,12 @@ export async function publishToDir(root: string, bundle: CreatedBundle, key: Key
 }
 
 /**
- * Writes `chunks/<sha256>.zst` for a format 2 bundle's index under root, and the pack of the chunks
- * written now (unless `pack: false`), as kubeos publish uploads them.
+ * Writes `chunks/<sha256>.zst` for a format 2 bundle's index (and its index object) under root, from
+ * the bundle's payload, and the pack of the chunks written now (unless `pack: false`), as kubeos
+ * publish uploads them.
  */
 export async function writeChunkStore(root: string, bundle: CreatedBundle, options: { pack?: boolean } = {}): Promise<void> {
-  const index = bundle.manifest.payload.index;
-  if (index === undefined) throw new Error(`${bundle.path} has no chunk index`);
-  const { payload } = await readUnsignedBundle(createReadStream(bundle.path));
-  const { written } = await writeChunkFiles(payload, index, join(root, 'chunks'));
+  const { manifest, payload } = await readUnsignedBundle(createReadStream(bundle.path));
+  const { written, index } = await writeBundleChunks(payload, manifest, join(root, 'chunks'));
   if (options.pack !== false) await writeChunkPack(join(root, 'chunks'), index, written, bundle.manifest.payload.uncompressedSha256);
 }

@@ -2,7 +2,7 @@
 import type { Argv, CommandModule } from 'yargs';
 import { createReadStream } from 'node:fs';
 import { createBundle } from '../../bundle/create-bundle.js';
-import { writeChunkFiles } from '../../bundle/write-chunk-files.js';
+import { writeBundleChunks } from '../../bundle/write-bundle-chunks.js';
 import { writeChunkPack } from '../../bundle/write-chunk-pack.js';
 import { parseSourceDateEpoch, readBuildInfo, resolveMetadata } from '../../bundle/resolve-metadata.js';
 import { loadPrivateKey, loadTrustedKeys } from '../../../runtime/core/crypto/keys.js';
@@ -54,10 +54,16 @@ function describeManifest(m: BundleManifest): string {
     `  payload sha256  ${m.payload.sha256}`,
     `  image sha256    ${m.payload.uncompressedSha256}`,
     `  chunks          ${m.payload.chunks.length} x ${mib(m.payload.chunkSize)}`,
-    m.payload.index === undefined
-      ? '  delta index     none (format 1: hosts take the full bundle)'
-      : `  delta index     ${m.payload.index.chunks.length} content-defined chunks (${m.payload.index.rule.min / 1024}/${m.payload.index.rule.avg / 1024}/${m.payload.index.rule.max / 1024} KiB)`,
+    describeIndex(m),
   ].join('\n');
+}
+
+function describeIndex(m: BundleManifest): string {
+  const rule = (r: { min: number; avg: number; max: number }) => `${r.min / 1024}/${r.avg / 1024}/${r.max / 1024} KiB`;
+  const { index, indexObject } = m.payload;
+  if (indexObject !== undefined) return `  delta index     ${indexObject.chunkCount} content-defined chunks (${rule(indexObject.rule)}), index object chunks/${indexObject.sha256}.zst (${indexObject.size} bytes)`;
+  if (index !== undefined) return `  delta index     ${index.chunks.length} content-defined chunks (${rule(index.rule)}), inline`;
+  return '  delta index     none (format 1: hosts take the full bundle)';
 }
 
 const create: CommandModule<GlobalArgs, CreateArgs> = {
@@ -94,14 +100,18 @@ const create: CommandModule<GlobalArgs, CreateArgs> = {
       privateKey: await loadPrivateKey(args.key),
       metadata,
       sourceDateEpoch: parseSourceDateEpoch(process.env['SOURCE_DATE_EPOCH']),
-      index: args.index,
+      ...(args.index ? {} : { index: 'none' as const }),
       onProgress: makeProgress(args),
     });
-    const index = created.manifest.payload.index;
-    const chunks = args.chunks === undefined || index === undefined ? undefined : await writeChunkFiles(createReadStream(args.rootfs), index, args.chunks);
-    const pack = chunks === undefined || index === undefined ? undefined : await writeChunkPack(args.chunks!, index, chunks.written, created.manifest.payload.uncompressedSha256);
-    printResult(args, { path: created.path, size: created.size, sha256: created.sha256, manifest: created.manifest, ...(chunks === undefined ? {} : { chunks: { dir: args.chunks, written: chunks.written.length, skipped: chunks.skipped, compressedBytes: chunks.compressedBytes, pack: pack ?? null } }) }, () =>
-      `wrote ${created.path} (${created.size} bytes, sha256 ${created.sha256})\n${describeManifest(created.manifest)}${chunks === undefined ? '' : `\n  chunk store     ${args.chunks}: ${chunks.written.length} written (${chunks.compressedBytes} bytes), ${chunks.skipped} already there${pack === undefined ? '' : `; pack ${pack.pack} of ${pack.chunks} chunks`}`}`,
+    // the index bundle create cut is the one its manifest signs: the chunk files are cut by it
+    const chunks = args.chunks === undefined || created.index === undefined ? undefined : await writeBundleChunks(createReadStream(args.rootfs), created.manifest, args.chunks, { index: created.index });
+    const object = chunks?.indexObject;
+    const pack = chunks === undefined ? undefined : await writeChunkPack(args.chunks!, chunks.index, chunks.written, created.manifest.payload.uncompressedSha256);
+    printResult(args, {
+      path: created.path, size: created.size, sha256: created.sha256, manifest: created.manifest,
+      ...(chunks === undefined ? {} : { chunks: { dir: args.chunks, written: chunks.written.length, skipped: chunks.skipped, compressedBytes: chunks.compressedBytes, pack: pack ?? null, ...(object === undefined ? {} : { indexObject: object }) } }),
+    }, () =>
+      `wrote ${created.path} (${created.size} bytes, sha256 ${created.sha256})\n${describeManifest(created.manifest)}${chunks === undefined ? '' : `\n  chunk store     ${args.chunks}: ${chunks.written.length} written (${chunks.compressedBytes} bytes), ${chunks.skipped} already there${pack === undefined ? '' : `; pack ${pack.pack} of ${pack.chunks} chunks`}`}${object === undefined ? '' : `\n  index object    ${object.sha256}.zst${object.written ? ` written (${object.compressedBytes} bytes)` : ' already there'}`}`,
     );
   },
 };
@@ -150,8 +160,12 @@ function describeDiff(d: ImageDiff): string {
     `  reused          ${mib(d.reusedBytes)} already on OLD`,
   ];
   if (d.missingCompressed !== undefined) lines.push(`  compressed      ~${mib(d.missingCompressed)} (zstd of the missing chunks)`);
+  const headerBytes = d.header === undefined ? 0 : d.header.bundleBytes + (d.header.indexObjectBytes ?? 0);
+  if (d.header !== undefined) {
+    lines.push(`  header          ${headerBytes} bytes before any chunk: ${d.header.bundleBytes} of the bundle${d.header.indexObjectBytes === undefined ? ' (its inline index included)' : ` + ${d.header.indexObjectBytes} of the index object`}`);
+  }
   if (d.fullBundle !== undefined) {
-    const fetched = d.missingCompressed ?? d.missingBytes;
+    const fetched = (d.missingCompressed ?? d.missingBytes) + headerBytes;
     lines.push(`  full bundle     ${d.fullBundle.estimated ? '~' : ''}${mib(d.fullBundle.bytes)}${d.fullBundle.estimated ? ' (zstd of NEW\'s image)' : ''}; the delta is ${pct(fetched, d.fullBundle.bytes)} of it`);
   }
   return lines.join('\n');

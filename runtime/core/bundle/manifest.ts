@@ -6,12 +6,13 @@
 import { isVersion, versionProblem } from '../compare-versions.js';
 import { KubeosError } from '../errors.js';
 import { checkChunkRule, type ChunkRule } from './chunk-index.js';
+import { indexObjectBytes } from './chunk-index-object.js';
 
 export const bundleFormat = 1;
 export const manifestMember = 'manifest.json';
 export const signatureMember = 'manifest.sig';
 export const payloadMember = 'payload.img.zst';
-/** Manifests stay small even for huge images (4 MiB chunks: ~70 bytes a chunk). */
+/** Manifests stay small even for huge images (4 MiB chunks: ~70 bytes a chunk; an inline CDC index ~75 bytes a 64 KiB chunk). */
 export const maxManifestBytes = 8 * 1024 * 1024;
 export const maxSignatureBytes = 64 * 1024;
 export const defaultChunkSize = 4 * 1024 * 1024;
@@ -28,19 +29,38 @@ export interface PayloadInfo {
   /** sha256 (hex) of each uncompressed chunk, so a writer verifies what it writes as it goes. */
   chunks: string[];
   /**
-   * Format 2: the content-defined chunk index of the uncompressed image, for delta installs.
-   * Optional and ignored by format 1 readers (their validator checks only the fields it knows),
-   * so `format` stays 1 and a bundle carrying it installs on every host.
+   * Format 2 as first made: the content-defined chunk index of the uncompressed image, inline, for
+   * delta installs. Optional and ignored by format 1 readers (their validator checks only the
+   * fields it knows), so `format` stays 1 and a bundle carrying it installs on every host. Bundles
+   * are now made with `indexObject` instead; this is still read.
    */
   index?: ChunkIndexInfo;
+  /**
+   * Format 2: the same index as a binary object in the chunk store (chunk-index-object.ts, 36 bytes
+   * a chunk), named here by its size and sha256. Ignored by older readers like `index`. A manifest
+   * carries one of the two, not both.
+   */
+  indexObject?: IndexObjectInfo;
 }
 
 /** `[length, sha256]` of each chunk in image order; offsets follow from the lengths. */
 export type IndexedChunk = [length: number, sha256: string];
 
+export type CdcRule = Extract<ChunkRule, { kind: 'cdc' }>;
+
 export interface ChunkIndexInfo {
-  rule: Extract<ChunkRule, { kind: 'cdc' }>;
+  rule: CdcRule;
   chunks: IndexedChunk[];
+}
+
+/** The chunk index stored apart, as `<store>/<sha256>.zst` like a chunk. */
+export interface IndexObjectInfo {
+  rule: CdcRule;
+  /** Chunks in the index (entries, repeats included). */
+  chunkCount: number;
+  /** Bytes and sha256 (hex) of the encoded index, uncompressed: its name in the chunk store, as a chunk's. */
+  size: number;
+  sha256: string;
 }
 
 export interface BundleManifest {
@@ -113,6 +133,8 @@ export function validateManifest(value: unknown): BundleManifest {
   }
 
   if (p['index'] !== undefined) checkIndex(p['index'], p['uncompressedSize'], add);
+  if (p['indexObject'] !== undefined) checkIndexObject(p['indexObject'], p['uncompressedSize'], add);
+  if (p['index'] !== undefined && p['indexObject'] !== undefined) add('$.payload', 'carries both index and indexObject: a manifest names its chunk index once');
 
   if (problems.length > 0) {
     throw new KubeosError('E_BUNDLE_INVALID', `bundle manifest is invalid: ${problems.map((p) => `${p.path} ${p.message}`).join('; ')}`, {
@@ -130,17 +152,7 @@ function checkIndex(value: unknown, size: unknown, add: (path: string, message: 
     return;
   }
   const index = value as Record<string, unknown>;
-  const rule = index['rule'] as Record<string, unknown> | undefined;
-  let max = Number.MAX_SAFE_INTEGER;
-  if (rule === null || typeof rule !== 'object' || rule['kind'] !== 'cdc') add(`${path}.rule`, 'must be {"kind":"cdc","min":N,"avg":N,"max":N}');
-  else {
-    try {
-      checkChunkRule({ kind: 'cdc', min: rule['min'] as number, avg: rule['avg'] as number, max: rule['max'] as number });
-      max = rule['max'] as number;
-    } catch (error) {
-      add(`${path}.rule`, (error as Error).message);
-    }
-  }
+  const max = checkRule(index['rule'], `${path}.rule`, add) ?? Number.MAX_SAFE_INTEGER;
   const chunks = index['chunks'];
   if (!Array.isArray(chunks)) {
     add(`${path}.chunks`, 'must be an array of [length, sha256] pairs');
@@ -158,6 +170,51 @@ function checkIndex(value: unknown, size: unknown, add: (path: string, message: 
     total += c[0] as number;
   });
   if (bad === 0 && typeof size === 'number' && total !== size) add(`${path}.chunks`, `lengths add up to ${total} bytes, the image is ${size}`);
+}
+
+/** A known content-defined rule; its max when valid. */
+function checkRule(value: unknown, path: string, add: (path: string, message: string) => void): number | undefined {
+  const rule = value as Record<string, unknown> | undefined;
+  if (rule === null || typeof rule !== 'object' || rule['kind'] !== 'cdc') {
+    add(path, 'must be {"kind":"cdc","min":N,"avg":N,"max":N}');
+    return undefined;
+  }
+  try {
+    checkChunkRule({ kind: 'cdc', min: rule['min'] as number, avg: rule['avg'] as number, max: rule['max'] as number });
+    return rule['max'] as number;
+  } catch (error) {
+    add(path, (error as Error).message);
+    return undefined;
+  }
+}
+
+/**
+ * The index object of format 2: a known rule, a count of chunks that can cover the image under
+ * that rule, and the size an index of that many chunks encodes to. Its bytes are checked against
+ * size and sha256 when fetched (chunk-index-object.ts).
+ */
+function checkIndexObject(value: unknown, size: unknown, add: (path: string, message: string) => void): void {
+  const path = '$.payload.indexObject';
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    add(path, 'must be an object');
+    return;
+  }
+  const o = value as Record<string, unknown>;
+  const max = checkRule(o['rule'], `${path}.rule`, add);
+  const count = o['chunkCount'];
+  const countOk = typeof count === 'number' && Number.isSafeInteger(count) && count >= 0;
+  if (!countOk) add(`${path}.chunkCount`, 'must be an integer >= 0');
+  else if (typeof size === 'number' && Number.isSafeInteger(size)) {
+    // every chunk holds 1..max bytes
+    if (count > size || (max !== undefined && count * max < size) || (size > 0 && count === 0)) {
+      add(`${path}.chunkCount`, `${count} chunks cannot hold the ${size}-byte image${max === undefined ? '' : ` in chunks of 1..${max} bytes`}`);
+    }
+  }
+  const bytes = o['size'];
+  if (typeof bytes !== 'number' || !Number.isSafeInteger(bytes) || bytes < 0) add(`${path}.size`, 'must be an integer >= 0');
+  else if (countOk && bytes !== indexObjectBytes(count)) add(`${path}.size`, `must be ${indexObjectBytes(count)} for ${count} chunks, is ${bytes}`);
+  const sha256 = o['sha256'];
+  if (typeof sha256 !== 'string' || !hex64.test(sha256)) add(`${path}.sha256`, 'must be a sha256 hex string');
 }
 
 /** Refuses a bundle built for other hosts. */

@@ -48,3 +48,29 @@ export async function measureBundleHeader(prefix: Buffer): Promise<{ bytes: numb
   const bytes = 3 * block + padded(manifest.size) + padded(signature.size);
   return payload === undefined ? { guess: bytes } : { bytes };
 }
+
+/** The first read of a header: a small image's whole header, in one request. */
+export const firstHeaderReadBytes = 64 << 10;
+
+/**
+ * A bundle's header read as a delta host reads it, through `read` (Range requests for the agent, a
+ * file for `kubeos bundle diff`, which reports what a host would download): `firstHeaderReadBytes`
+ * first, then the rest of a bigger manifest and a guess at the signature, then a bigger signature.
+ * `read` gives at most `length` bytes from `offset`, fewer only at the end of the bundle. Gives the
+ * bytes read and the header's exact length, or undefined when the prefix does not start like a
+ * bundle.
+ */
+export async function readHeaderPrefix(read: (offset: number, length: number) => Promise<Buffer>): Promise<{ prefix: Buffer; headerBytes: number } | undefined> {
+  let prefix = await read(0, firstHeaderReadBytes);
+  let measured = await measureBundleHeader(prefix);
+  let whole = prefix.length < firstHeaderReadBytes;
+  // at most two more: the manifest's rest (and a guess at the signature), then a bigger signature
+  for (let more = 0; more < 2 && !whole && measured !== undefined && 'guess' in measured && measured.guess > prefix.length; more++) {
+    const asked = measured.guess - prefix.length;
+    const got = await read(prefix.length, asked);
+    whole = got.length < asked;
+    prefix = Buffer.concat([prefix, got]);
+    measured = await measureBundleHeader(prefix);
+  }
+  return measured === undefined || !('bytes' in measured) ? undefined : { prefix, headerBytes: measured.bytes };
+}
