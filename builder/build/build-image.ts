@@ -26,6 +26,7 @@ import { deriveUuid, deriveVolumeId } from '../layout/derive-uuid.js';
 import { loadLayout } from '../layout/load-layout.js';
 import { partitionByRole, planDisk, type DiskPlan } from '../layout/plan-disk.js';
 import { stageAgent } from '../rootfs/stage-agent.js';
+import { stageFactoryState } from './stage-factory-state.js';
 import { normalizeTimes, stageRootfs, type TreeStats } from '../rootfs/stage-rootfs.js';
 import type { StagingTree } from '../source/apply-layer.js';
 import { copyTreeInto } from '../source/copy-tree.js';
@@ -201,32 +202,48 @@ export async function buildImage(options: BuildOptions): Promise<BuildResult> {
       });
     }
 
-    step('writing EFI system partition');
+    // slot A's record and chunk index for persist (as the agent keeps them: its first delta need
+    // not read slot A), cut from rootfs.img while the ESP is made by other processes
+    const persistTree = join(work, 'persist');
+    const factoryStaging = stageFactoryState(persistTree, rootfsImg, image.version, epoch, signal).then((staged) => ({ staged }), (error: unknown) => ({ error }));
     const esp = partitionByRole(plan, 'esp');
-    const grubEfi = join(work, 'BOOTX64.EFI');
-    await makeGrubEfi(grubEfi, signal);
-    const grubCfg = join(work, 'grub.cfg');
-    await writeFile(grubCfg, renderGrubConfig({
-      slotPartitions: { A: rootA.number, B: partitionByRole(plan, 'root-b').number },
-      bootTries: plan.bootTries,
-      kernel: '/boot/vmlinuz',
-      initrd: '/boot/initrd.img',
-      cmdline: image.config === undefined ? image.kernel.cmdline : applyKernelArgs(image.kernel.cmdline, image.config.kernelArgs),
-      rootFilesystem,
-      timeout: 0,
-    }));
-    const grubEnv = join(work, 'grubenv');
-    await writeFile(grubEnv, encodeGrubEnv(bootEnvToGrub(initialBootEnv)));
     const espImg = join(work, 'esp.img');
-    await makeEsp({
-      file: espImg, size: esp.size, label: 'KUBEOS-ESP', volumeId: deriveVolumeId(layout.seed, 'esp'), epoch, signal,
-      files: { 'EFI/BOOT/BOOTX64.EFI': grubEfi, 'EFI/BOOT/grub.cfg': grubCfg, 'EFI/BOOT/grubenv': grubEnv },
-    });
+    try {
+      step('writing EFI system partition');
+      const grubEfi = join(work, 'BOOTX64.EFI');
+      await makeGrubEfi(grubEfi, signal);
+      const grubCfg = join(work, 'grub.cfg');
+      await writeFile(grubCfg, renderGrubConfig({
+        slotPartitions: { A: rootA.number, B: partitionByRole(plan, 'root-b').number },
+        bootTries: plan.bootTries,
+        kernel: '/boot/vmlinuz',
+        initrd: '/boot/initrd.img',
+        cmdline: image.config === undefined ? image.kernel.cmdline : applyKernelArgs(image.kernel.cmdline, image.config.kernelArgs),
+        rootFilesystem,
+        timeout: 0,
+      }));
+      const grubEnv = join(work, 'grubenv');
+      await writeFile(grubEnv, encodeGrubEnv(bootEnvToGrub(initialBootEnv)));
+      await makeEsp({
+        file: espImg, size: esp.size, label: 'KUBEOS-ESP', volumeId: deriveVolumeId(layout.seed, 'esp'), epoch, signal,
+        files: { 'EFI/BOOT/BOOTX64.EFI': grubEfi, 'EFI/BOOT/grub.cfg': grubCfg, 'EFI/BOOT/grubenv': grubEnv },
+      });
+    } catch (error) {
+      await factoryStaging;
+      throw error;
+    }
+    const factory = await factoryStaging;
+    if ('error' in factory) throw factory.error;
 
     step('writing persist');
     const persist = partitionByRole(plan, 'persist');
     const persistImg = join(work, 'persist.img');
-    await makeExt4({ file: persistImg, size: persist.size, label: 'kubeos-persist', uuid: persist.fsUuid, journal: true, epoch, signal });
+    const persistStats: TreeStats = { entries: 0, blockBytes: 0 };
+    const persistBytes = await normalizeTimes(persistTree, epoch, persistStats);
+    await makeExt4({
+      file: persistImg, size: persist.size, label: 'kubeos-persist', uuid: persist.fsUuid, journal: true, epoch, signal,
+      tree: persistTree, treeBytes: persistBytes, entries: persistStats.entries, meta: factory.staged.meta,
+    });
 
     step('writing disk.img');
     const diskImg = join(partial, 'disk.img');

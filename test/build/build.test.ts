@@ -6,6 +6,8 @@ import { mkdir, readFile, readdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { hashFile } from '../../runtime/core/hash-file.js';
+import { defaultCdcRule, indexBuffer } from '../../runtime/core/bundle/chunk-index.js';
+import { loadSlotIndex } from '../../runtime/agent/slot-index-store.js';
 import { jsonError, kubeos } from '../helpers/cli.js';
 import { testNeeding } from '../helpers/tools.js';
 import { makeFileTempDir, removeFileTempDirs } from '../helpers/temp-dir.js';
@@ -59,6 +61,30 @@ buildTest('the disk passes sgdisk, e2fsck, fsck.vfat and grub-editenv', async (t
   // rootB starts empty
   const rootB = await extract(disk, part('rootB').offset, part('rootB').size, join(dir, 'rootB.img'));
   t.is(await hashFile(rootB), await hashFile(await extract('/dev/zero', 0, part('rootB').size, join(dir, 'zero.img'))));
+});
+
+buildTest('persist holds slot A\'s record and chunk index as the agent keeps them, owned by root, so a first delta need not read slot A', async (t) => {
+  const result = await firstBuild();
+  const disk = join(dir, 'one', 'disk.img');
+  const part = (name: string) => result.disk.partitions.find((x) => x.name === name)!;
+  const persist = await extract(disk, part('persist').offset, part('persist').size, join(dir, 'persist-state.img'));
+  const cat = async (path: string) => (await execa('debugfs', ['-R', `cat ${path}`, persist])).stdout;
+  const rootfs = result.artifacts['rootfs.img']!;
+  const state = JSON.parse(await cat('/.kubeos/agent/state.json')) as { slots: Record<string, unknown>; channelSerials: unknown };
+  t.deepEqual(state, { slots: { A: { version: '1.0.0', sha256: rootfs.sha256, size: rootfs.size, committed: true } }, channelSerials: {} });
+  const saved = JSON.parse(await cat('/.kubeos/agent/slot-A.index.json')) as { image: string; index: { rule: unknown; chunks: [number, string][] } };
+  t.is(saved.image, rootfs.sha256);
+  const image = await readFile(join(dir, 'one', 'rootfs.img'));
+  t.deepEqual(saved.index.chunks, indexBuffer(image).map((c) => [c.length, c.sha256]));
+  // the agent's own reader takes it for that image
+  const stateDir = join(dir, 'factory-state');
+  await mkdir(stateDir, { recursive: true });
+  await writeFile(join(stateDir, 'slot-A.index.json'), await cat('/.kubeos/agent/slot-A.index.json'));
+  t.is((await loadSlotIndex(stateDir, 'A', rootfs.sha256, defaultCdcRule))?.length, saved.index.chunks.length);
+  for (const path of ['/.kubeos', '/.kubeos/agent', '/.kubeos/agent/state.json', '/.kubeos/agent/slot-A.index.json']) {
+    const { stdout } = await execa('debugfs', ['-R', `stat ${path}`, persist]);
+    t.regex(stdout, /User:\s+0\s+Group:\s+0/, path);
+  }
 });
 
 buildTest('build.json records the partition table and the sha256 of each artifact', async (t) => {
