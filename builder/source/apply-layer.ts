@@ -7,9 +7,9 @@
  * refused (E_SOURCE_HOSTILE), and a layer whose bytes do not match its manifest fails
  * (E_HASH_MISMATCH, E_SOURCE_TRUNCATED) — a failed build's staging tree is thrown away.
  */
-import { createWriteStream } from 'node:fs';
+import { chmodSync, closeSync, fchmodSync, linkSync, lstatSync, mkdirSync, openSync, symlinkSync, writeSync } from 'node:fs';
 import type { Stats } from 'node:fs';
-import { chmod, link, lstat, mkdir, readdir, rmdir, symlink, unlink, writeFile } from 'node:fs/promises';
+import { lstat, readdir, rmdir, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable, Duplex } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -46,11 +46,27 @@ function invalid(message: string, where: string, cause?: unknown): KubeosError {
   return new KubeosError('E_SOURCE_INVALID', message, { cause, details: { where } });
 }
 
-async function lstatOrUndefined(path: string): Promise<Stats | undefined> {
-  return lstat(path).catch((error: NodeJS.ErrnoException) => {
-    if (error.code === 'ENOENT') return undefined;
-    throw error;
-  });
+/*
+ * Entries are written with synchronous calls: a layer is thousands of small files, and each
+ * promise-based call (lstat, open, write, close, chmod) cost a round trip through the thread pool
+ * that took longer than the system call itself. The layer's bytes keep streaming in meanwhile.
+ */
+function lstatOrUndefined(path: string): Stats | undefined {
+  return lstatSync(path, { throwIfNoEntry: false });
+}
+
+/** Creates `path` (it must not exist), writes what `data` yields and gives it `mode`. */
+async function writeNewFile(path: string, data: AsyncIterable<unknown> | Iterable<unknown>, mode: number): Promise<void> {
+  const fd = openSync(path, 'wx', 0o600);
+  try {
+    for await (const part of data) {
+      const chunk = part as Buffer;
+      for (let at = 0; at < chunk.length;) at += writeSync(fd, chunk, at);
+    }
+    fchmodSync(fd, mode);
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /** Physical segments of a directory, created (as an implied root-owned 0755 directory) where missing. */
@@ -61,10 +77,10 @@ async function ensureDir(tree: StagingTree, segments: string[], where: string): 
   const physical = await resolveInRoot(tree.root, segments, where);
   for (let i = 1; i <= physical.length; i++) {
     const rel = physical.slice(0, i).join('/');
-    const info = await lstatOrUndefined(join(tree.root, rel));
+    const info = lstatOrUndefined(join(tree.root, rel));
     if (info === undefined) {
-      await mkdir(join(tree.root, rel), { mode: 0o755 });
-      await chmod(join(tree.root, rel), 0o755);
+      mkdirSync(join(tree.root, rel), { mode: 0o755 });
+      chmodSync(join(tree.root, rel), 0o755);
       if (!tree.meta.has(rel)) tree.meta.set(rel, { ...impliedDir, mtime: undefined });
     } else if (!info.isDirectory()) {
       throw invalid(`${where}: ${segments.join('/')} needs ${rel} to be a directory, but the archive made it a file`, where);
@@ -77,7 +93,7 @@ async function ensureDir(tree: StagingTree, segments: string[], where: string): 
 /** Removes a path and everything under it, from the tree and from its MetaList. */
 export async function removePath(tree: StagingTree, rel: string, info?: Stats): Promise<void> {
   const path = join(tree.root, rel);
-  const stats = info ?? (await lstatOrUndefined(path));
+  const stats = info ?? lstatOrUndefined(path);
   if (stats === undefined) return;
   if (stats.isDirectory()) {
     for (const name of await readdir(path)) await removePath(tree, `${rel}/${name}`);
@@ -208,25 +224,24 @@ async function applyEntry(tree: StagingTree, entry: TarEntry, written: Set<strin
     if (problem !== undefined) throw invalid(`${where}: device node ${header.name}: ${problem}; fix or remove that entry`, where);
   }
 
-  const existing = rel === '' ? await lstat(path) : await lstatOrUndefined(path);
+  const existing = rel === '' ? lstatSync(path) : lstatOrUndefined(path);
   if (existing !== undefined && !(kind === 'dir' && existing.isDirectory())) await removePath(tree, rel, existing);
 
   switch (kind) {
     case 'dir':
-      if (existing === undefined || !existing.isDirectory()) await mkdir(path);
-      await chmod(path, stagedMode(meta));
+      if (existing === undefined || !existing.isDirectory()) mkdirSync(path);
+      chmodSync(path, stagedMode(meta));
       await drain(entry);
       break;
     case 'file':
-      await pipeline(entry, createWriteStream(path, { flags: 'wx', mode: 0o600 }));
-      await chmod(path, stagedMode(meta));
+      await writeNewFile(path, entry, stagedMode(meta));
       break;
     case 'symlink': {
       await drain(entry);
       const target = header.linkname ?? '';
       if (target === '') throw invalid(`${where}: symlink ${rel} has no target`, where);
       checkSymlinkTarget(parent, target, rel, where);
-      await symlink(target, path);
+      symlinkSync(target, path);
       break;
     }
     case 'link': {
@@ -235,11 +250,11 @@ async function applyEntry(tree: StagingTree, entry: TarEntry, written: Set<strin
       const last = targetSegments.at(-1);
       if (last === undefined) throw invalid(`${where}: hard link ${rel} names no target`, where);
       const targetRel = [...(await resolveInRoot(tree.root, targetSegments.slice(0, -1), where)), last].join('/');
-      const target = await lstatOrUndefined(join(tree.root, targetRel));
+      const target = lstatOrUndefined(join(tree.root, targetRel));
       if (target === undefined || target.isDirectory()) {
         throw invalid(`${where}: hard link ${rel} points to ${header.linkname ?? ''}, which is ${target === undefined ? 'not in the archive before it' : 'a directory'}`, where);
       }
-      await link(join(tree.root, targetRel), path);
+      linkSync(join(tree.root, targetRel), path);
       const shared = tree.meta.get(targetRel);
       written.add(rel);
       if (shared !== undefined) tree.meta.set(rel, shared);
@@ -248,8 +263,7 @@ async function applyEntry(tree: StagingTree, entry: TarEntry, written: Set<strin
     default:
       // devices and FIFOs: an empty placeholder here, the real node in the filesystem image
       await drain(entry);
-      await writeFile(path, '', { flag: 'wx', mode: 0o600 });
-      await chmod(path, 0o600);
+      await writeNewFile(path, [], 0o600);
   }
   written.add(rel);
   tree.meta.set(rel, meta);
