@@ -101,7 +101,7 @@ function causeRows(label: string, pair: PairResult, c: DeltaCauses): BenchRow[] 
       `${c.store.chunks} distinct chunks, ${(c.plan.fetchBytes / MiB).toFixed(2)} MiB raw; -19 took ${c.store.zstd19Seconds.toFixed(1)} s`),
     row(p('chunks fetched again (repeated in the image)'), 'the distinct chunks fetched', c.repeated.compressed / MiB, c.store.compressed / MiB, 'MiB', `${c.repeated.chunks} repeats, ${c.repeated.bytes} bytes raw`),
     row(p('share of the image to fetch'), `the agent's limit (plan-delta.ts maxDeltaShare)`, c.plan.share, maxDeltaShare, 'x', c.plan.refused === undefined ? 'delta allowed' : `refused: ${c.plan.refused}`),
-    row(p('indexing the booted slot (seed) before any fetch'), 'the delta install', c.seedIndexSeconds, deltaSeconds, 's', 'what a host without the saved index (fresh from a disk image) adds before its first fetch; the bench hosts have it, as after the agent installed OLD (in the bench process, slot in the page cache)'),
+    row(p('indexing the booted slot (seed) before any fetch'), 'the delta install', c.seedIndexSeconds, deltaSeconds, 's', 'what a host with no index of its slot adds before its first fetch (in the bench process, slot in the page cache); the bench hosts have the one `kubeos build` stages on persist'),
   ];
 }
 

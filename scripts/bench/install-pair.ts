@@ -2,8 +2,10 @@
  * One update OLD -> NEW installed three ways from the same `busybox httpd` (a process apart, its
  * `-vv` log kept), each into a fresh file-backed standby slot whose booted slot A is OLD. The store
  * holds OLD's chunks (OLD was published before), then NEW's new ones and their pack; the agent's
- * hosts are as after the agent installed OLD: state.json names OLD in slot A, and OLD's index is
- * saved beside it (so the delta does not read slot A to index it; delta-causes.ts times that).
+ * hosts are fresh from a disk `kubeos build` made of OLD: their state dir is what the builder stages
+ * on persist (stage-factory-state.ts: state.json names OLD in slot A, OLD's index beside it), which
+ * is also what the agent leaves once it installed OLD. So the delta does not read slot A to index
+ * it; delta-causes.ts times what a host without that index would add.
  *   full    `upgrade` of NEW's bundle from a URL outside bundles/, so the agent has no chunk store
  *   delta   `upgrade` of the same bundle from bundles/<sha256>.kubeos, chunks/ beside it
  *   casync  `casync extract --seed=OLD` of NEW's .caibx from the same server (casync-http), then
@@ -13,18 +15,17 @@
  * the server log: each other logged URL is a whole file of the served folder.
  */
 import { createReadStream } from 'node:fs';
-import { link, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { cp, link, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createBundle, type CreatedBundle } from '../../builder/bundle/create-bundle.js';
+import { factoryStateDir, stageFactoryState } from '../../builder/build/stage-factory-state.js';
 import { writeBundleChunks } from '../../builder/bundle/write-bundle-chunks.js';
 import { writeChunkFiles } from '../../builder/bundle/write-chunk-files.js';
 import { writeChunkPack } from '../../builder/bundle/write-chunk-pack.js';
 import type { TransferReport } from '../../runtime/agent/upgrade.js';
 import { readUnsignedBundle } from '../../runtime/core/bundle/read-bundle.js';
 import { defaultCdcRule, indexStream } from '../../runtime/core/bundle/chunk-index.js';
-import { writeState } from '../../runtime/agent/agent-state.js';
-import { saveSlotIndex } from '../../runtime/agent/slot-index-store.js';
 import { bundlePath } from '../../runtime/core/channel/layout.js';
 import { generateKeyPair, parsePrivateKey } from '../../runtime/core/crypto/keys.js';
 import { run } from '../../runtime/core/exec.js';
@@ -83,8 +84,11 @@ export async function installPair(dir: string, oldImage: string, newImage: strin
   const oldChunks = await indexStream(createReadStream(oldImage));
   const oldIndex = { rule: defaultCdcRule, chunks: oldChunks.map((c): [number, string] => [c.length, c.sha256]) };
   await writeChunkFiles(createReadStream(oldImage), oldIndex, join(www, 'chunks'));
-  const oldSha256 = (await run('sha256sum', [oldImage], { timeoutMs: 10 * 60_000 })).stdout.split(' ')[0]!;
-  const oldSize = (await stat(oldImage)).size;
+  // persist as `kubeos build` of OLD stages it: the host's first update, straight from the disk
+  const factory = join(dir, 'factory-persist');
+  await rm(factory, { recursive: true, force: true });
+  const staged = await stageFactoryState(factory, oldImage, '1.0.0', options.epoch);
+  if (staged.state.chunks !== oldIndex.chunks.length) throw new Error(`the factory index of OLD has ${staged.state.chunks} chunks, the store's ${oldIndex.chunks.length}`);
   const { manifest, payload } = await readUnsignedBundle(createReadStream(published));
   const { written, index } = await writeBundleChunks(payload, manifest, join(www, 'chunks'));
   await writeChunkPack(join(www, 'chunks'), index, written, bundle.manifest.payload.uncompressedSha256);
@@ -104,11 +108,8 @@ export async function installPair(dir: string, oldImage: string, newImage: strin
       await rm(host, { recursive: true, force: true });
       const { config, slotB } = await makeHost(host, size, pub, oldImage);
       if (way !== 'casync') {
-        // what the agent keeps once it installed OLD into slot A (upgrade.ts, slot-index-store.ts)
-        const stateDir = join(host, 'state');
-        await mkdir(stateDir, { recursive: true });
-        await writeState(stateDir, { slots: { A: { version: '1.0.0', sha256: oldSha256, size: oldSize, committed: true } }, channelSerials: {} });
-        await saveSlotIndex(stateDir, 'A', oldSha256, oldIndex);
+        // the agent's state dir as a disk fresh from `kubeos build` holds it on persist
+        await cp(join(factory, factoryStateDir), join(host, 'state'), { recursive: true });
       }
       const before = (await readFile(log, 'utf8')).length;
       const result = results[way];
