@@ -11,6 +11,7 @@ import { execa } from 'execa';
 import { bootEnvFromGrub } from '../../runtime/core/boot-env.js';
 import { decodeGrubEnv } from '../../runtime/core/grubenv.js';
 import { indexBuffer } from '../../runtime/core/bundle/chunk-index.js';
+import { firstHeaderReadBytes } from '../../runtime/core/bundle/measure-bundle-header.js';
 import { upgrade } from '../../runtime/agent/upgrade.js';
 import { openDeltaSource } from '../../runtime/agent/delta-source.js';
 import { planDelta } from '../../runtime/agent/plan-delta.js';
@@ -32,10 +33,10 @@ test('a delta install fetches only the chunks the booted slot lacks and writes a
   t.is(sha256(await readSlot(host, 'B', imageSize)), imageSha256);
   t.deepEqual(bootEnvFromGrub(decodeGrubEnv(await readFile(host.bootEnv))), { good: 'A', trying: 'B', triesLeft: 3, failed: undefined });
   // one ranged GET of the bundle's header (its manifest), one of the index object, one per missing chunk, over kept-alive connections
-  t.deepEqual(server.requests.filter((r) => r.path.startsWith('bundles/')).map((r) => r.range), ['bytes=0-65535']);
+  t.deepEqual(server.requests.filter((r) => r.path.startsWith('bundles/')).map((r) => r.range), [`bytes=0-${firstHeaderReadBytes - 1}`]);
   const headerEnd = member(await readFile(v2.path), 'payload.img.zst').dataOffset;
-  t.true(headerEnd < 65536, `the header is ${headerEnd} bytes`);
-  t.is(result.transfer.bundleBytes, 65536);
+  t.true(headerEnd < firstHeaderReadBytes, `the header is ${headerEnd} bytes`);
+  t.is(result.transfer.bundleBytes, firstHeaderReadBytes);
   // and one for the index object, one for the pack map this store lacks
   t.is(server.requests.filter((r) => /^chunks\/[0-9a-f]{64}\.zst$/.test(r.path)).length, missing.length + 1);
   t.true(server.requests.some((r) => r.path === `chunks/${v2.manifest.payload.indexObject!.sha256}.zst`));

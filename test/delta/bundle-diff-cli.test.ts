@@ -4,6 +4,7 @@ import { createCipheriv, createHash } from 'node:crypto';
 import { lutimes, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { run } from '../../runtime/core/exec.js';
+import { firstHeaderReadBytes } from '../../runtime/core/bundle/measure-bundle-header.js';
 import { kubeos } from '../helpers/cli.js';
 import { makeTempDir } from '../helpers/temp-dir.js';
 import { testNeeding } from '../helpers/tools.js';
@@ -80,10 +81,10 @@ test('bundle diff reads a bundle through its payload, verified with --pubkey and
   const verified = await kubeos(['bundle', 'diff', old, bundle, '--pubkey', join(dir, 'keys/signing.pub.pem'), '--json']);
   t.is(verified.exitCode, 0, verified.stderr);
   t.like(verified.json, { new: { kind: 'bundle', version: '2.0.0', verified: true, bundleBytes: size }, missingBytes: images.missingBytes, fullBundle: { bytes: size, estimated: false } });
-  // a host reads the bundle's header (its first 64 KiB here) and the index object, byte for byte as the store holds it
-  t.deepEqual(verified.json.header, { bundleBytes: 65536, indexObjectBytes: (await stat(indexObject)).size });
+  // a host reads the bundle's header (its first 32 KiB here) and the index object, byte for byte as the store holds it
+  t.deepEqual(verified.json.header, { bundleBytes: firstHeaderReadBytes, indexObjectBytes: (await stat(indexObject)).size });
   const text = await kubeos(['bundle', 'diff', old, bundle]);
-  t.regex(text.stdout, new RegExp(`header +${65536 + (await stat(indexObject)).size} bytes before any chunk`));
+  t.regex(text.stdout, new RegExp(`header +${firstHeaderReadBytes + (await stat(indexObject)).size} bytes before any chunk`));
   const unverified = await kubeos(['bundle', 'diff', bundle, bundle, '--json']);
   t.like(unverified.json, { old: { verified: false }, new: { verified: false }, missingBytes: 0 });
 });
@@ -96,7 +97,7 @@ test('bundle diff of a bundle with the inline index (made before the index objec
   const r = await kubeos(['bundle', 'diff', old, inline.path, '--json']);
   t.is(r.exitCode, 0, r.stderr);
   t.like(r.json, { new: { kind: 'bundle', verified: false }, missingBytes: images.missingBytes, missingChunks: images.missingChunks });
-  t.deepEqual(r.json.header, { bundleBytes: 65536 });
+  t.deepEqual(r.json.header, { bundleBytes: firstHeaderReadBytes });
 });
 
 test('bundle diff names the input it refuses and what to give instead, with no stack trace', async (t) => {
