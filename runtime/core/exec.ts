@@ -4,8 +4,15 @@
  */
 import { access, constants } from 'node:fs/promises';
 import { delimiter, join } from 'node:path';
-import { execa, type Options, type ResultPromise } from 'execa';
+import type { Options, ResultPromise } from 'execa';
 import { KubeosError } from './errors.js';
+
+/**
+ * execa is loaded on the first child process, not with this module: it is some 145 KB of bundled
+ * code, and commands that start nothing (`agent status`) paid ~40 ms to parse it at start-up.
+ */
+let loaded: Promise<typeof import('execa')> | undefined;
+const loadExeca = async () => (loaded ??= import('execa'));
 
 /** Tool → Debian package that provides it. Keep one line per tool. */
 export const toolPackages = {
@@ -130,6 +137,7 @@ export async function run(tool: Tool, args: readonly string[], options: RunOptio
   const path = await findTool(tool);
   if (path === undefined) await requireTools([tool]);
   try {
+    const { execa } = await loadExeca();
     const result = await execa(path ?? tool, [...args], { ...execaOptions(options), encoding: 'utf8' });
     return { stdout: String(result.stdout ?? ''), stderr: String(result.stderr ?? '') };
   } catch (error) {
@@ -153,6 +161,7 @@ export async function runCommand(argv: readonly string[], options: RunOptions = 
   const path = program.includes('/') ? program : await findTool(program);
   if (path === undefined) throw new KubeosError('E_TOOL_MISSING', `configured command ${program} is not installed`, { details: { missing: [program] } });
   try {
+    const { execa } = await loadExeca();
     const result = await execa(path, args, { ...execaOptions(options), encoding: 'utf8' });
     return { stdout: String(result.stdout ?? ''), stderr: String(result.stderr ?? '') };
   } catch (error) {
@@ -168,6 +177,7 @@ export async function runCommand(argv: readonly string[], options: RunOptions = 
 export async function spawnTool(tool: Tool, args: readonly string[], options: RunOptions & { stdin?: 'pipe' | 'ignore' | 'inherit'; stdout?: 'pipe' | 'inherit' | 'ignore' | number } = {}): Promise<{ child: ResultPromise }> {
   const path = await findTool(tool);
   if (path === undefined) await requireTools([tool]);
+  const { execa } = await loadExeca();
   const child = execa(path ?? tool, [...args], {
     ...execaOptions(options),
     stdin: options.stdin ?? 'pipe',
