@@ -115,8 +115,18 @@ export function planDockerLayers(read: ReadDocument, where: string, ref: string 
   });
 }
 
-/** Iterates the entries of a (possibly compressed) outer tar; the callback consumes or skips each. */
-async function eachEntry(file: string, where: string, onEntry: (name: string, entry: TarEntry) => Promise<void>, signal?: AbortSignal): Promise<void> {
+/** Where a regular file's bytes lie in an uncompressed archive. */
+interface Place {
+  start: number;
+  size: number;
+}
+
+/**
+ * Iterates the entries of a (possibly compressed) outer tar; the callback consumes or skips each.
+ * For an uncompressed archive it also gets where a regular file's data lies in the archive
+ * (tar-stream's entry offset is its header's; the data follows that 512-byte block).
+ */
+async function eachEntry(file: string, where: string, onEntry: (name: string, entry: TarEntry, place: Place | undefined) => Promise<void>, signal?: AbortSignal): Promise<void> {
   const raw = createReadStream(file);
   const decompressor = await openDecompressor(await peek(raw, 8), where, signal);
   const extract = tar.extract();
@@ -125,7 +135,8 @@ async function eachEntry(file: string, where: string, onEntry: (name: string, en
   try {
     for await (const entry of extract) {
       const name = entrySegments(entry.header.name, 'entry', where).join('/');
-      await onEntry(name, entry);
+      const regular = entry.header.type === 'file' || entry.header.type === 'contiguous-file';
+      await onEntry(name, entry, decompressor === undefined && regular ? { start: entry.offset + 512, size: entry.header.size ?? 0 } : undefined);
       for await (const _chunk of entry) { /* skip what the callback left */ }
     }
     await feeding;
@@ -138,10 +149,13 @@ async function eachEntry(file: string, where: string, onEntry: (name: string, en
   }
 }
 
-async function readSmallDocuments(file: string, where: string, signal?: AbortSignal): Promise<Map<string, Buffer>> {
+async function readSmallDocuments(file: string, where: string, signal?: AbortSignal): Promise<{ documents: Map<string, Buffer>; places: Map<string, Place> }> {
   const documents = new Map<string, Buffer>();
+  const places = new Map<string, Place>();
   let total = 0;
-  await eachEntry(file, where, async (name, entry) => {
+  await eachEntry(file, where, async (name, entry, place) => {
+    // the first entry of a name is the one read (as the streaming pass below does)
+    if (place !== undefined && !places.has(name)) places.set(name, place);
     const size = entry.header.size ?? 0;
     if (entry.header.type !== 'file' || size > smallLimit) return;
     const chunks: Buffer[] = [];
@@ -153,7 +167,7 @@ async function readSmallDocuments(file: string, where: string, signal?: AbortSig
     if (total > documentsLimit) throw invalid(where, `holds more than ${documentsLimit} bytes of JSON documents`);
     documents.set(name, data);
   }, signal);
-  return documents;
+  return { documents, places };
 }
 
 export interface ImageArchiveSource {
@@ -184,8 +198,19 @@ export async function applyImageArchive(tree: StagingTree, source: ImageArchiveS
     return layers.length;
   }
 
-  const documents = await readSmallDocuments(source.path, where, signal);
+  const { documents, places } = await readSmallDocuments(source.path, where, signal);
   const layers = plan((name) => documents.get(name), where, source.ref);
+  // an uncompressed archive (what skopeo and docker save write): each layer is read in its turn
+  // straight from where it lies, so the archive is not parsed a second time and a layer stored
+  // before its turn is not copied to the work directory first
+  if (layers.every((layer) => places.has(layer.name))) {
+    for (const [i, layer] of layers.entries()) {
+      const { start, size } = places.get(layer.name) as Place;
+      const raw = size === 0 ? Readable.from([]) : createReadStream(source.path, { start, end: start + size - 1 });
+      await applyLayer(tree, raw, label(layer, i), layer.check, signal);
+    }
+    return layers.length;
+  }
   let next = 0;
   const spooled = new Map<string, string>();
   const applyReady = async () => {

@@ -6,8 +6,12 @@
  */
 import test from 'ava';
 import { execa } from 'execa';
-import { lstat, mkdir, readFile, readdir, readlink, stat } from 'node:fs/promises';
+import { createWriteStream } from 'node:fs';
+import { lstat, mkdir, readFile, readdir, readlink, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import * as tar from 'tar-stream';
 import { makeExt4 } from '../../builder/disk/make-ext4.js';
 import { makeSquashfs } from '../../builder/disk/make-squashfs.js';
 import { applyTimes, stageSource } from '../../builder/source/stage-source.js';
@@ -100,6 +104,33 @@ test('an OCI layout directory and a docker save archive give the same tree', asy
   const plain = [await makeTar(layer1), await makeTar(layer2), await makeTar(layer3)];
   const fromDocker = await stage(async (d) => ({ type: 'docker-archive', path: await writeBinaryArchive(join(d, 'docker.tar'), dockerFiles(plain).reverse()), ref: undefined }));
   await checkStaged(t, join(fromDocker.dir, 'root'), fromDocker.tree.meta);
+});
+
+test('an OCI archive gives the same tree read in place (layers stored out of turn, each entry behind a PAX header) and streamed (the archive gzip-compressed)', async (t) => {
+  // a PAX record on every entry: the layers' bytes lie past an extended header block each
+  const archive = async (file: string) => {
+    const pack = tar.pack();
+    const done = pipeline(pack, createWriteStream(file));
+    for (const f of ociFiles(await layers(true)).reverse()) {
+      await pipeline(Readable.from([f.data]), pack.entry({ name: `./${f.name}`, size: f.data.length, mode: 0o644, mtime: new Date(0), pax: { comment: 'x'.repeat(700) } }));
+    }
+    pack.finalize();
+    await done;
+    return file;
+  };
+  const inPlace = await stage(async (d) => ({ type: 'oci', path: await archive(join(d, 'image.oci.tar')), ref: undefined }));
+  await checkStaged(t, join(inPlace.dir, 'root'), inPlace.tree.meta);
+  // read where they lie: no layer was copied aside to wait for its turn
+  t.deepEqual(await readdir(join(inPlace.dir, 'work')), []);
+  const streamed = await stage(async (d) => {
+    const file = join(d, 'image.oci.tar.gz');
+    await writeFile(file, await compress(await readFile(await archive(join(d, 'plain.tar'))), 'gzip', d));
+    return { type: 'oci', path: file, ref: undefined };
+  });
+  await checkStaged(t, join(streamed.dir, 'root'), streamed.tree.meta);
+  // a compressed archive streams once: the layers that came before their turn waited in the work folder
+  t.true((await readdir(join(streamed.dir, 'work'))).length > 0);
+  t.deepEqual([...streamed.tree.meta.keys()].sort(), [...inPlace.tree.meta.keys()].sort());
 });
 
 test('a gzip tar and a directory are root filesystem sources too', async (t) => {
