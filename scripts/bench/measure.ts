@@ -88,6 +88,14 @@ export async function runChild<T extends { seconds: number; maxRssMiB: number } 
 }
 
 /** Peak RSS of this process so far (for bench children). */
+/** User + system time of the children this process waited for (/proc/self/stat cutime, cstime; 100 ticks a second). */
+export async function childCpuSeconds(): Promise<number> {
+  const stat = await readFile('/proc/self/stat', 'utf8');
+  // the fields after the command name, which is in parentheses and may hold spaces
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[13]) + Number(fields[14])) / 100;
+}
+
 export async function peakRssMiB(): Promise<number> {
   const status = await readFile('/proc/self/status', 'utf8');
   return Number(/^VmHWM:\s+(\d+) kB/m.exec(status)?.[1] ?? Number.NaN) / 1024;
