@@ -13,7 +13,7 @@ import { cacheDir } from '../kernel/fetch-kernel.js';
 import { applyLayer, newStagingTree, type StagingTree } from './apply-layer.js';
 import { copyTreeInto } from './copy-tree.js';
 import { sortedPaths } from './file-meta.js';
-import { applyImageArchive } from './read-image-archive.js';
+import { applyImageArchive, readBytes } from './read-image-archive.js';
 import type { RootfsSource } from './rootfs-source.js';
 
 export interface StageSourceOptions {
@@ -70,7 +70,7 @@ export async function stageSource(source: RootfsSource, root: string, options: S
       await copyTreeInto(tree, source.path, { keepTimes: true, where: source.path });
       break;
     case 'tar':
-      await applyLayer(tree, createReadStream(source.path), source.path, {}, options.signal);
+      await applyLayer(tree, createReadStream(source.path, { highWaterMark: readBytes }), source.path, {}, options.signal);
       break;
     case 'oci':
     case 'docker-archive':
@@ -78,7 +78,7 @@ export async function stageSource(source: RootfsSource, root: string, options: S
       break;
     case 'mmdebstrap': {
       const file = await debianTar(source, options);
-      await applyLayer(tree, createReadStream(file), file, {}, options.signal);
+      await applyLayer(tree, createReadStream(file, { highWaterMark: readBytes }), file, {}, options.signal);
       // package file times say nothing about the image: the build's epoch instead
       for (const meta of tree.meta.values()) meta.mtime = undefined;
       break;
