@@ -8,6 +8,13 @@ import { spawnTool } from '../../runtime/core/exec.js';
 
 export type Compression = 'gzip' | 'zstd' | 'none';
 
+/**
+ * Reads of a layer or an archive: 1 MiB, not the 64 KiB default. Each read is a round trip to the
+ * thread pool, and the unpacking waited on 8,000 of them for a 500 MB archive (the main thread
+ * idle 2.2 s of 3.8).
+ */
+export const readBytes = 1 << 20;
+
 export function detectCompression(head: Buffer): Compression | 'xz' | 'bzip2' {
   if (head[0] === 0x1f && head[1] === 0x8b) return 'gzip';
   if (head.readUInt32LE(0) === 0xfd2fb528 && head.length >= 4) return 'zstd';

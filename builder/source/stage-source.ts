@@ -12,8 +12,9 @@ import { run } from '../../runtime/core/exec.js';
 import { cacheDir } from '../kernel/fetch-kernel.js';
 import { applyLayer, newStagingTree, type StagingTree } from './apply-layer.js';
 import { copyTreeInto } from './copy-tree.js';
+import { readBytes } from './open-layer.js';
 import { sortedPaths } from './file-meta.js';
-import { applyImageArchive, readBytes } from './read-image-archive.js';
+import { applyImageArchive } from './read-image-archive.js';
 import type { RootfsSource } from './rootfs-source.js';
 
 export interface StageSourceOptions {
