@@ -7,7 +7,7 @@
  * hasher's, so it survives bundling into the agent's single file.
  */
 import { Transform, type TransformCallback } from 'node:stream';
-import { Worker } from 'node:worker_threads';
+import { HashWorker } from './hash-worker.js';
 
 const workerSource = `
 const { parentPort } = require('node:worker_threads');
@@ -26,52 +26,13 @@ parentPort.on('message', ({ id, stream, memory, offset, length, end }) => {
 });
 `;
 
-interface Pending {
-  resolve: (digest: string | undefined) => void;
-  reject: (error: Error) => void;
-}
-
 /**
  * The worker every StreamHasher of this process shares while any is open: a verify runs three
  * whole-stream hashes at once, and a worker apiece cost some 15 MiB of RSS each for no speed on
  * two cores (the chunk hashes have a worker of their own).
  */
-class SharedHashWorker {
-  private readonly worker = new Worker(workerSource, { eval: true });
-  private readonly pending = new Map<number, Pending>();
-  private nextId = 0;
-  private failure: Error | undefined;
+class SharedHashWorker extends HashWorker {
   users = 0;
-
-  constructor() {
-    this.worker.unref();
-    this.worker.on('message', ({ id, digest }: { id: number; digest?: string }) => {
-      const waiter = this.pending.get(id);
-      this.pending.delete(id);
-      waiter?.resolve(digest);
-    });
-    const fail = (error: Error) => {
-      this.failure ??= error;
-      for (const waiter of this.pending.values()) waiter.reject(error);
-      this.pending.clear();
-    };
-    this.worker.on('error', fail);
-    this.worker.on('exit', () => fail(new Error('the hashing worker exited')));
-  }
-
-  send(message: object): Promise<string | undefined> {
-    if (this.failure !== undefined) return Promise.reject(this.failure);
-    const id = this.nextId++;
-    return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
-      this.worker.postMessage({ id, ...message });
-    });
-  }
-
-  async terminate(): Promise<void> {
-    this.failure ??= new Error('the hashing worker was stopped');
-    await this.worker.terminate();
-  }
 }
 
 let shared: SharedHashWorker | undefined;
@@ -83,7 +44,7 @@ export class StreamHasher {
   private closed = false;
 
   constructor() {
-    shared ??= new SharedHashWorker();
+    shared ??= new SharedHashWorker(workerSource);
     this.worker = shared;
     this.worker.users += 1;
   }
