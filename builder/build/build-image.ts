@@ -249,7 +249,7 @@ export async function buildImage(options: BuildOptions): Promise<BuildResult> {
     const diskImg = join(partial, 'disk.img');
     await writePartitionTable(plan, diskImg, signal);
     await splicePartition(diskImg, esp.offset, espImg);
-    const rootfsSha256 = await splicePartition(diskImg, rootA.offset, rootfsImg, (done, total) => step('writing disk.img', done / total));
+    await splicePartition(diskImg, rootA.offset, rootfsImg, (done, total) => step('writing disk.img', done / total));
     await splicePartition(diskImg, persist.offset, persistImg);
     if (format === 'qcow2') {
       step('converting to qcow2');
@@ -263,8 +263,8 @@ export async function buildImage(options: BuildOptions): Promise<BuildResult> {
       const path = join(partial, name);
       artifacts[name] = { size: (await stat(path)).size, sha256: await hashFile(path, signal) };
     }
-    // hashed while it was spliced into rootA
-    artifacts['rootfs.img'] = { size: (await stat(rootfsImg)).size, sha256: rootfsSha256 };
+    // hashed once, with slot A's record for persist (stage-factory-state.ts)
+    artifacts['rootfs.img'] = { size: factory.staged.state.size, sha256: factory.staged.state.sha256 };
     const result: BuildResult = {
       out,
       image: { name: image.name, version: image.version, compatible: image.compatible, arch: image.arch, kernelVersion: kernel.release, kernelPackage: kernel.package },

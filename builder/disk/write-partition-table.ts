@@ -1,5 +1,4 @@
 /** The GPT, written by sgdisk on the image file, and the partition images spliced into place. */
-import { createHash } from 'node:crypto';
 import { open, rm, truncate, writeFile } from 'node:fs/promises';
 import { run } from '../../runtime/core/exec.js';
 import type { DiskPlan } from '../layout/plan-disk.js';
@@ -25,25 +24,23 @@ const blockSize = 1024 * 1024;
 
 /**
  * Copies `source` into `disk` at `offset`, skipping all-zero blocks so the image stays sparse.
- * Returns the source's sha256, hashed on the way, so no caller reads it a second time to hash it.
+ * It hashes nothing: rootfs.img's sha256 comes from the one read that also cuts its chunk index
+ * (stage-factory-state.ts).
  */
-export async function splicePartition(disk: string, offset: number, source: string, onProgress?: (done: number, total: number) => void): Promise<string> {
+export async function splicePartition(disk: string, offset: number, source: string, onProgress?: (done: number, total: number) => void): Promise<void> {
   const src = await open(source, 'r');
   const dst = await open(disk, 'r+');
   try {
     const { size } = await src.stat();
     const buffer = Buffer.alloc(blockSize);
     const zeros = Buffer.alloc(blockSize);
-    const hash = createHash('sha256');
     for (let pos = 0; pos < size; pos += blockSize) {
       const { bytesRead } = await src.read(buffer, 0, blockSize, pos);
       const chunk = buffer.subarray(0, bytesRead);
-      hash.update(chunk);
       // Buffer#equals is a memcmp; a per-byte callback here cost seconds per build
       if (!chunk.equals(zeros.subarray(0, bytesRead))) await dst.write(chunk, 0, bytesRead, offset + pos);
       onProgress?.(pos + bytesRead, size);
     }
-    return hash.digest('hex');
   } finally {
     await src.close();
     await dst.close();
