@@ -87,7 +87,6 @@ export async function runChild<T extends { seconds: number; maxRssMiB: number } 
   return JSON.parse(last) as T;
 }
 
-/** Peak RSS of this process so far (for bench children). */
 /** User + system time of the children this process waited for (/proc/self/stat cutime, cstime; 100 ticks a second). */
 export async function childCpuSeconds(): Promise<number> {
   const stat = await readFile('/proc/self/stat', 'utf8');
@@ -96,6 +95,7 @@ export async function childCpuSeconds(): Promise<number> {
   return (Number(fields[13]) + Number(fields[14])) / 100;
 }
 
+/** Peak RSS of this process so far (for bench children). */
 export async function peakRssMiB(): Promise<number> {
   const status = await readFile('/proc/self/status', 'utf8');
   return Number(/^VmHWM:\s+(\d+) kB/m.exec(status)?.[1] ?? Number.NaN) / 1024;
