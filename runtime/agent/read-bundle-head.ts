@@ -1,8 +1,9 @@
 /**
  * A bundle's header (manifest, signature, payload tar header) read by Range requests, for an
  * install that may go by delta: the manifest is verified exactly as in a full read, and nothing
- * past the header is asked for. The first request takes 32 KiB (firstHeaderReadBytes: a small image's whole header);
- * a bigger manifest (a big image's chunk index) costs one more request for exactly the rest.
+ * past the header is asked for. The first request takes 32 KiB (firstHeaderReadBytes: a small
+ * image's whole header); a bigger manifest (a big image's chunk index) costs one more request for
+ * exactly the rest.
  * Anything unexpected (a server without ranges, a header that does not parse, a header that takes
  * longer than the idle timeout to arrive) gives undefined:
  * the install then reads the bundle from the start as ever, and that read reports what is wrong.

@@ -52,8 +52,8 @@ export async function measureBundleHeader(prefix: Buffer): Promise<{ bytes: numb
 /**
  * The first read of a header: the whole header of an image up to about 1.7 GiB (its 4 MiB chunk
  * hashes take ~18 KB a GiB) in one request. A bigger one costs one more request for exactly the
- * rest, not more bytes; every byte past the header is downloaded for nothing (64 KiB here was 43 KB
- * of a small update's 10.5 MiB delta).
+ * rest, not more bytes; every byte past the header is downloaded for nothing (64 KiB here read 45 KB
+ * past the header of a small update's 10.5 MiB delta).
  */
 export const firstHeaderReadBytes = 32 << 10;
 
