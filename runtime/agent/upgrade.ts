@@ -62,7 +62,7 @@ const installBufferBytes = 64 << 20;
 
 export type UpgradeStep = 'locked' | 'verified-header' | 'standby-released' | 'writing' | 'written' | 'read-back' | 'env-written';
 
-export interface InstalledResult { kind: 'installed'; version: string; from: string; slot: Slot; sha256: string; rebooting: boolean; transfer: TransferReport; /** Where the read-back read the slot from. */ readBack: ReadBackSource }
+export interface InstalledResult { kind: 'installed'; version: string; from: string; slot: Slot; sha256: string; rebooting: boolean; transfer: TransferReport; /** Where the read-back read the slot from. */ readBack: ReadBackSource; /** Bytes written with O_DIRECT, past the page cache (the rest went through it). */ directBytes: number }
 
 export type UpgradeResult = { kind: 'up-to-date'; version: string } | InstalledResult;
 
@@ -228,10 +228,12 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
       const { uncompressedSize, uncompressedSha256 } = bundle.manifest.payload;
       // The writer syncs and reads back what it wrote as it goes, and ends once all of it compared equal.
       let readBack: ReadBackSource = 'page-cache';
+      let directBytes = 0;
       const writeSlot = async (image: Readable, pooled: boolean) => {
         const writer = await openSlotWriter(target, uncompressedSize, {
           signal,
           release: pooled ? (buffer) => chunkPool.give(buffer) : undefined,
+          direct: pooled ? (buffer) => chunkPool.aligned(buffer) : undefined,
           onWritten: () => {
             step('written');
             progress(`reading back slot ${standby}`);
@@ -247,6 +249,7 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
         });
         await pipeline(image, writer.sink, { signal });
         readBack = writer.readBack();
+        directBytes = writer.writtenDirect();
       };
       const checkTap = async (tap: HashTap) => {
         if (release === undefined) return;
@@ -311,7 +314,7 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
       state.lastUpgrade = { version, slot: standby, result: 'installed', at: new Date().toISOString() };
       await writeState(config.stateDir, state);
       const rebooting = options.reboot !== false;
-      const result: InstalledResult = { kind: 'installed', version, from: booted.version, slot: standby, sha256: actual, rebooting, transfer, readBack };
+      const result: InstalledResult = { kind: 'installed', version, from: booted.version, slot: standby, sha256: actual, rebooting, transfer, readBack, directBytes };
       options.onInstalled?.(result);
       if (rebooting) {
         progress('rebooting');

@@ -8,6 +8,7 @@ import { execa } from 'execa';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { openSlotWriter, type SlotTarget } from '../../runtime/agent/open-slot.js';
+import { ChunkPool } from '../../runtime/core/bundle/chunk-pool.js';
 import { isKubeosError } from '../../runtime/core/errors.js';
 import { makeTempDir } from '../helpers/temp-dir.js';
 
@@ -89,4 +90,40 @@ test('the read-back reads the medium (O_DIRECT) at any slot offset and piece siz
   const fsType = (await execa('stat', ['-f', '-c', '%T', dirname(target.path)])).stdout.trim();
   if (fsType === 'tmpfs') t.true(['medium', 'page-cache'].includes(writer.readBack()));
   else t.is(writer.readBack(), 'medium', `${target.path} is on ${fsType}`);
+});
+
+test('buffers from aligned memory go to the slot with O_DIRECT, the last partial block through the cache', async (t) => {
+  const target = await fileSlot(t, 16 * MiB, 2 * MiB);
+  const chunkSize = MiB;
+  const pool = new ChunkPool(4 * chunkSize);
+  const image = randomBytes(6 * MiB + 1000);
+  const chunks: Buffer[] = [];
+  for (let at = 0; at < image.length; at += chunkSize) chunks.push(image.subarray(at, at + chunkSize));
+  const writer = await openSlotWriter(target, image.length, { segmentBytes: 2 * MiB, direct: (buffer) => pool.aligned(buffer), release: (buffer) => pool.give(buffer) });
+  const pooled = async function* () {
+    for (const chunk of chunks) {
+      let buffer = pool.take(chunkSize);
+      while (buffer === undefined) {
+        await new Promise<void>((resolve) => pool.whenFree(resolve));
+        buffer = pool.take(chunkSize);
+      }
+      chunk.copy(buffer);
+      yield buffer.subarray(0, chunk.length);
+    }
+  };
+  await pipeline(Readable.from(pooled()), writer.sink);
+  t.true((await readFile(target.path)).subarray(target.offset, target.offset + image.length).equals(image));
+  const fsType = (await execa('stat', ['-f', '-c', '%T', dirname(target.path)])).stdout.trim();
+  if (fsType !== 'tmpfs') t.is(writer.writtenDirect(), 6 * MiB, `the six whole chunks, not the last 1000 bytes (${fsType})`);
+});
+
+test('a buffer said to be aligned that is not is written through the cache when O_DIRECT refuses it', async (t) => {
+  const target = await fileSlot(t, 8 * MiB);
+  // Node's own allocations sit 16 bytes past a page: the kernel refuses them for O_DIRECT (EINVAL)
+  const image = Buffer.from(new SharedArrayBuffer(4 * MiB + 16), 16, 4 * MiB);
+  randomBytes(4 * MiB).copy(image);
+  const writer = await openSlotWriter(target, image.length, { direct: () => true });
+  await pipeline(Readable.from([image]), writer.sink);
+  t.true((await readFile(target.path)).subarray(0, image.length).equals(image));
+  t.is(writer.writtenDirect(), 0);
 });

@@ -9,8 +9,8 @@ import { HashWorker } from './hash-worker.js';
 const workerSource = `
 const { parentPort } = require('node:worker_threads');
 const { createHash } = require('node:crypto');
-parentPort.on('message', ({ id, memory, length }) => {
-  parentPort.postMessage({ id, digest: createHash('sha256').update(new Uint8Array(memory, 0, length)).digest('hex') });
+parentPort.on('message', ({ id, memory, offset, length }) => {
+  parentPort.postMessage({ id, digest: createHash('sha256').update(new Uint8Array(memory, offset, length)).digest('hex') });
 });
 `;
 
@@ -19,8 +19,8 @@ export class ChunkHasher {
 
   /** The sha256 (hex) of the first `length` bytes of `buffer`, which must be on a SharedArrayBuffer and stay unchanged until this settles. */
   digest(buffer: Buffer, length: number): Promise<string> {
-    if (!(buffer.buffer instanceof SharedArrayBuffer) || buffer.byteOffset !== 0) return Promise.reject(new Error('ChunkHasher needs a buffer at the start of a SharedArrayBuffer'));
-    return this.worker.send({ memory: buffer.buffer, length }) as Promise<string>;
+    if (!(buffer.buffer instanceof SharedArrayBuffer)) return Promise.reject(new Error('ChunkHasher needs a buffer on a SharedArrayBuffer'));
+    return this.worker.send({ memory: buffer.buffer, offset: buffer.byteOffset, length }) as Promise<string>;
   }
 
   async close(): Promise<void> {

@@ -190,7 +190,7 @@ export class PooledChunkVerifier {
   received(nread: number, buffer: Buffer): boolean {
     try {
       const current = this.current;
-      if (current === undefined || buffer.buffer !== current.buffer || buffer.byteOffset !== this.filled) {
+      if (current === undefined || buffer.buffer !== current.buffer || buffer.byteOffset !== current.byteOffset + this.filled) {
         // the scratch buffer is read into again next time: keep a copy
         return this.update(Buffer.from(buffer.subarray(0, nread)));
       }
