@@ -7,8 +7,31 @@
  * alone; chunk names carry their content's hash.
  */
 import { readdir } from 'node:fs/promises';
+import type { Plugin } from 'esbuild';
 import { join, relative } from 'node:path';
 import { projectRoot } from '../project-root.js';
+
+/**
+ * yargs, signal-exit (proper-lockfile's) and graceful-fs load Node's `assert` for a check or two
+ * (`equal`, `strictEqual`, `notStrictEqual`); loading it costs a program 2-8 ms of start-up (its
+ * AssertionError pulls in the terminal colour set-up). This gives those three the checks alone,
+ * throwing an Error named AssertionError all the same; other importers get Node's module.
+ */
+const lightAssert: Plugin = {
+  name: 'kubeos-light-assert',
+  setup(build) {
+    build.onResolve({ filter: /^(node:)?assert$/ }, (args) => (/[\\/]node_modules[\\/](yargs|signal-exit|graceful-fs)[\\/]/.test(args.importer) ? { path: 'assert', namespace: 'kubeos-light-assert' } : undefined));
+    build.onLoad({ filter: /.*/, namespace: 'kubeos-light-assert' }, () => ({
+      loader: 'js',
+      contents: [
+        'const fail = (message, fallback) => { const error = new Error(message ?? fallback); error.name = "AssertionError"; throw error; };',
+        'export const strictEqual = (actual, expected, message) => { if (!Object.is(actual, expected)) fail(message, `expected ${String(expected)}, got ${String(actual)}`); };',
+        'export const equal = (actual, expected, message) => { if (actual != expected) fail(message, `expected ${String(expected)}, got ${String(actual)}`); };',
+        'export const notStrictEqual = (actual, expected, message) => { if (Object.is(actual, expected)) fail(message, `expected anything but ${String(expected)}`); };',
+      ].join('\n'),
+    }));
+  },
+};
 
 /** The agent's program, for disk images: `outdir/kubeos.mjs` and its chunks. */
 export async function bundleAgent(outdir: string): Promise<string[]> {
@@ -37,6 +60,7 @@ export async function bundleProgram(entry: string, outdir: string): Promise<stri
       legalComments: 'none',
       logLevel: 'silent',
       external: ['esbuild'],
+      plugins: [lightAssert],
       // CommonJS dependencies call require() for Node's built-ins; give each ES module one
       banner: { js: "import { createRequire as __kubeosRequire } from 'node:module'; const require = __kubeosRequire(import.meta.url);" },
     });

@@ -1,5 +1,6 @@
 /** The programs images and the operator's container carry, bundled by esbuild into one file each. */
 import test from 'ava';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
@@ -30,4 +31,21 @@ process.stdout.write(children().join('\\n'));`;
   t.regex(help.stdout, /kubeos rollout <command>/);
   t.regex(help.stdout, /kubeos agent <command>/, 'the agent DaemonSet runs the same image');
   t.notRegex(help.stdout, /kubeos build/, 'the cluster program carries no builder commands');
+});
+
+test('the agent\'s program starts without loading Node\'s assert module (yargs and the lock file\'s helpers get their checks alone)', async (t) => {
+  const dir = await makeTempDir(t, 'kubeos-bundle-agent-');
+  const outdir = join(dir, 'agent');
+  const { bundleAgent } = await import(bundler) as { bundleAgent: (out: string) => Promise<string[]> };
+  await bundleAgent(outdir);
+  // the built-in modules the process loaded, listed as it exits
+  const listLoaded = 'process.on("exit", () => process.stderr.write("\\nloaded: " + process.moduleLoadList.filter((m) => m.startsWith("NativeModule ")).join(",")));';
+  const preload = join(dir, 'list-loaded.cjs');
+  await writeFile(preload, listLoaded);
+  const run = await execa('node', ['--require', preload, join(outdir, 'kubeos.mjs'), 'agent', '--help'], { reject: false });
+  t.is(run.exitCode, 0, run.stderr);
+  t.regex(run.stdout, /kubeos agent <command>/);
+  const loaded = /loaded: (.*)$/.exec(run.stderr)?.[1]?.split(',') ?? [];
+  t.true(loaded.includes('NativeModule fs'), `the list of loaded modules is read: ${run.stderr}`);
+  t.false(loaded.includes('NativeModule assert'), 'node:assert was loaded');
 });
