@@ -154,7 +154,9 @@ export async function buildImage(options: BuildOptions): Promise<BuildResult> {
     if (image.rootfs !== undefined) {
       step(`unpacking the root filesystem (${image.rootfs.type})`);
       source = await stageSource(image.rootfs, tree, { work: join(work, 'layers'), signal, onStep: step });
+      // with what the layers removed; later removals (the builder's files) delete
       await rm(join(work, 'layers'), { recursive: true, force: true });
+      source.removed = undefined;
     }
     // the builder's own files: straight into the tree, or staged apart and merged over a source
     // through the same confined resolution (a source's symlinks must not redirect them)

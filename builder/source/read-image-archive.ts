@@ -5,16 +5,18 @@
  * spooled to the build's work directory until then.
  */
 import { createReadStream, createWriteStream, readFileSync } from 'node:fs';
-import { stat } from 'node:fs/promises';
+import { open, stat } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import * as tar from 'tar-stream';
 import { KubeosError } from '../../runtime/core/errors.js';
-import { applyLayer, type LayerCheck, type StagingTree, type TarEntry } from './apply-layer.js';
+import { applyLayer, hashesOffThread, type LayerCheck, type StagingTree, type TarEntry } from './apply-layer.js';
+import { StreamHasher } from '../../runtime/core/bundle/stream-hasher.js';
 import { openDecompressor, peek, readBytes } from './open-layer.js';
 import { entrySegments } from './safe-path.js';
+import { EntrySkippingReader } from './skip-entry-data.js';
 
 export type ImageArchiveType = 'oci' | 'docker-archive';
 
@@ -121,31 +123,44 @@ interface Place {
   size: number;
 }
 
+/** What a callback tells eachEntry: 'skip' — the entry's data is not wanted. */
+type EntryVerdict = 'skip' | undefined;
+
 /**
  * Iterates the entries of a (possibly compressed) outer tar; the callback consumes or skips each.
  * For an uncompressed archive it also gets where a regular file's data lies in the archive
- * (tar-stream's entry offset is its header's; the data follows that 512-byte block).
+ * (tar-stream's entry offset is its header's; the data follows that 512-byte block), and the data
+ * of an entry it skips is not read at all.
  */
-async function eachEntry(file: string, where: string, onEntry: (name: string, entry: TarEntry, place: Place | undefined) => Promise<void>, signal?: AbortSignal): Promise<void> {
-  const raw = createReadStream(file, { highWaterMark: readBytes });
-  const decompressor = await openDecompressor(await peek(raw, 8), where, signal);
-  const extract = tar.extract();
-  const feeding = (pipeline as (...s: unknown[]) => Promise<void>)(...(decompressor ? [raw, decompressor.stream, extract] : [raw, extract]), { signal });
-  feeding.catch(() => {});
+async function eachEntry(file: string, where: string, onEntry: (name: string, entry: TarEntry, place: Place | undefined) => Promise<EntryVerdict>, signal?: AbortSignal): Promise<void> {
+  const handle = await open(file, 'r');
   try {
-    for await (const entry of extract) {
-      const name = entrySegments(entry.header.name, 'entry', where).join('/');
-      const regular = entry.header.type === 'file' || entry.header.type === 'contiguous-file';
-      await onEntry(name, entry, decompressor === undefined && regular ? { start: entry.offset + 512, size: entry.header.size ?? 0 } : undefined);
-      for await (const _chunk of entry) { /* skip what the callback left */ }
+    const head = Buffer.alloc(8);
+    await handle.read(head, 0, head.length, 0);
+    const decompressor = await openDecompressor(head, where, signal);
+    const raw = decompressor === undefined ? new EntrySkippingReader(handle, (await handle.stat()).size, readBytes) : createReadStream(file, { highWaterMark: readBytes });
+    const extract = tar.extract();
+    const feeding = (pipeline as (...s: unknown[]) => Promise<void>)(...(decompressor ? [raw, decompressor.stream, extract] : [raw, extract]), { signal });
+    feeding.catch(() => {});
+    try {
+      for await (const entry of extract) {
+        const name = entrySegments(entry.header.name, 'entry', where).join('/');
+        const regular = entry.header.type === 'file' || entry.header.type === 'contiguous-file';
+        const place = decompressor === undefined && regular ? { start: entry.offset + 512, size: entry.header.size ?? 0 } : undefined;
+        const verdict = await onEntry(name, entry, place);
+        if (verdict === 'skip' && place !== undefined && raw instanceof EntrySkippingReader) raw.skip(place.start, place.start + place.size);
+        for await (const _chunk of entry) { /* skip what the callback left */ }
+      }
+      await feeding;
+      await decompressor?.finished();
+    } catch (error) {
+      raw.destroy();
+      if (error instanceof KubeosError) throw error;
+      const message = (error as Error).message ?? String(error);
+      throw new KubeosError(/unexpected end/i.test(message) ? 'E_SOURCE_TRUNCATED' : 'E_SOURCE_INVALID', `${where} cannot be read as a tar archive: ${message}`, { cause: error, details: { where } });
     }
-    await feeding;
-    await decompressor?.finished();
-  } catch (error) {
-    raw.destroy();
-    if (error instanceof KubeosError) throw error;
-    const message = (error as Error).message ?? String(error);
-    throw new KubeosError(/unexpected end/i.test(message) ? 'E_SOURCE_TRUNCATED' : 'E_SOURCE_INVALID', `${where} cannot be read as a tar archive: ${message}`, { cause: error, details: { where } });
+  } finally {
+    await handle.close();
   }
 }
 
@@ -153,19 +168,20 @@ async function readSmallDocuments(file: string, where: string, signal?: AbortSig
   const documents = new Map<string, Buffer>();
   const places = new Map<string, Place>();
   let total = 0;
-  await eachEntry(file, where, async (name, entry, place) => {
+  await eachEntry(file, where, async (name, entry, place): Promise<EntryVerdict> => {
     // the first entry of a name is the one read (as the streaming pass below does)
     if (place !== undefined && !places.has(name)) places.set(name, place);
     const size = entry.header.size ?? 0;
-    if (entry.header.type !== 'file' || size > smallLimit) return;
+    if (entry.header.type !== 'file' || size > smallLimit) return 'skip';
     const chunks: Buffer[] = [];
     for await (const chunk of entry) chunks.push(chunk as Buffer);
     const data = Buffer.concat(chunks);
     // JSON documents only (small layers are read in the second pass)
-    if (data[0] !== 0x7b && data[0] !== 0x5b) return;
+    if (data[0] !== 0x7b && data[0] !== 0x5b) return undefined;
     total += size;
     if (total > documentsLimit) throw invalid(where, `holds more than ${documentsLimit} bytes of JSON documents`);
     documents.set(name, data);
+    return undefined;
   }, signal);
   return { documents, places };
 }
@@ -190,16 +206,40 @@ export async function applyImageArchive(tree: StagingTree, source: ImageArchiveS
       }
     };
     const layers = plan(read, where, source.ref);
-    for (const [i, layer] of layers.entries()) {
-      const path = join(source.path, layer.name);
-      if (!(await stat(path).then((s) => s.isFile(), () => false))) throw invalid(where, `${label(layer, i)} is missing`);
-      await applyLayer(tree, createReadStream(path, { highWaterMark: readBytes }), label(layer, i), layer.check, signal);
+    const worker = holdHashWorker(layers);
+    try {
+      for (const [i, layer] of layers.entries()) {
+        const path = join(source.path, layer.name);
+        if (!(await stat(path).then((s) => s.isFile(), () => false))) throw invalid(where, `${label(layer, i)} is missing`);
+        await applyLayer(tree, createReadStream(path, { highWaterMark: readBytes }), label(layer, i), layer.check, signal);
+      }
+    } finally {
+      await worker?.close();
     }
     return layers.length;
   }
 
   const { documents, places } = await readSmallDocuments(source.path, where, signal);
   const layers = plan((name) => documents.get(name), where, source.ref);
+  const worker = holdHashWorker(layers);
+  try {
+    return await applyArchiveLayers(tree, source, layers, places, work, signal);
+  } finally {
+    await worker?.close();
+  }
+}
+
+/**
+ * The hashing worker, held from the first layer to the last when more than one layer is hashed
+ * on it: each layer's tap would otherwise start and stop a worker of its own (17 ms each here).
+ */
+function holdHashWorker(layers: PlannedLayer[]): StreamHasher | undefined {
+  return layers.filter((layer) => hashesOffThread(layer.check)).length > 1 ? new StreamHasher() : undefined;
+}
+
+async function applyArchiveLayers(tree: StagingTree, source: ImageArchiveSource, layers: PlannedLayer[], places: Map<string, Place>, work: string, signal?: AbortSignal): Promise<number> {
+  const where = source.path;
+  const label = (layer: PlannedLayer, i: number) => `${where}: layer ${i + 1} (${layer.name})`;
   // an uncompressed archive (what skopeo and docker save write): each layer is read in its turn
   // straight from where it lies, so the archive is not parsed a second time and a layer stored
   // before its turn is not copied to the work directory first
@@ -219,9 +259,9 @@ export async function applyImageArchive(tree: StagingTree, source: ImageArchiveS
       next++;
     }
   };
-  await eachEntry(source.path, where, async (name, entry) => {
+  await eachEntry(source.path, where, async (name, entry): Promise<EntryVerdict> => {
     const due = layers.flatMap((layer, i) => (layer.name === name && i >= next ? [i] : []));
-    if (due.length === 0 || spooled.has(name)) return;
+    if (due.length === 0 || spooled.has(name)) return 'skip';
     const layer = layers[next];
     if (due.length === 1 && due[0] === next && layer !== undefined) {
       await applyLayer(tree, Readable.from(entry), label(layer, next), layer.check, signal);
@@ -232,6 +272,7 @@ export async function applyImageArchive(tree: StagingTree, source: ImageArchiveS
       spooled.set(name, file);
     }
     await applyReady();
+    return undefined;
   }, signal);
   if (next < layers.length) throw invalid(where, `${label(layers[next] as PlannedLayer, next)} is not in the archive`);
   return layers.length;

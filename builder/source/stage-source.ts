@@ -18,7 +18,10 @@ import { applyImageArchive } from './read-image-archive.js';
 import type { RootfsSource } from './rootfs-source.js';
 
 export interface StageSourceOptions {
-  /** Scratch space inside the build folder (spooled layers). */
+  /**
+   * Scratch space inside the build folder, on the root's filesystem: spooled layers, and what
+   * layers remove (moved aside into `removed`, see StagingTree). The caller deletes it.
+   */
   work: string;
   signal?: AbortSignal;
   onStep?: (step: string) => void;
@@ -63,9 +66,10 @@ async function debianTar(source: Extract<RootfsSource, { type: 'mmdebstrap' }>, 
 }
 
 export async function stageSource(source: RootfsSource, root: string, options: StageSourceOptions): Promise<StagingTree> {
-  const tree = newStagingTree(root);
+  const removed = join(options.work, 'removed');
+  const tree = newStagingTree(root, removed);
   await mkdir(root, { recursive: true });
-  await mkdir(options.work, { recursive: true });
+  await mkdir(removed, { recursive: true });
   switch (source.type) {
     case 'dir':
       await copyTreeInto(tree, source.path, { keepTimes: true, where: source.path });

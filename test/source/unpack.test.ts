@@ -14,6 +14,8 @@ import { pipeline } from 'node:stream/promises';
 import * as tar from 'tar-stream';
 import { makeExt4 } from '../../builder/disk/make-ext4.js';
 import { makeSquashfs } from '../../builder/disk/make-squashfs.js';
+import { newStagingTree, removePath } from '../../builder/source/apply-layer.js';
+import type { FileMeta } from '../../builder/source/file-meta.js';
 import { applyTimes, stageSource } from '../../builder/source/stage-source.js';
 import type { RootfsSource } from '../../builder/source/rootfs-source.js';
 import { compress, dockerFiles, makeTar, ociFiles, writeBinaryArchive, writeLayoutDir, type LayerEntry } from './make-oci.js';
@@ -98,6 +100,35 @@ test('an OCI archive is applied layer by layer with whiteouts, an opaque directo
   t.deepEqual(tree.meta.get('usr/bin/tool')?.xattrs, { 'user.origin': Buffer.from('layer3') });
 });
 
+test('what the layers remove or replace is moved aside into the work directory, out of the tree and its metadata', async (t) => {
+  const { dir, tree } = await stage((d) => ociTar(d));
+  const removed = join(dir, 'work', 'removed');
+  const contents = await Promise.all((await readdir(removed)).map((name) => readFile(join(removed, name), 'utf8')));
+  // gone.txt (a whiteout), opt/old/a.txt (an opaque directory), etc/config v1 and usr/bin/tool (replaced)
+  t.deepEqual(contents.sort(), ['#!/bin/sh\n', 'deleted above', 'lower', 'v1']);
+  t.false(tree.meta.has('gone.txt'));
+});
+
+test('a removed directory takes its MetaList entries along, and without a usable place to move it to it is deleted', async (t) => {
+  const dir = join(base, `remove-${counter++}`);
+  const root = join(dir, 'root');
+  await mkdir(join(root, 'a/b'), { recursive: true });
+  await writeFile(join(root, 'a/b/c'), 'c');
+  const meta = (): Map<string, FileMeta> => new Map(['a', 'a/b', 'a/b/c', 'keep'].map((rel) => [rel, { kind: 'file', mode: 0o644, uid: 0, gid: 0, mtime: undefined }]));
+  await mkdir(join(dir, 'removed'));
+  const aside = { ...newStagingTree(root, join(dir, 'removed')), meta: meta() };
+  await removePath(aside, 'a');
+  t.deepEqual([...aside.meta.keys()], ['keep']);
+  t.is(await readFile(join(dir, 'removed/0/b/c'), 'utf8'), 'c');
+  await mkdir(join(root, 'a/b'), { recursive: true });
+  await writeFile(join(root, 'a/b/c'), 'c');
+  const nowhere = { ...newStagingTree(root, join(dir, 'missing')), meta: meta() };
+  await removePath(nowhere, 'a');
+  t.deepEqual([...nowhere.meta.keys()], ['keep']);
+  t.deepEqual(await readdir(root), []);
+  t.is(nowhere.removed, undefined);
+});
+
 test('an OCI layout directory and a docker save archive give the same tree', async (t) => {
   const fromDir = await stage(async (d) => ({ type: 'oci', path: await writeLayoutDir(join(d, 'layout'), ociFiles(await layers(true))), ref: 'test:1' }));
   await checkStaged(t, join(fromDir.dir, 'root'), fromDir.tree.meta);
@@ -121,7 +152,7 @@ test('an OCI archive gives the same tree read in place (layers stored out of tur
   const inPlace = await stage(async (d) => ({ type: 'oci', path: await archive(join(d, 'image.oci.tar')), ref: undefined }));
   await checkStaged(t, join(inPlace.dir, 'root'), inPlace.tree.meta);
   // read where they lie: no layer was copied aside to wait for its turn
-  t.deepEqual(await readdir(join(inPlace.dir, 'work')), []);
+  t.deepEqual((await readdir(join(inPlace.dir, 'work'))).filter((name) => name !== 'removed'), []);
   const streamed = await stage(async (d) => {
     const file = join(d, 'image.oci.tar.gz');
     await writeFile(file, await compress(await readFile(await archive(join(d, 'plain.tar'))), 'gzip', d));
@@ -280,6 +311,12 @@ const hostile: [string, (dir: string) => Promise<RootfsSource>, string][] = [
   ['an entry name that is not UTF-8 is refused, naming its bytes', async (d) => tarSource(d, await patchedTar([{ name: 'cafX', content: 'latin1' }, { name: 'cafY', content: 'other' }], 'cafX', (h) => { h[3] = 0xe9; })), 'E_SOURCE_INVALID'],
   ['a GNU sparse entry is refused, not unpacked as its sparse map', async (d) => tarSource(d, await patchedTar([{ name: 'holes.img', content: 'sparse map and data' }], 'holes.img', (h) => { h[156] = 'S'.charCodeAt(0); })), 'E_SOURCE_INVALID'],
   ['a PAX sparse entry is refused, not unpacked as its sparse map', async (d) => tarSource(d, await makeTar([{ name: 'holes.img', content: 'map', pax: { 'GNU.sparse.major': '1', 'GNU.sparse.minor': '0', 'GNU.sparse.name': 'holes.img', 'GNU.sparse.realsize': '1048576' } }])), 'E_SOURCE_INVALID'],
+  // the first pass skips a big layer's data without reading it: the end of the file still counts
+  ['an uncompressed OCI archive cut short inside a big layer is refused', async (d) => {
+    const whole = await writeBinaryArchive(join(d, 'whole.tar'), ociFiles([await makeTar([{ name: 'big', content: 'z'.repeat(6 << 20) }])]).reverse());
+    await writeFile(join(d, 'cut.tar'), (await readFile(whole)).subarray(0, 3 << 20));
+    return { type: 'oci', path: join(d, 'cut.tar'), ref: undefined };
+  }, 'E_SOURCE_TRUNCATED'],
   ['a truncated plain tar source is refused', async (d) => {
     const file = join(d, 'cut.tar');
     const whole = await makeTar([{ name: 'big', content: 'y'.repeat(100_000) }]);
