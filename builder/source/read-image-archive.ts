@@ -14,7 +14,7 @@ import * as tar from 'tar-stream';
 import { KubeosError } from '../../runtime/core/errors.js';
 import { applyLayer, hashesOffThread, type LayerCheck, type StagingTree, type TarEntry } from './apply-layer.js';
 import { StreamHasher } from '../../runtime/core/bundle/stream-hasher.js';
-import { openDecompressor, peek, readBytes } from './open-layer.js';
+import { openDecompressor, readBytes } from './open-layer.js';
 import { entrySegments } from './safe-path.js';
 import { EntrySkippingReader } from './skip-entry-data.js';
 
