@@ -20,6 +20,7 @@ import { deviceNumberProblem, stagedMode, type FileKind, type FileMeta, type Met
 import { HashTap, openDecompressor, peek } from './open-layer.js';
 import { RewritePax } from './rewrite-pax.js';
 import { checkSymlinkTarget, entrySegments, resolveInRoot } from './safe-path.js';
+import { entryMark, type CoveredEntries } from './find-covered-entries.js';
 
 export type TarEntry = tar.ExtractEvents['entry'][1];
 
@@ -83,7 +84,7 @@ async function ensureDir(tree: StagingTree, segments: string[], where: string): 
   const key = segments.join('/');
   const known = tree.dirs.get(key);
   if (known !== undefined) return known;
-  const physical = await resolveInRoot(tree.root, segments, where);
+  const physical = resolveInRoot(tree.root, segments, where);
   for (let i = 1; i <= physical.length; i++) {
     const rel = physical.slice(0, i).join('/');
     const info = lstatOrUndefined(join(tree.root, rel));
@@ -214,11 +215,30 @@ function entryName(value: string, fromPax: boolean, what: string, where: string)
   }
 }
 
-async function applyEntry(tree: StagingTree, entry: TarEntry, written: Set<string>, where: string): Promise<void> {
-  const header = entry.header as tar.Header & { pax?: Record<string, string> | null };
+/**
+ * Whether an entry would be written at the path it names, over nothing or over a plain file or
+ * directory: no symlink on the way or in its place, which could send later layers' writes
+ * elsewhere (see find-covered-entries.ts).
+ */
+function landsAsNamed(tree: StagingTree, segments: string[], where: string): boolean {
+  const parent = segments.slice(0, -1);
+  const physical = tree.dirs.get(parent.join('/')) ?? resolveInRoot(tree.root, parent, where);
+  if (physical.length !== parent.length || physical.some((segment, i) => segment !== parent[i])) return false;
+  return lstatOrUndefined(join(tree.root, ...segments))?.isSymbolicLink() !== true;
+}
+
+/** Decodes a header's name and link target (read as latin1) in place; the name's segments. */
+export function decodeEntryNames(header: tar.Header & { pax?: Record<string, string> | null }, where: string): string[] {
   header.name = entryName(header.name, header.pax?.['path'] !== undefined, 'entry name', where);
   if (header.linkname) header.linkname = entryName(header.linkname, header.pax?.['linkpath'] !== undefined, `link target of ${header.name}`, where);
-  const segments = entrySegments(header.name, 'entry', where);
+  return entrySegments(header.name, 'entry', where);
+}
+
+async function applyEntry(tree: StagingTree, entry: TarEntry, written: Set<string>, where: string, covered?: CoveredEntries, marks?: string[]): Promise<void> {
+  const header = entry.header as tar.Header & { pax?: Record<string, string> | null };
+  const segments = decodeEntryNames(header, where);
+  const mark = marks === undefined ? undefined : entryMark(segments, header.type, header.linkname);
+  if (mark !== undefined) marks?.push(mark);
   const kind = kindOf(header.type);
   if (kind === undefined) {
     throw invalid(`${where}: entry ${header.name} has a tar type kubeos does not handle (a GNU sparse or multi-volume entry?); repack the source without sparse files (tar --no-sparse, or GNU tar without -S)`, where);
@@ -227,6 +247,10 @@ async function applyEntry(tree: StagingTree, entry: TarEntry, written: Set<strin
     throw invalid(`${where}: entry ${header.name} is a PAX sparse file (GNU.sparse.* records), whose data would land wrong; repack the source without sparse files`, where);
   }
   const base = segments.at(-1);
+  if (covered !== undefined && base !== undefined && !base.startsWith('.wh.') && kind !== 'symlink' && covered.isCovered(segments, kind) && landsAsNamed(tree, segments, where)) {
+    await drain(entry);
+    return;
+  }
   const parent = await ensureDir(tree, segments.slice(0, -1), where);
   const rel = base === undefined ? '' : [...parent, base].join('/');
 
@@ -279,7 +303,7 @@ async function applyEntry(tree: StagingTree, entry: TarEntry, written: Set<strin
       const targetSegments = entrySegments(header.linkname ?? '', 'hard link target', where);
       const last = targetSegments.at(-1);
       if (last === undefined) throw invalid(`${where}: hard link ${rel} names no target`, where);
-      const targetRel = [...(await resolveInRoot(tree.root, targetSegments.slice(0, -1), where)), last].join('/');
+      const targetRel = [...resolveInRoot(tree.root, targetSegments.slice(0, -1), where), last].join('/');
       const target = lstatOrUndefined(join(tree.root, targetRel));
       if (target === undefined || target.isDirectory()) {
         throw invalid(`${where}: hard link ${rel} points to ${header.linkname ?? ''}, which is ${target === undefined ? 'not in the archive before it' : 'a directory'}`, where);
@@ -319,7 +343,7 @@ function mapStreamError(error: unknown, where: string): KubeosError {
  * Streams `raw` (a plain, gzip or zstd tar) into the tree, then checks it against `check`.
  * Entries are applied in archive order; the MetaList ends up with what the last layer said.
  */
-export async function applyLayer(tree: StagingTree, raw: Readable, where: string, check: LayerCheck = {}, signal?: AbortSignal): Promise<void> {
+export async function applyLayer(tree: StagingTree, raw: Readable, where: string, check: LayerCheck = {}, signal?: AbortSignal, covered?: CoveredEntries): Promise<void> {
   // a big layer's digest on a worker, beside the unpacking (~0.9 s a GiB of this thread's time);
   // a small one's here, where starting the worker would cost more than its hashing
   const blob = hashesOffThread(check) ? new OffThreadHashTap() : new HashTap();
@@ -336,7 +360,11 @@ export async function applyLayer(tree: StagingTree, raw: Readable, where: string
   feeding.catch(() => {});
   const written = new Set<string>();
   try {
-    for await (const entry of extract) await applyEntry(tree, entry, written, where);
+    const marks = covered === undefined ? undefined : [];
+    for await (const entry of extract) await applyEntry(tree, entry, written, where, covered, marks);
+    if (covered !== undefined && marks?.join('\n') !== covered.marks.join('\n')) {
+      throw invalid(`${where} changed while it was read: its whiteouts and hard links are not the ones read a moment before; build again from a file nothing writes to`, where);
+    }
     await feeding;
     await decompressor?.finished();
   } catch (error) {

@@ -52,7 +52,7 @@ export async function copyTreeInto(tree: StagingTree, from: string, options: Cop
       const info = await lstat(source);
       const kind = kindOf(info);
       if (kind === undefined) continue;
-      const parent = await resolveInRoot(tree.root, rel, options.where);
+      const parent = resolveInRoot(tree.root, rel, options.where);
       const target = [...parent, name].join('/');
       const path = join(tree.root, target);
       const meta: FileMeta = {
@@ -67,7 +67,7 @@ export async function copyTreeInto(tree: StagingTree, from: string, options: Cop
       if (problem !== undefined) throw new KubeosError('E_SOURCE_INVALID', `${join(from, ...rel)}: device node: ${problem}`, { details: { path: join(from, ...rel) } });
       const existing = await lstat(path).catch(() => undefined);
       const mergeable = existing !== undefined && (existing.isDirectory()
-        || (existing.isSymbolicLink() && (await lstat(join(tree.root, ...(await resolveInRoot(tree.root, [...parent, name], options.where)))).catch(() => undefined))?.isDirectory() === true));
+        || (existing.isSymbolicLink() && (await lstat(join(tree.root, ...(resolveInRoot(tree.root, [...parent, name], options.where)))).catch(() => undefined))?.isDirectory() === true));
       if (kind === 'dir' && mergeable) {
         // a directory both trees have (or a symlink to one, like merged /usr's /bin) keeps the source's metadata
         if (existing.isDirectory() && !tree.meta.has(target)) tree.meta.set(target, meta);

@@ -17,6 +17,7 @@ import { StreamHasher } from '../../runtime/core/bundle/stream-hasher.js';
 import { openDecompressor, readBytes } from './open-layer.js';
 import { entrySegments } from './safe-path.js';
 import { EntrySkippingReader } from './skip-entry-data.js';
+import { findCoveredEntries, type LayerBytes } from './find-covered-entries.js';
 
 export type ImageArchiveType = 'oci' | 'docker-archive';
 
@@ -138,7 +139,7 @@ async function eachEntry(file: string, where: string, onEntry: (name: string, en
     const head = Buffer.alloc(8);
     await handle.read(head, 0, head.length, 0);
     const decompressor = await openDecompressor(head, where, signal);
-    const raw = decompressor === undefined ? new EntrySkippingReader(handle, (await handle.stat()).size, readBytes) : createReadStream(file, { highWaterMark: readBytes });
+    const raw = decompressor === undefined ? new EntrySkippingReader(handle, 0, (await handle.stat()).size, readBytes) : createReadStream(file, { highWaterMark: readBytes });
     const extract = tar.extract();
     const feeding = (pipeline as (...s: unknown[]) => Promise<void>)(...(decompressor ? [raw, decompressor.stream, extract] : [raw, extract]), { signal });
     feeding.catch(() => {});
@@ -206,12 +207,18 @@ export async function applyImageArchive(tree: StagingTree, source: ImageArchiveS
       }
     };
     const layers = plan(read, where, source.ref);
+    const bytes: LayerBytes[] = [];
+    for (const [i, layer] of layers.entries()) {
+      const file = join(source.path, layer.name);
+      const info = await stat(file).catch(() => undefined);
+      if (info?.isFile() !== true) throw invalid(where, `${label(layer, i)} is missing`);
+      bytes.push({ file, start: 0, size: info.size });
+    }
+    const covered = await findCoveredEntries(bytes, where, signal);
     const worker = holdHashWorker(layers);
     try {
       for (const [i, layer] of layers.entries()) {
-        const path = join(source.path, layer.name);
-        if (!(await stat(path).then((s) => s.isFile(), () => false))) throw invalid(where, `${label(layer, i)} is missing`);
-        await applyLayer(tree, createReadStream(path, { highWaterMark: readBytes }), label(layer, i), layer.check, signal);
+        await applyLayer(tree, createReadStream(join(source.path, layer.name), { highWaterMark: readBytes }), label(layer, i), layer.check, signal, covered?.[i]);
       }
     } finally {
       await worker?.close();
@@ -244,10 +251,11 @@ async function applyArchiveLayers(tree: StagingTree, source: ImageArchiveSource,
   // straight from where it lies, so the archive is not parsed a second time and a layer stored
   // before its turn is not copied to the work directory first
   if (layers.every((layer) => places.has(layer.name))) {
+    const covered = await findCoveredEntries(layers.map((layer) => ({ file: source.path, ...(places.get(layer.name) as Place) })), where, signal);
     for (const [i, layer] of layers.entries()) {
       const { start, size } = places.get(layer.name) as Place;
       const raw = size === 0 ? Readable.from([]) : createReadStream(source.path, { start, end: start + size - 1, highWaterMark: readBytes });
-      await applyLayer(tree, raw, label(layer, i), layer.check, signal);
+      await applyLayer(tree, raw, label(layer, i), layer.check, signal, covered?.[i]);
     }
     return layers.length;
   }

@@ -4,7 +4,7 @@
  * the booted system would (absolute targets from the tree's root, `..` stopping at the root), by
  * this code and never by the OS, so a symlink planted by one layer cannot redirect a later write.
  */
-import { lstat, readlink } from 'node:fs/promises';
+import { lstatSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { KubeosError } from '../../runtime/core/errors.js';
 
@@ -39,9 +39,11 @@ export function checkSymlinkTarget(dir: readonly string[], target: string, path:
 
 /**
  * Physical segments of a directory path inside `root`, following symlinks confined to the root.
- * Components that do not exist yet are kept as named (the caller creates them).
+ * Components that do not exist yet are kept as named (the caller creates them). The calls are
+ * synchronous: a layer resolves a path for thousands of entries, and each lstat through the
+ * thread pool took longer than the system call.
  */
-export async function resolveInRoot(root: string, segments: readonly string[], where: string): Promise<string[]> {
+export function resolveInRoot(root: string, segments: readonly string[], where: string): string[] {
   const resolved: string[] = [];
   const queue = [...segments];
   let hops = 0;
@@ -55,15 +57,12 @@ export async function resolveInRoot(root: string, segments: readonly string[], w
     }
     if (!missing) {
       const path = join(root, ...resolved, segment);
-      const info = await lstat(path).catch((error: NodeJS.ErrnoException) => {
-        if (error.code === 'ENOENT') return undefined;
-        throw error;
-      });
+      const info = lstatSync(path, { throwIfNoEntry: false });
       if (info === undefined) {
         missing = true;
       } else if (info.isSymbolicLink()) {
         if (++hops > maxLinkHops) throw hostile(`${where}: too many levels of symlinks under ${segments.join('/')}`, { path: segments.join('/'), where });
-        const target = await readlink(path);
+        const target = readlinkSync(path);
         if (target.startsWith('/')) resolved.length = 0;
         queue.unshift(...target.split('/'));
         continue;

@@ -3,24 +3,29 @@
  * the data of an entry it skips is not read from the file but given as zeros, which tar-stream
  * counts its way past like any data. Finding an OCI archive's JSON documents then reads its
  * headers, not its layers (the first pass over a 500 MB archive read all of it: 0.16 s).
+ * The reads are synchronous: nothing else runs beside such a pass, and each read through the
+ * thread pool waited some 0.3 ms for its answer (two thirds of a 4-layer scan's time).
  */
+import { readSync } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 
 const zeros = Buffer.alloc(1 << 20);
 
+/** Reads [start, end) of a file; offsets given to skip() are the file's. */
 export class EntrySkippingReader extends Readable {
-  private position = 0;
+  private position: number;
   /** Bytes before this offset that were not read yet are given as zeros. */
   private skipEnd = 0;
 
-  constructor(private readonly file: FileHandle, private readonly size: number, private readonly readBytes: number) {
+  constructor(private readonly file: FileHandle, readonly start: number, private readonly end: number, private readonly readBytes: number) {
     super({ highWaterMark: readBytes });
+    this.position = start;
   }
 
-  /** The bytes of [start, end) not read yet will not be read (end stops at the file's end). */
+  /** The bytes of [start, end) not read yet will not be read (end stops at the range's end). */
   skip(start: number, end: number): void {
-    if (start <= this.position) this.skipEnd = Math.max(this.skipEnd, Math.min(end, this.size));
+    if (start <= this.position) this.skipEnd = Math.max(this.skipEnd, Math.min(end, this.end));
   }
 
   override _read(): void {
@@ -30,14 +35,20 @@ export class EntrySkippingReader extends Readable {
       this.push(zeros.subarray(0, n));
       return;
     }
-    const buffer = Buffer.allocUnsafe(this.readBytes);
-    this.file.read(buffer, 0, buffer.length, this.position).then(({ bytesRead }) => {
-      if (bytesRead === 0) {
-        this.push(null);
-        return;
-      }
-      this.position += bytesRead;
-      this.push(buffer.subarray(0, bytesRead));
-    }, (error: unknown) => this.destroy(error as Error));
+    const length = Math.min(this.readBytes, this.end - this.position);
+    const buffer = length > 0 ? Buffer.allocUnsafe(length) : undefined;
+    let bytesRead = 0;
+    try {
+      if (buffer !== undefined) bytesRead = readSync(this.file.fd, buffer, 0, length, this.position);
+    } catch (error) {
+      this.destroy(error as Error);
+      return;
+    }
+    if (buffer === undefined || bytesRead === 0) {
+      this.push(null);
+      return;
+    }
+    this.position += bytesRead;
+    this.push(buffer.subarray(0, bytesRead));
   }
 }

@@ -6,7 +6,7 @@
  */
 import test from 'ava';
 import { execa } from 'execa';
-import { createWriteStream } from 'node:fs';
+import { createReadStream, createWriteStream } from 'node:fs';
 import { lstat, mkdir, readFile, readdir, readlink, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -14,7 +14,7 @@ import { pipeline } from 'node:stream/promises';
 import * as tar from 'tar-stream';
 import { makeExt4 } from '../../builder/disk/make-ext4.js';
 import { makeSquashfs } from '../../builder/disk/make-squashfs.js';
-import { newStagingTree, removePath } from '../../builder/source/apply-layer.js';
+import { applyLayer, newStagingTree, removePath } from '../../builder/source/apply-layer.js';
 import type { FileMeta } from '../../builder/source/file-meta.js';
 import { applyTimes, stageSource } from '../../builder/source/stage-source.js';
 import type { RootfsSource } from '../../builder/source/rootfs-source.js';
@@ -127,6 +127,42 @@ test('a removed directory takes its MetaList entries along, and without a usable
   t.deepEqual([...nowhere.meta.keys()], ['keep']);
   t.deepEqual(await readdir(root), []);
   t.is(nowhere.removed, undefined);
+});
+
+const plainOci = async (dir: string, entries: LayerEntry[][]): Promise<RootfsSource> => ({
+  type: 'oci', path: await writeBinaryArchive(join(dir, 'plain.oci.tar'), ociFiles(await Promise.all(entries.map((e) => makeTar(e))), { mediaType: 'application/vnd.oci.image.layer.v1.tar' })), ref: undefined,
+});
+
+test('uncompressed layers give the same tree without writing what a later whiteout or opaque directory removes', async (t) => {
+  const { dir, tree } = await stage((d) => plainOci(d, [layer1, layer2, [...layer3, xattrEntry]]));
+  await checkStaged(t, join(dir, 'root'), tree.meta);
+  const removed = join(dir, 'work', 'removed');
+  const contents = await Promise.all((await readdir(removed)).map((name) => readFile(join(removed, name), 'utf8')));
+  // gone.txt and opt/old/a.txt were never written; replaced files still are, and are moved aside
+  t.deepEqual(contents.sort(), ['#!/bin/sh\n', 'v1']);
+});
+
+test('an entry a later layer removes is still written when a layer between links to it or writes through a symlink under it', async (t) => {
+  const { dir, tree } = await stage((d) => plainOci(d, [
+    [{ name: 'x/', type: 'directory' }, { name: 'x/target', content: 'linked' }, { name: 'x/s', type: 'symlink', linkname: '/kept' }, { name: 'kept/', type: 'directory' }],
+    [{ name: 'link', type: 'link', linkname: 'x/target' }, { name: 'x/s/file', content: 'through the symlink' }],
+    [{ name: '.wh.x' }],
+  ]));
+  const root = join(dir, 'root');
+  t.is(await readFile(join(root, 'link'), 'utf8'), 'linked');
+  t.is(await readFile(join(root, 'kept/file'), 'utf8'), 'through the symlink');
+  t.deepEqual((await readdir(root)).sort(), ['kept', 'link']);
+  t.false(tree.meta.has('x/target'));
+});
+
+test('a layer whose whiteouts differ from what the first read of it found is refused', async (t) => {
+  const dir = join(base, `marks-${counter++}`);
+  await mkdir(dir, { recursive: true });
+  const file = join(dir, 'layer.tar');
+  await writeFile(file, await makeTar([{ name: '.wh.other' }]));
+  const covered = { isCovered: () => false, marks: ['whiteout gone'] };
+  const error = await t.throwsAsync(applyLayer(newStagingTree(join(dir, 'root')), createReadStream(file), file, {}, undefined, covered));
+  t.is((error as { code?: string }).code, 'E_SOURCE_INVALID');
 });
 
 test('an OCI layout directory and a docker save archive give the same tree', async (t) => {
