@@ -2,9 +2,10 @@
  * Debian's kernel package, fetched once with `apt-get download` and unpacked into a cache outside
  * the repository (KUBEOS_CACHE_DIR, else $XDG_CACHE_HOME/kubeos, else ~/.cache/kubeos).
  */
-import { mkdir, mkdtemp, readdir, rename, rm } from 'node:fs/promises';
+import { randomUUID } from 'node:crypto';
+import { mkdir, mkdtemp, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { KubeosError } from '../../runtime/core/errors.js';
 import { run } from '../../runtime/core/exec.js';
 
@@ -22,12 +23,41 @@ export function cacheDir(): string {
   return process.env['KUBEOS_CACHE_DIR'] ?? join(process.env['XDG_CACHE_HOME'] ?? join(homedir(), '.cache'), 'kubeos');
 }
 
-/** A meta package (linux-image-cloud-amd64) names its versioned package in its Depends. */
-async function resolvePackage(name: string, signal?: AbortSignal): Promise<string> {
+/**
+ * What apt resolves names from: while none of these changed, a name resolves as it did last
+ * time (`apt-get update` renames new list files into the lists directory; the preferences pick
+ * the candidate version). apt's own binary cache is often turned off (Debian's container
+ * images), which is why apt-cache parses every list each time.
+ */
+const aptStampPaths = ['/var/lib/apt/lists', '/etc/apt/preferences', '/etc/apt/preferences.d', '/etc/apt/sources.list', '/etc/apt/sources.list.d'];
+
+async function aptStamp(paths: readonly string[]): Promise<string> {
+  const parts: string[] = [];
+  for (const path of paths) {
+    const info = await stat(path).catch(() => undefined);
+    parts.push(info === undefined ? `${path}:none` : `${path}:${info.ino}:${info.size}:${info.mtimeMs}`);
+  }
+  return parts.join(' ');
+}
+
+type Resolutions = Record<string, { stamp: string; package: string }>;
+
+/**
+ * A meta package (linux-image-cloud-amd64) names its versioned package in its Depends. The answer
+ * is kept in the cache with apt's stamp: apt-cache took half a second of every build.
+ */
+export async function resolvePackage(name: string, options: { signal?: AbortSignal | undefined; stampPaths?: readonly string[] } = {}): Promise<string> {
   if (/^linux-image-\d/.test(name)) return name;
+  const file = join(cacheDir(), 'kernels', 'resolved.json');
+  const stamp = await aptStamp(options.stampPaths ?? aptStampPaths);
+  // a damaged cache file is asked again, and rewritten
+  const read: unknown = await readFile(file, 'utf8').then((text) => JSON.parse(text) as unknown).catch(() => undefined);
+  const known: Resolutions = typeof read === 'object' && read !== null && !Array.isArray(read) ? read as Resolutions : {};
+  const cached = known[name];
+  if (cached?.stamp === stamp && typeof cached.package === 'string') return cached.package;
   let stdout: string;
   try {
-    ({ stdout } = await run('apt-cache', ['depends', name], { timeoutMs: 60_000, signal }));
+    ({ stdout } = await run('apt-cache', ['depends', name], { timeoutMs: 60_000, signal: options.signal }));
   } catch (error) {
     throw new KubeosError('E_KERNEL_FETCH', `cannot resolve kernel package ${name} with apt-cache`, {
       cause: error,
@@ -38,11 +68,16 @@ async function resolvePackage(name: string, signal?: AbortSignal): Promise<strin
   if (!match?.[1]) {
     throw new KubeosError('E_KERNEL_FETCH', `apt-cache knows no versioned kernel behind ${name}`, { hint: 'run apt-get update once, or name a versioned package like linux-image-6.1.0-56-cloud-amd64' });
   }
+  // a file of its own, renamed into place: builds running at once each write a whole one
+  await mkdir(dirname(file), { recursive: true });
+  const partial = `${file}.${randomUUID()}`;
+  await writeFile(partial, `${JSON.stringify({ ...known, [name]: { stamp, package: match[1] } }, null, 2)}\n`);
+  await rename(partial, file);
   return match[1];
 }
 
 export async function fetchKernel(packageName: string, options: { signal?: AbortSignal; onStep?: (step: string) => void } = {}): Promise<Kernel> {
-  const pkg = await resolvePackage(packageName, options.signal);
+  const pkg = await resolvePackage(packageName, { signal: options.signal });
   const unpacked = join(cacheDir(), 'kernels', pkg);
   const release = pkg.replace(/^linux-image-/, '');
   const kernel: Kernel = {

@@ -1,5 +1,7 @@
 /** The kernel cache under concurrent builds (parallel tests and CI start with an empty cache). */
-import { fetchKernel } from '../../builder/kernel/fetch-kernel.js';
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fetchKernel, resolvePackage } from '../../builder/kernel/fetch-kernel.js';
 import { resolveModules } from '../../builder/kernel/resolve-modules.js';
 import { testNeeding } from '../helpers/tools.js';
 import { makeTempDir } from '../helpers/temp-dir.js';
@@ -18,4 +20,21 @@ test('three builds fetching the kernel into an empty cache at once all get a com
     t.true(names.indexOf('virtio_ring') < names.indexOf('virtio'));
     t.true(names.indexOf('virtio') < names.indexOf('virtio_blk'));
   }
+});
+
+test.serial('a kernel meta package is resolved again only when apt\'s lists change', async (t) => {
+  const dir = await makeTempDir(t, 'kubeos-kernel-resolve-');
+  process.env['KUBEOS_CACHE_DIR'] = join(dir, 'cache');
+  const lists = join(dir, 'lists-stamp');
+  await writeFile(lists, 'v1');
+  const resolved = await resolvePackage('linux-image-cloud-amd64', { stampPaths: [lists] });
+  t.regex(resolved, /^linux-image-\d/);
+  // what the cache says is answered while the stamp holds: apt-cache is not asked
+  const file = join(dir, 'cache/kernels/resolved.json');
+  await writeFile(file, (await readFile(file, 'utf8')).replace(resolved, 'linux-image-0.0-cached'));
+  t.is(await resolvePackage('linux-image-cloud-amd64', { stampPaths: [lists] }), 'linux-image-0.0-cached');
+  await writeFile(lists, 'v2, after apt-get update');
+  t.is(await resolvePackage('linux-image-cloud-amd64', { stampPaths: [lists] }), resolved);
+  await writeFile(file, '{ damaged');
+  t.is(await resolvePackage('linux-image-cloud-amd64', { stampPaths: [lists] }), resolved);
 });
