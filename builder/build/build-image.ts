@@ -250,9 +250,9 @@ export async function buildImage(options: BuildOptions): Promise<BuildResult> {
     step('writing disk.img');
     const diskImg = join(partial, 'disk.img');
     await writePartitionTable(plan, diskImg, signal);
-    await splicePartition(diskImg, esp.offset, espImg);
-    await splicePartition(diskImg, rootA.offset, rootfsImg, (done, total) => step('writing disk.img', done / total));
-    await splicePartition(diskImg, persist.offset, persistImg);
+    await splicePartition(diskImg, esp.offset, espImg, undefined, signal);
+    await splicePartition(diskImg, rootA.offset, rootfsImg, (done, total) => step('writing disk.img', done / total), signal);
+    await splicePartition(diskImg, persist.offset, persistImg, undefined, signal);
     if (format === 'qcow2') {
       step('converting to qcow2');
       await run('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', diskImg, join(partial, 'disk.qcow2')], { signal, timeoutMs: 10 * 60_000 });

@@ -40,13 +40,20 @@ export interface AgentStageInput {
 
 export async function stageAgent(input: AgentStageInput): Promise<void> {
   const { tree } = input;
-  await copyBinary(tree, process.execPath, '/usr/bin/node', input.signal);
   const zstd = await findTool('zstd');
   if (zstd === undefined) throw new KubeosError('E_TOOL_MISSING', 'missing host tool: zstd (Debian package zstd)', { hint: 'apt-get install zstd', details: { missing: ['zstd'], packages: ['zstd'] } });
-  await copyBinary(tree, zstd, '/usr/bin/zstd', input.signal);
+  // esbuild bundles in a process of its own while the binaries are copied (one after the
+  // other: they share libraries)
+  const bundled = bundleAgent(join(tree, 'usr/lib/kubeos/agent'));
+  try {
+    await copyBinary(tree, process.execPath, '/usr/bin/node', input.signal);
+    await copyBinary(tree, zstd, '/usr/bin/zstd', input.signal);
+  } finally {
+    await bundled.catch(() => {});
+  }
+  await bundled;
 
   await mkdir(join(tree, 'usr/lib/kubeos/keys'), { recursive: true });
-  await bundleAgent(join(tree, 'usr/lib/kubeos/agent'));
   await writeFile(join(tree, 'usr/bin/kubeos'), '#!/bin/sh\nexec /usr/bin/node /usr/lib/kubeos/agent/kubeos.mjs "$@"\n');
   await chmod(join(tree, 'usr/bin/kubeos'), 0o755);
 
