@@ -252,10 +252,16 @@ async function applyArchiveLayers(tree: StagingTree, source: ImageArchiveSource,
   // before its turn is not copied to the work directory first
   if (layers.every((layer) => places.has(layer.name))) {
     const covered = await findCoveredEntries(layers.map((layer) => ({ file: source.path, ...(places.get(layer.name) as Place) })), where, signal);
-    for (const [i, layer] of layers.entries()) {
-      const { start, size } = places.get(layer.name) as Place;
-      const raw = size === 0 ? Readable.from([]) : createReadStream(source.path, { start, end: start + size - 1, highWaterMark: readBytes });
-      await applyLayer(tree, raw, label(layer, i), layer.check, signal, covered?.[i]);
+    // synchronous reads (EntrySkippingReader, nothing skipped): this thread is the one that
+    // waits, and a read through the thread pool kept it idle longer than the read took
+    const handle = await open(source.path, 'r');
+    try {
+      for (const [i, layer] of layers.entries()) {
+        const { start, size } = places.get(layer.name) as Place;
+        await applyLayer(tree, new EntrySkippingReader(handle, start, start + size, readBytes), label(layer, i), layer.check, signal, covered?.[i]);
+      }
+    } finally {
+      await handle.close();
     }
     return layers.length;
   }
