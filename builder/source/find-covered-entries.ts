@@ -25,7 +25,7 @@ import * as tar from 'tar-stream';
 import type { FileKind } from './file-meta.js';
 import { decodeEntryNames } from './apply-layer.js';
 import { detectCompression } from './open-layer.js';
-import { EntrySkippingReader } from './skip-entry-data.js';
+import { FileRangeReader } from './read-file-range.js';
 
 /** A layer's bytes: [start, start + size) of a file. */
 export interface LayerBytes {
@@ -75,7 +75,7 @@ async function scanLayer(layer: LayerBytes, where: string, signal?: AbortSignal)
     const head = Buffer.alloc(8);
     await handle.read(head, 0, head.length, layer.start);
     if (detectCompression(head) !== 'none') return undefined;
-    const reader = new EntrySkippingReader(handle, layer.start, layer.start + layer.size, headerReadBytes);
+    const reader = new FileRangeReader(handle, layer.start, layer.start + layer.size, headerReadBytes);
     const extract = tar.extract({ filenameEncoding: 'latin1' } as Parameters<typeof tar.extract>[0]);
     const marks: string[] = [];
     // events, not async iterators: a promise or two per entry was most of a scan's time

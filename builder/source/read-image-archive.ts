@@ -1,8 +1,10 @@
 /**
  * OCI image layouts (a directory or its tar) and `docker save` archives → their layers, applied
- * in manifest order. A tar is read twice, never unpacked whole: once for its small JSON documents,
- * once for the layers, each applied as it streams past; a layer that comes before its turn is
- * spooled to the build's work directory until then.
+ * in manifest order, never unpacked whole. A tar's small JSON documents are read first (the
+ * layers' data skipped). An uncompressed one's layers are then read where they lie (their
+ * headers once more first, see find-covered-entries.ts); a compressed one streams again, each
+ * layer applied as it goes past, and a layer that comes before its turn is spooled to the build's
+ * work directory until then.
  */
 import { createReadStream, createWriteStream, readFileSync } from 'node:fs';
 import { open, stat } from 'node:fs/promises';
@@ -16,7 +18,7 @@ import { applyLayer, hashesOffThread, type LayerCheck, type StagingTree, type Ta
 import { StreamHasher } from '../../runtime/core/bundle/stream-hasher.js';
 import { openDecompressor, readBytes } from './open-layer.js';
 import { entrySegments } from './safe-path.js';
-import { EntrySkippingReader } from './skip-entry-data.js';
+import { FileRangeReader } from './read-file-range.js';
 import { findCoveredEntries, type LayerBytes } from './find-covered-entries.js';
 
 export type ImageArchiveType = 'oci' | 'docker-archive';
@@ -124,6 +126,10 @@ interface Place {
   size: number;
 }
 
+function layerLabel(where: string, layer: PlannedLayer, i: number): string {
+  return `${where}: layer ${i + 1} (${layer.name})`;
+}
+
 /** What a callback tells eachEntry: 'skip' — the entry's data is not wanted. */
 type EntryVerdict = 'skip' | undefined;
 
@@ -139,7 +145,7 @@ async function eachEntry(file: string, where: string, onEntry: (name: string, en
     const head = Buffer.alloc(8);
     await handle.read(head, 0, head.length, 0);
     const decompressor = await openDecompressor(head, where, signal);
-    const raw = decompressor === undefined ? new EntrySkippingReader(handle, 0, (await handle.stat()).size, readBytes) : createReadStream(file, { highWaterMark: readBytes });
+    const raw = decompressor === undefined ? new FileRangeReader(handle, 0, (await handle.stat()).size, readBytes) : createReadStream(file, { highWaterMark: readBytes });
     const extract = tar.extract();
     const feeding = (pipeline as (...s: unknown[]) => Promise<void>)(...(decompressor ? [raw, decompressor.stream, extract] : [raw, extract]), { signal });
     feeding.catch(() => {});
@@ -149,7 +155,7 @@ async function eachEntry(file: string, where: string, onEntry: (name: string, en
         const regular = entry.header.type === 'file' || entry.header.type === 'contiguous-file';
         const place = decompressor === undefined && regular ? { start: entry.offset + 512, size: entry.header.size ?? 0 } : undefined;
         const verdict = await onEntry(name, entry, place);
-        if (verdict === 'skip' && place !== undefined && raw instanceof EntrySkippingReader) raw.skip(place.start, place.start + place.size);
+        if (verdict === 'skip' && place !== undefined && raw instanceof FileRangeReader) raw.skip(place.start, place.start + place.size);
         for await (const _chunk of entry) { /* skip what the callback left */ }
       }
       await feeding;
@@ -196,7 +202,6 @@ export interface ImageArchiveSource {
 export async function applyImageArchive(tree: StagingTree, source: ImageArchiveSource, work: string, signal?: AbortSignal): Promise<number> {
   const where = source.path;
   const plan = source.type === 'oci' ? planOciLayers : planDockerLayers;
-  const label = (layer: PlannedLayer, i: number) => `${where}: layer ${i + 1} (${layer.name})`;
   if ((await stat(source.path)).isDirectory()) {
     // a layout directory: its few small JSON documents are read on demand
     const read = (name: string) => {
@@ -211,26 +216,47 @@ export async function applyImageArchive(tree: StagingTree, source: ImageArchiveS
     for (const [i, layer] of layers.entries()) {
       const file = join(source.path, layer.name);
       const info = await stat(file).catch(() => undefined);
-      if (info?.isFile() !== true) throw invalid(where, `${label(layer, i)} is missing`);
+      if (info?.isFile() !== true) throw invalid(where, `${layerLabel(where, layer, i)} is missing`);
       bytes.push({ file, start: 0, size: info.size });
     }
-    const covered = await findCoveredEntries(bytes, where, signal);
-    const worker = holdHashWorker(layers);
-    try {
-      for (const [i, layer] of layers.entries()) {
-        await applyLayer(tree, createReadStream(join(source.path, layer.name), { highWaterMark: readBytes }), label(layer, i), layer.check, signal, covered?.[i]);
-      }
-    } finally {
-      await worker?.close();
-    }
+    await applyLayerFiles(tree, where, layers, bytes, signal);
     return layers.length;
   }
 
   const { documents, places } = await readSmallDocuments(source.path, where, signal);
   const layers = plan((name) => documents.get(name), where, source.ref);
+  // an uncompressed archive (what skopeo and docker save write): each layer is read in its turn
+  // straight from where it lies, so the archive is not parsed a second time and a layer stored
+  // before its turn is not copied to the work directory first
+  if (layers.every((layer) => places.has(layer.name))) {
+    await applyLayerFiles(tree, where, layers, layers.map((layer) => ({ file: source.path, ...(places.get(layer.name) as Place) })), signal);
+    return layers.length;
+  }
   const worker = holdHashWorker(layers);
   try {
-    return await applyArchiveLayers(tree, source, layers, places, work, signal);
+    return await applySpooledLayers(tree, source, layers, work, signal);
+  } finally {
+    await worker?.close();
+  }
+}
+
+/**
+ * Layers that lie in files (a layout's blobs, or where an uncompressed archive holds them),
+ * applied in order, leaving out what later layers remove (find-covered-entries.ts).
+ */
+async function applyLayerFiles(tree: StagingTree, where: string, layers: PlannedLayer[], bytes: LayerBytes[], signal?: AbortSignal): Promise<void> {
+  const covered = await findCoveredEntries(bytes, where, signal);
+  const worker = holdHashWorker(layers);
+  try {
+    for (const [i, layer] of layers.entries()) {
+      const { file, start, size } = bytes[i] as LayerBytes;
+      const handle = await open(file, 'r');
+      try {
+        await applyLayer(tree, new FileRangeReader(handle, start, start + size, readBytes), layerLabel(where, layer, i), layer.check, signal, covered?.[i]);
+      } finally {
+        await handle.close();
+      }
+    }
   } finally {
     await worker?.close();
   }
@@ -244,27 +270,10 @@ function holdHashWorker(layers: PlannedLayer[]): StreamHasher | undefined {
   return layers.filter((layer) => hashesOffThread(layer.check)).length > 1 ? new StreamHasher() : undefined;
 }
 
-async function applyArchiveLayers(tree: StagingTree, source: ImageArchiveSource, layers: PlannedLayer[], places: Map<string, Place>, work: string, signal?: AbortSignal): Promise<number> {
+/** A compressed archive, streamed once more: a layer that comes before its turn waits in `work`. */
+async function applySpooledLayers(tree: StagingTree, source: ImageArchiveSource, layers: PlannedLayer[], work: string, signal?: AbortSignal): Promise<number> {
   const where = source.path;
-  const label = (layer: PlannedLayer, i: number) => `${where}: layer ${i + 1} (${layer.name})`;
-  // an uncompressed archive (what skopeo and docker save write): each layer is read in its turn
-  // straight from where it lies, so the archive is not parsed a second time and a layer stored
-  // before its turn is not copied to the work directory first
-  if (layers.every((layer) => places.has(layer.name))) {
-    const covered = await findCoveredEntries(layers.map((layer) => ({ file: source.path, ...(places.get(layer.name) as Place) })), where, signal);
-    // synchronous reads (EntrySkippingReader, nothing skipped): this thread is the one that
-    // waits, and a read through the thread pool kept it idle longer than the read took
-    const handle = await open(source.path, 'r');
-    try {
-      for (const [i, layer] of layers.entries()) {
-        const { start, size } = places.get(layer.name) as Place;
-        await applyLayer(tree, new EntrySkippingReader(handle, start, start + size, readBytes), label(layer, i), layer.check, signal, covered?.[i]);
-      }
-    } finally {
-      await handle.close();
-    }
-    return layers.length;
-  }
+  const label = (layer: PlannedLayer, i: number) => layerLabel(where, layer, i);
   let next = 0;
   const spooled = new Map<string, string>();
   const applyReady = async () => {
