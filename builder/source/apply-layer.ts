@@ -20,7 +20,7 @@ import { deviceNumberProblem, stagedMode, type FileKind, type FileMeta, type Met
 import { HashTap, openDecompressor, peek } from './open-layer.js';
 import { RewritePax } from './rewrite-pax.js';
 import { checkSymlinkTarget, entrySegments, resolveInRoot } from './safe-path.js';
-import { entryMark, type CoveredEntries } from './find-covered-entries.js';
+import type { CoveredEntries } from './find-covered-entries.js';
 
 export type TarEntry = tar.ExtractEvents['entry'][1];
 
@@ -234,6 +234,15 @@ export function decodeEntryNames(header: tar.Header & { pax?: Record<string, str
   return entrySegments(header.name, 'entry', where);
 }
 
+/** What of an entry find-covered-entries.ts relies on: its whiteout, opaque marker or hard link target; or nothing. */
+export function entryMark(segments: readonly string[], type: string | null | undefined, linkname: string | null | undefined): string | undefined {
+  const base = segments.at(-1);
+  if (type === 'link') return `link ${(linkname ?? '').split('/').filter((s) => s !== '' && s !== '.').at(-1) ?? ''}`;
+  if (base === '.wh..wh..opq') return `opaque ${segments.slice(0, -1).join('/')}`;
+  if (base?.startsWith('.wh.') === true) return `whiteout ${[...segments.slice(0, -1), base.slice(4)].join('/')}`;
+  return undefined;
+}
+
 async function applyEntry(tree: StagingTree, entry: TarEntry, written: Set<string>, where: string, covered?: CoveredEntries, marks?: string[]): Promise<void> {
   const header = entry.header as tar.Header & { pax?: Record<string, string> | null };
   const segments = decodeEntryNames(header, where);
@@ -362,7 +371,7 @@ export async function applyLayer(tree: StagingTree, raw: Readable, where: string
   try {
     const marks = covered === undefined ? undefined : [];
     for await (const entry of extract) await applyEntry(tree, entry, written, where, covered, marks);
-    if (covered !== undefined && marks?.join('\n') !== covered.marks.join('\n')) {
+    if (covered !== undefined && (marks?.length !== covered.marks.length || marks.some((mark, i) => mark !== covered.marks[i]))) {
       throw invalid(`${where} changed while it was read: its whiteouts and hard links are not the ones read a moment before; build again from a file nothing writes to`, where);
     }
     await feeding;

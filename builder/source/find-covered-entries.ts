@@ -23,7 +23,7 @@ import { open } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import * as tar from 'tar-stream';
 import type { FileKind } from './file-meta.js';
-import { decodeEntryNames } from './apply-layer.js';
+import { decodeEntryNames, entryMark } from './apply-layer.js';
 import { detectCompression } from './open-layer.js';
 import { FileRangeReader } from './read-file-range.js';
 
@@ -39,21 +39,12 @@ export type IsCovered = (segments: readonly string[], kind: FileKind | 'link') =
 
 /**
  * What applyLayer gets for one layer: the test, and the whiteouts, opaque markers and link
- * targets the scan saw in it, in order (entryMark), which the layer's hashed bytes must show
- * again: the scan read bytes that were not yet checked against the layer's digest.
+ * targets the scan saw in it, in order (apply-layer.ts's entryMark), which the layer's hashed
+ * bytes must show again: the scan read bytes that were not yet checked against the digest.
  */
 export interface CoveredEntries {
   isCovered: IsCovered;
   marks: string[];
-}
-
-/** What of an entry the scan relies on: its whiteout, opaque marker or hard link target; or nothing. */
-export function entryMark(segments: readonly string[], type: string | null | undefined, linkname: string | null | undefined): string | undefined {
-  const base = segments.at(-1);
-  if (type === 'link') return `link ${(linkname ?? '').split('/').filter((s) => s !== '' && s !== '.').at(-1) ?? ''}`;
-  if (base === '.wh..wh..opq') return `opaque ${segments.slice(0, -1).join('/')}`;
-  if (base?.startsWith('.wh.') === true) return `whiteout ${[...segments.slice(0, -1), base.slice(4)].join('/')}`;
-  return undefined;
 }
 
 interface Removals {

@@ -226,8 +226,8 @@ export async function applyImageArchive(tree: StagingTree, source: ImageArchiveS
   const { documents, places } = await readSmallDocuments(source.path, where, signal);
   const layers = plan((name) => documents.get(name), where, source.ref);
   // an uncompressed archive (what skopeo and docker save write): each layer is read in its turn
-  // straight from where it lies, so the archive is not parsed a second time and a layer stored
-  // before its turn is not copied to the work directory first
+  // straight from where it lies, so a layer stored before its turn is not copied to the work
+  // directory first
   if (layers.every((layer) => places.has(layer.name))) {
     await applyLayerFiles(tree, where, layers, layers.map((layer) => ({ file: source.path, ...(places.get(layer.name) as Place) })), signal);
     return layers.length;
