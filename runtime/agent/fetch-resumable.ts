@@ -198,15 +198,22 @@ class ResumableDownload extends Readable {
           reject(error);
           response.destroy(error);
         };
-        // idle only counts while the body flows: paused for backpressure, the wait is ours
-        const arm = () => {
-          clearTimeout(idle);
-          idle = setTimeout(() => {
-            if (!response.isPaused()) fail(new Error(`no data from ${url} for ${idleMs / 1000} s at byte ${this.received}`));
-            else arm();
-          }, idleMs);
+        // idle only counts while the body flows: paused for backpressure, the wait is ours. A piece
+        // only notes its time; the one timer looks when it fires (a timer set again for each of a
+        // gigabyte's 7,000 pieces cost the pump as much as parsing them)
+        let lastData = performance.now();
+        const check = () => {
+          const quiet = performance.now() - lastData;
+          if (response.isPaused()) {
+            lastData = performance.now();
+            idle = setTimeout(check, idleMs);
+          } else if (quiet >= idleMs) {
+            fail(new Error(`no data from ${url} for ${idleMs / 1000} s at byte ${this.received}`));
+          } else {
+            idle = setTimeout(check, idleMs - quiet);
+          }
         };
-        arm();
+        idle = setTimeout(check, idleMs);
         // the rate over the last `window` of time the body could flow (paused time is ours, not the server's)
         const window = idleMs * 2;
         const minRate = this.options.minBytesPerSecond ?? 4096;
@@ -224,7 +231,7 @@ class ResumableDownload extends Readable {
         }, 1000);
         response.on('data', (piece: Buffer) => {
           this.received += piece.length;
-          arm();
+          lastData = performance.now();
           if (!this.push(piece)) response.pause();
         });
         response.once('end', resolve);
