@@ -28,6 +28,9 @@ import { serveStatic } from './serve-static.js';
 const child = fileURLToPath(new URL('./agent-child.js', import.meta.url));
 const rounds = 3;
 const floorLabel = 'floor: curl -s | zstd -d | dd conv=notrunc,fdatasync in a shell, server busybox httpd (a separate process)';
+const directLabel = 'floor with O_DIRECT writes: the same with dd iflag=fullblock oflag=direct, past the page cache as the agent writes';
+/** The floor's pipeline; `$3` adds dd flags (none for the issue's floor, O_DIRECT for the stricter one). */
+const floorScript = 'curl -sf "$1" | zstd -d -c -q | dd of="$2" bs=4M $3 conv=notrunc,fdatasync status=none';
 const raucLabel = 'rauc install URL + sync SLOT (plain bundle: downloaded whole, signature checked, loop-mounted, copied), rauc service on a private bus, same server';
 
 async function extractPayload(bundle: string, out: string): Promise<void> {
@@ -109,16 +112,20 @@ export const bench: Bench = async () => {
       try {
         // alternating runs, medians: on a shared 2-core machine single runs swing by a third.
         // Each round starts with a different one, so none always runs first on a cold cache.
-        const times: Record<'floor' | 'agent' | 'rauc', number[]> = { floor: [], agent: [], rauc: [] };
-        const cpu: Record<'floor' | 'agent', number[]> = { floor: [], agent: [] };
+        const times: Record<'floor' | 'direct' | 'agent' | 'rauc', number[]> = { floor: [], direct: [], agent: [], rauc: [] };
+        const cpu: Record<'floor' | 'direct' | 'agent', number[]> = { floor: [], direct: [], agent: [] };
+        const runFloorStep = async (name: 'floor' | 'direct', ddFlags: string) => {
+          const floorHost = await makeHost(join(dir, `${name}-${size}`), size, pub);
+          // $3 unquoted on purpose: empty, or two flags for dd
+          const measured = await runFloorMeasured(floorScript, [`${base}/payload.zst`, floorHost.slotB, ddFlags]);
+          times[name].push(measured.seconds);
+          cpu[name].push(measured.cpuSeconds);
+          await rm(join(dir, `${name}-${size}`), { recursive: true, force: true });
+        };
         const steps = {
-          floor: async () => {
-            const floorHost = await makeHost(join(dir, `floor-${size}`), size, pub);
-            const measured = await runFloorMeasured('curl -sf "$1" | zstd -d -c -q | dd of="$2" bs=4M conv=notrunc,fdatasync status=none', [`${base}/payload.zst`, floorHost.slotB]);
-            times.floor.push(measured.seconds);
-            cpu.floor.push(measured.cpuSeconds);
-            await rm(join(dir, `floor-${size}`), { recursive: true, force: true });
-          },
+          floor: () => runFloorStep('floor', ''),
+          // the page cache's cost swings several-fold on this VM (docs/agent.md): this floor does not pay it
+          direct: () => runFloorStep('direct', 'iflag=fullblock oflag=direct'),
           agent: async () => {
             const host = await makeHost(join(dir, `agent-${size}`), size, pub);
             const agent = await runChild<{ seconds: number; cpuSeconds: number; maxRssMiB: number }>(child, [host.config, `${base}/bundle.kubeos`]);
@@ -136,7 +143,7 @@ export const bench: Bench = async () => {
             times.rauc.push(await rauc.install(`${base}/bundle.raucb`));
           },
         };
-        const order = ['floor', 'agent', 'rauc'] as const;
+        const order = ['floor', 'direct', 'agent', 'rauc'] as const;
         for (let round = 0; round < rounds; round++) {
           for (let i = 0; i < order.length; i++) await steps[order[(round + i) % order.length] ?? 'floor']();
         }
@@ -145,6 +152,10 @@ export const bench: Bench = async () => {
           `goal <= ${label === '1 GiB' ? '1.25' : '1.5'}x; the agent also verifies every chunk and reads the slot back; runs ${runs(times.agent)} vs ${runs(times.floor)}`));
         rows.push(row(`agent upgrade ${label} CPU, user + system (median of ${rounds})`, 'the floor\'s processes (curl, zstd, dd)', median(cpu.agent), median(cpu.floor), 's',
           `${label === '1 GiB' ? 'goal <= 1.5x; ' : ''}the agent's threads and its zstd; neither counts the server; runs ${runs(cpu.agent)} vs ${runs(cpu.floor)}`));
+        rows.push(row(`agent upgrade ${label} vs the O_DIRECT floor (median of ${rounds})`, directLabel, agent, median(times.direct), 's',
+          `no goal of its own: a stricter floor, steady where the page cache is not; runs ${runs(times.agent)} vs ${runs(times.direct)}`));
+        rows.push(row(`agent upgrade ${label} CPU vs the O_DIRECT floor (median of ${rounds})`, 'the O_DIRECT floor\'s processes (curl, zstd, dd)', median(cpu.agent), median(cpu.direct), 's',
+          `runs ${runs(cpu.agent)} vs ${runs(cpu.direct)}`));
         rows.push(signer === undefined
           ? row(`agent upgrade ${label} vs RAUC`, raucLabel, agent, Number.NaN, 's', `not run: missing ${raucMissing.join(', ')} (scripts/install-deps.sh)`)
           : row(`agent upgrade ${label} vs RAUC (median of ${rounds})`, raucLabel, agent, median(times.rauc), 's',
