@@ -12,7 +12,7 @@ import { KubeosError } from '../../runtime/core/errors.js';
 import { findTool } from '../../runtime/core/exec.js';
 import { parsePublicKey } from '../../runtime/core/crypto/keys.js';
 import { readFile } from 'node:fs/promises';
-import { bundleAgent } from './bundle-agent.js';
+import { agentLauncher, bundleAgent } from './bundle-agent.js';
 import { copyBinary } from './copy-binary.js';
 
 export const agentConfigPath = '/usr/lib/kubeos/agent.json';
@@ -54,7 +54,7 @@ export async function stageAgent(input: AgentStageInput): Promise<void> {
   await bundled;
 
   await mkdir(join(tree, 'usr/lib/kubeos/keys'), { recursive: true });
-  await writeFile(join(tree, 'usr/bin/kubeos'), '#!/bin/sh\nexec /usr/bin/node /usr/lib/kubeos/agent/kubeos.mjs "$@"\n');
+  await writeFile(join(tree, 'usr/bin/kubeos'), agentLauncher('/usr/bin/node', '/usr/lib/kubeos/agent/kubeos.mjs'));
   await chmod(join(tree, 'usr/bin/kubeos'), 0o755);
 
   const keyPaths: string[] = [];

@@ -16,6 +16,7 @@ import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
 import * as tar from 'tar-stream';
 import { createBundle } from '../../builder/bundle/create-bundle.js';
+import { agentNodeFlags } from '../../builder/rootfs/bundle-agent.js';
 import { bootEnvToGrub, initialBootEnv } from '../../runtime/core/boot-env.js';
 import { payloadMember } from '../../runtime/core/bundle/manifest.js';
 import { generateKeyPair, parsePrivateKey } from '../../runtime/core/crypto/keys.js';
@@ -128,7 +129,8 @@ export const bench: Bench = async () => {
           direct: () => runFloorStep('direct', 'iflag=fullblock oflag=direct'),
           agent: async () => {
             const host = await makeHost(join(dir, `agent-${size}`), size, pub);
-            const agent = await runChild<{ seconds: number; cpuSeconds: number; maxRssMiB: number }>(child, [host.config, `${base}/bundle.kubeos`]);
+            // node runs the agent as /usr/bin/kubeos does in an image
+            const agent = await runChild<{ seconds: number; cpuSeconds: number; maxRssMiB: number }>(child, [host.config, `${base}/bundle.kubeos`], agentNodeFlags(['agent', 'upgrade']));
             times.agent.push(agent.seconds);
             cpu.agent.push(agent.cpuSeconds);
             rss[label] = Math.max(rss[label] ?? 0, agent.maxRssMiB);

@@ -80,8 +80,9 @@ export async function writeImage(path: string, size: number, sample: Buffer): Pr
  * Runs a bench child script (node) that prints `{ seconds, maxRssMiB }` as its last line. Peak RSS
  * comes from the child's own VmHWM: getrusage's maxRSS inherits the parent's RSS at fork on Linux.
  */
-export async function runChild<T extends { seconds: number; maxRssMiB: number } = { seconds: number; maxRssMiB: number }>(script: string, args: string[]): Promise<T> {
-  const result = await execa(process.execPath, [script, ...args], { timeout: 10 * 60_000, reject: false });
+/** `nodeFlags`: options for node itself, before the script (the agent's, as an image runs it). */
+export async function runChild<T extends { seconds: number; maxRssMiB: number } = { seconds: number; maxRssMiB: number }>(script: string, args: string[], nodeFlags: readonly string[] = []): Promise<T> {
+  const result = await execa(process.execPath, [...nodeFlags, script, ...args], { timeout: 10 * 60_000, reject: false });
   if (result.exitCode !== 0) throw new Error(`bench child ${script} ${args[0] ?? ''} failed: ${String(result.stderr) || String(result.exitCode)}`);
   const last = String(result.stdout).trim().split('\n').at(-1) ?? '';
   return JSON.parse(last) as T;

@@ -8,7 +8,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { bundleAgent } from '../../builder/rootfs/bundle-agent.js';
+import { agentNodeFlags, bundleAgent } from '../../builder/rootfs/bundle-agent.js';
 import { generateKeyPair } from '../../runtime/core/crypto/keys.js';
 import { makeHost } from './agent.js';
 import { median, row, timeIt, type Bench, type BenchRow } from './measure.js';
@@ -25,8 +25,9 @@ export const bench: Bench = async () => {
     const { config } = await makeHost(join(dir, 'host'), 1024 * 1024, pub);
     const commands = {
       floor: ['-e', '0'],
-      status: [program, 'agent', 'status', '--config', config, '--json'],
-      upgrade: [program, 'agent', 'upgrade', '--bundle', join(dir, 'none.kubeos'), '--no-reboot', '--config', config],
+      // as /usr/bin/kubeos runs the program in an image
+      status: [...agentNodeFlags(['agent', 'status']), program, 'agent', 'status', '--config', config, '--json'],
+      upgrade: [...agentNodeFlags(['agent', 'upgrade']), program, 'agent', 'upgrade', '--bundle', join(dir, 'none.kubeos'), '--no-reboot', '--config', config],
     } as const;
     const seconds: Record<keyof typeof commands, number[]> = { floor: [], status: [], upgrade: [] };
     // alternating, so a busy moment of the machine lands on all three alike

@@ -49,3 +49,30 @@ test('the agent\'s program starts without loading Node\'s assert module (yargs a
   t.true(loaded.includes('NativeModule fs'), `the list of loaded modules is read: ${run.stderr}`);
   t.false(loaded.includes('NativeModule assert'), 'node:assert was loaded');
 });
+
+test('/usr/bin/kubeos starts the installing commands with a bigger old generation, the others without, and passes every argument through unchanged', async (t) => {
+  const dir = await makeTempDir(t, 'kubeos-launcher-');
+  const { agentLauncher, agentNodeFlags } = await import(bundler) as {
+    agentLauncher: (node: string, program: string) => string;
+    agentNodeFlags: (args: readonly string[]) => readonly string[];
+  };
+  // a real node and a program that says what node was started with
+  const program = join(dir, "the program's file.mjs");
+  await writeFile(program, 'process.stdout.write(JSON.stringify({ execArgv: process.execArgv, argv: process.argv.slice(2) }));\n');
+  const launcher = join(dir, 'kubeos');
+  await writeFile(launcher, agentLauncher(process.execPath, program));
+  for (const args of [
+    ['agent', 'upgrade', '--bundle', 'a file with spaces.kubeos', '--json'],
+    ['agent', 'daemon'],
+    ['agent', 'status', '--json'],
+    ['agent', 'config', 'apply', 'upgrade'],
+    ['--help'],
+  ]) {
+    const run = await execa('sh', [launcher, ...args]);
+    const seen = JSON.parse(run.stdout) as { execArgv: string[]; argv: string[] };
+    t.deepEqual(seen.argv, args);
+    t.deepEqual(seen.execArgv, [...agentNodeFlags(args)], args.join(' '));
+  }
+  for (const installing of ['upgrade', 'daemon']) t.deepEqual([...agentNodeFlags(['agent', installing])], ['--initial-old-space-size=64'], installing);
+  t.deepEqual([...agentNodeFlags(['agent', 'status'])], []);
+});
