@@ -34,16 +34,17 @@ const lightAssert: Plugin = {
 };
 
 /**
- * What node runs the agent's installing commands with (`agent upgrade`, `agent daemon`). An
- * install allocates a 64 KiB ArrayBuffer for each socket read of the download, and with V8's small
+ * What node runs `agent daemon` with, the agent that installs a fleet's updates. An install
+ * allocates a 64 KiB ArrayBuffer for each socket read of the download, and with V8's small
  * starting limit for the old generation that set off 33-40 full collections a GiB, about 0.8 s of
  * CPU on the main thread and V8's helper threads. Starting the old generation at 64 MB leaves
  * none: a 1 GiB install took 3.83 s of CPU instead of 4.59 s, for the same peak RSS (within 2 MiB).
- * It is a starting size, not a cap. The other commands go without it: a heap flag costs node
- * about 10 ms of start-up (`agent status` 124 -> 135 ms), and they allocate little.
+ * It is a starting size, not a cap. Other commands go without it, `agent upgrade` from a shell
+ * too: a heap flag costs node's start-up some 10-20 ms (the program's built-in modules load slower),
+ * which would take `agent upgrade`'s start past 100 ms of overhead; the daemon starts once.
  */
 export const agentInstallNodeFlags = ['--initial-old-space-size=64'] as const;
-const installCommands = ['upgrade', 'daemon'] as const;
+const installCommands = ['daemon'] as const;
 
 /** The options node gets before the program for `kubeos ARGS`, as /usr/bin/kubeos passes them. */
 export function agentNodeFlags(args: readonly string[]): readonly string[] {
@@ -57,7 +58,7 @@ export function agentLauncher(node: string, program: string): string {
   const run = (flags: readonly string[]) => ['exec', shellQuote(node), ...flags, shellQuote(program), '"$@"'].join(' ');
   return [
     '#!/bin/sh',
-    '# the installing commands start with a bigger old generation (builder/rootfs/bundle-agent.ts)',
+    '# the daemon starts with a bigger old generation (builder/rootfs/bundle-agent.ts)',
     'case "$1 $2" in',
     `  ${installCommands.map((command) => `'agent ${command}'`).join('|')}) ${run(agentInstallNodeFlags)} ;;`,
     'esac',

@@ -6,7 +6,9 @@
  * and against `rauc install` of the same image (see run-rauc.ts); at 164 MiB (images/minimal's
  * root) and 1 GiB; and the agent's peak RSS on the 1 GiB image against the 164 MiB one (flat =
  * ratio ~1; the goal is under 150 MiB). The server is
- * `busybox httpd`, a process apart from the bench, serving all three in the same run.
+ * `busybox httpd`, a process apart from the bench, serving all three in the same run. node runs
+ * the install as /usr/bin/kubeos runs the daemon, and once more as it runs `agent upgrade` from a
+ * shell (without the daemon's heap flag, see agentNodeFlags).
  */
 import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdir, mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
@@ -16,7 +18,7 @@ import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
 import * as tar from 'tar-stream';
 import { createBundle } from '../../builder/bundle/create-bundle.js';
-import { agentNodeFlags } from '../../builder/rootfs/bundle-agent.js';
+import { agentInstallNodeFlags, agentNodeFlags } from '../../builder/rootfs/bundle-agent.js';
 import { bootEnvToGrub, initialBootEnv } from '../../runtime/core/boot-env.js';
 import { payloadMember } from '../../runtime/core/bundle/manifest.js';
 import { generateKeyPair, parsePrivateKey } from '../../runtime/core/crypto/keys.js';
@@ -113,8 +115,8 @@ export const bench: Bench = async () => {
       try {
         // alternating runs, medians: on a shared 2-core machine single runs swing by a third.
         // Each round starts with a different one, so none always runs first on a cold cache.
-        const times: Record<'floor' | 'direct' | 'agent' | 'rauc', number[]> = { floor: [], direct: [], agent: [], rauc: [] };
-        const cpu: Record<'floor' | 'direct' | 'agent', number[]> = { floor: [], direct: [], agent: [] };
+        const times: Record<'floor' | 'direct' | 'agent' | 'shell' | 'rauc', number[]> = { floor: [], direct: [], agent: [], shell: [], rauc: [] };
+        const cpu: Record<'floor' | 'direct' | 'agent' | 'shell', number[]> = { floor: [], direct: [], agent: [], shell: [] };
         const runFloorStep = async (name: 'floor' | 'direct', ddFlags: string) => {
           const floorHost = await makeHost(join(dir, `${name}-${size}`), size, pub);
           // $3 unquoted on purpose: empty, or two flags for dd
@@ -123,19 +125,21 @@ export const bench: Bench = async () => {
           cpu[name].push(measured.cpuSeconds);
           await rm(join(dir, `${name}-${size}`), { recursive: true, force: true });
         };
+        const runAgent = async (name: 'agent' | 'shell', nodeFlags: readonly string[]) => {
+          const host = await makeHost(join(dir, `${name}-${size}`), size, pub);
+          const agent = await runChild<{ seconds: number; cpuSeconds: number; maxRssMiB: number }>(child, [host.config, `${base}/bundle.kubeos`], nodeFlags);
+          times[name].push(agent.seconds);
+          cpu[name].push(agent.cpuSeconds);
+          rss[label] = Math.max(rss[label] ?? 0, agent.maxRssMiB);
+          await rm(join(dir, `${name}-${size}`), { recursive: true, force: true });
+        };
         const steps = {
           floor: () => runFloorStep('floor', ''),
           // the page cache's cost swings several-fold on this VM (docs/agent.md): this floor does not pay it
           direct: () => runFloorStep('direct', 'iflag=fullblock oflag=direct'),
-          agent: async () => {
-            const host = await makeHost(join(dir, `agent-${size}`), size, pub);
-            // node runs the agent as /usr/bin/kubeos does in an image
-            const agent = await runChild<{ seconds: number; cpuSeconds: number; maxRssMiB: number }>(child, [host.config, `${base}/bundle.kubeos`], agentNodeFlags(['agent', 'upgrade']));
-            times.agent.push(agent.seconds);
-            cpu.agent.push(agent.cpuSeconds);
-            rss[label] = Math.max(rss[label] ?? 0, agent.maxRssMiB);
-            await rm(join(dir, `agent-${size}`), { recursive: true, force: true });
-          },
+          // node as /usr/bin/kubeos runs the daemon (fleet installs) and `agent upgrade` from a shell
+          agent: () => runAgent('agent', agentNodeFlags(['agent', 'daemon'])),
+          shell: () => runAgent('shell', agentNodeFlags(['agent', 'upgrade'])),
           rauc: async () => {
             if (rauc === undefined || raucSlotB === undefined) return;
             // a fresh (sparse) standby slot each time, like the other two get
@@ -145,12 +149,12 @@ export const bench: Bench = async () => {
             times.rauc.push(await rauc.install(`${base}/bundle.raucb`));
           },
         };
-        const order = ['floor', 'direct', 'agent', 'rauc'] as const;
+        const order = ['floor', 'direct', 'agent', 'shell', 'rauc'] as const;
         for (let round = 0; round < rounds; round++) {
           for (let i = 0; i < order.length; i++) await steps[order[(round + i) % order.length] ?? 'floor']();
         }
         const agent = median(times.agent);
-        rows.push(row(`agent upgrade ${label} from 127.0.0.1 into a file slot (median of ${rounds})`, floorLabel, agent, median(times.floor), 's',
+        rows.push(row(`agent upgrade ${label} from 127.0.0.1 into a file slot, as the daemon runs it (median of ${rounds})`, floorLabel, agent, median(times.floor), 's',
           `goal <= ${label === '1 GiB' ? '1.25' : '1.5'}x; the agent also verifies every chunk and reads the slot back; runs ${runs(times.agent)} vs ${runs(times.floor)}`));
         rows.push(row(`agent upgrade ${label} CPU, user + system (median of ${rounds})`, 'the floor\'s processes (curl, zstd, dd)', median(cpu.agent), median(cpu.floor), 's',
           `${label === '1 GiB' ? 'goal <= 1.5x; ' : ''}the agent's threads and its zstd; neither counts the server; runs ${runs(cpu.agent)} vs ${runs(cpu.floor)}`));
@@ -158,6 +162,8 @@ export const bench: Bench = async () => {
           `no goal of its own: a stricter floor, steady where the page cache is not; runs ${runs(times.agent)} vs ${runs(times.direct)}`));
         rows.push(row(`agent upgrade ${label} CPU vs the O_DIRECT floor (median of ${rounds})`, 'the O_DIRECT floor\'s processes (curl, zstd, dd)', median(cpu.agent), median(cpu.direct), 's',
           `runs ${runs(cpu.agent)} vs ${runs(cpu.direct)}`));
+        rows.push(row(`agent upgrade ${label} from a shell, CPU (median of ${rounds})`, 'the same install as the daemon runs it', median(cpu.shell), median(cpu.agent), 's',
+          `node without the daemon's ${agentInstallNodeFlags.join(' ')} (it costs start-up); wall ${median(times.shell).toFixed(2)} s; runs ${runs(cpu.shell)} vs ${runs(cpu.agent)}`));
         rows.push(signer === undefined
           ? row(`agent upgrade ${label} vs RAUC`, raucLabel, agent, Number.NaN, 's', `not run: missing ${raucMissing.join(', ')} (scripts/install-deps.sh)`)
           : row(`agent upgrade ${label} vs RAUC (median of ${rounds})`, raucLabel, agent, median(times.rauc), 's',

@@ -50,7 +50,7 @@ test('the agent\'s program starts without loading Node\'s assert module (yargs a
   t.false(loaded.includes('NativeModule assert'), 'node:assert was loaded');
 });
 
-test('/usr/bin/kubeos starts the installing commands with a bigger old generation, the others without, and passes every argument through unchanged', async (t) => {
+test('/usr/bin/kubeos starts the agent daemon with a bigger old generation, the other commands without, and passes every argument through unchanged', async (t) => {
   const dir = await makeTempDir(t, 'kubeos-launcher-');
   const { agentLauncher, agentNodeFlags } = await import(bundler) as {
     agentLauncher: (node: string, program: string) => string;
@@ -73,6 +73,6 @@ test('/usr/bin/kubeos starts the installing commands with a bigger old generatio
     t.deepEqual(seen.argv, args);
     t.deepEqual(seen.execArgv, [...agentNodeFlags(args)], args.join(' '));
   }
-  for (const installing of ['upgrade', 'daemon']) t.deepEqual([...agentNodeFlags(['agent', installing])], ['--initial-old-space-size=64'], installing);
-  t.deepEqual([...agentNodeFlags(['agent', 'status'])], []);
+  t.deepEqual([...agentNodeFlags(['agent', 'daemon'])], ['--initial-old-space-size=64']);
+  for (const quick of ['status', 'upgrade']) t.deepEqual([...agentNodeFlags(['agent', quick])], [], quick);
 });
