@@ -42,6 +42,8 @@ export interface SlotWriterOptions {
   segmentBytes?: number;
   /** Called once every byte is written, before the last sync and read-back. */
   onWritten?: () => void;
+  /** Bytes per read of the read-back (a multiple of 4 KiB; tests make it small to read a segment in several). */
+  readBackBytes?: number;
   /** Receives each written buffer once it was read back: the writer is done with it. */
   release?: (buffer: Buffer) => void;
   /**
@@ -53,7 +55,11 @@ export interface SlotWriterOptions {
 }
 
 const defaultSegmentBytes = 8 << 20;
-const readBackBytes = 1 << 20;
+/**
+ * The read-back reads a segment in one call: 1 MiB reads took a 1 GiB install 2.85 s against
+ * 2.53 s, and 3.92 s of CPU against 3.70 s (medians of three alternating; peak RSS 7 MiB more).
+ */
+const defaultReadBackBytes = 8 << 20;
 
 /**
  * A sink for the verified image that writes it sequentially into the slot (a batch of pieces per
@@ -103,7 +109,8 @@ export async function openSlotWriter(target: SlotTarget, expectedBytes: number, 
       throw new KubeosError('E_SLOT', `slot ${target.slot} (${target.path}) cannot be opened for its read-back: ${error.code ?? String(error)}`, { cause: error });
     });
   });
-  const readBack = new ReadBack(handle, direct, target, options.signal, options.release);
+  const readBackBytes = Math.ceil((options.readBackBytes ?? defaultReadBackBytes) / directAlignment) * directAlignment;
+  const readBack = new ReadBack(handle, direct, target, readBackBytes, options.signal, options.release);
   let position = 0;
   let directBytes = 0;
   /** Cleared when a direct write is refused (EINVAL): the rest goes through the cache. */
@@ -199,7 +206,7 @@ class ReadBack {
   private tail: Promise<void> = Promise.resolve();
   private waiting = 0;
   private failure: unknown;
-  private buffer = Buffer.allocUnsafe(readBackBytes);
+  private buffer: Buffer;
   /** Set once an O_DIRECT read landed in `buffer` (Node cannot ask for aligned memory: found by trying). */
   private aligned = false;
 
@@ -207,10 +214,13 @@ class ReadBack {
     private readonly handle: FileHandle,
     private direct: FileHandle | undefined,
     private readonly target: SlotTarget,
+    private readonly readBackBytes: number,
     private readonly signal: AbortSignal | undefined,
     private readonly release: ((buffer: Buffer) => void) | undefined,
   ) {
     this.fromMedium = direct !== undefined;
+    // the medium's reads land in aligned memory found on the first read; this is for the cache's
+    this.buffer = Buffer.alloc(0);
   }
 
   /** Where the reads went; closing after the last one does not change it. */
@@ -230,7 +240,7 @@ class ReadBack {
    * when it can: they sit at buffer[from, from + count).
    */
   private async readAt(position: number, end: number): Promise<{ from: number; count: number }> {
-    const direct = this.direct;
+    const { direct, readBackBytes } = this;
     if (direct !== undefined && this.fromMedium) {
       // O_DIRECT wants memory, offset and length aligned: whole 4 KiB blocks around the range
       const lead = (this.target.offset + position) % directAlignment;
@@ -255,6 +265,7 @@ class ReadBack {
       // hold the descriptor: close() shuts it)
       this.fromMedium = false;
     }
+    if (this.buffer.length < readBackBytes) this.buffer = Buffer.allocUnsafe(readBackBytes);
     const length = Math.min(readBackBytes, end - position);
     return { from: 0, count: (await this.handle.read(this.buffer, 0, length, this.target.offset + position)).bytesRead };
   }

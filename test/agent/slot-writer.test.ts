@@ -44,6 +44,8 @@ test('a slot that does not read back what was written fails with E_HASH_MISMATCH
   const image = randomBytes(5 * MiB);
   const writer = await openSlotWriter(target, image.length, {
     segmentBytes: 64 * MiB,
+    // the segment in several reads: the mismatch is in the fifth
+    readBackBytes: MiB,
     // every byte is written and none read back yet: something else changes one of them
     onWritten: () => {
       const fd = openSync(target.path, 'r+');
@@ -83,7 +85,7 @@ test('the read-back reads the medium (O_DIRECT) at any slot offset and piece siz
   // an offset and pieces that are not 4 KiB multiples: reads are widened to whole aligned blocks
   const target = await fileSlot(t, 12 * MiB, 3 * MiB + 512);
   const image = randomBytes(7 * MiB + 999);
-  const writer = await openSlotWriter(target, image.length, { segmentBytes: MiB + 4321 });
+  const writer = await openSlotWriter(target, image.length, { segmentBytes: MiB + 4321, readBackBytes: 256 * 1024 });
   await pipeline(pieces(image), writer.sink);
   t.true((await readFile(target.path)).subarray(target.offset, target.offset + image.length).equals(image));
   // tmpfs took O_DIRECT only from Linux 6.6 on; anywhere else it is the medium
