@@ -4,14 +4,16 @@
  * time to cut the delta index; nothing is piped through Node to zstd. The file's size, mtime and
  * inode are compared before and after, so the hashes and the index describe the bytes compressed
  * (and the agent checks every chunk against them anyway).
- * The compressed payload goes to a temp file next to the output because the manifest, which
- * precedes it in the tar, must carry its size and sha256. The bundle appears at `out` only once
- * complete (rename).
+ * The manifest precedes the payload in the tar and carries its size and sha256, so it is written
+ * last: zstd's output goes straight to where the payload's data will sit in the bundle (after the
+ * members and headers before it, whose length is guessed before compressing), and the headers are
+ * written around it. A wrong guess costs a copy of the payload into place, never different bytes.
+ * The bundle appears at `out` only once complete (rename).
  */
 import { dirname } from 'node:path';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { open, rename, rm, stat } from 'node:fs/promises';
-import { Readable } from 'node:stream';
+import { open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { KeyObject } from 'node:crypto';
 import * as tar from 'tar-stream';
@@ -31,7 +33,7 @@ import {
   type BundleManifest,
   type ChunkIndexInfo,
 } from '../../runtime/core/bundle/manifest.js';
-import { describeIndexObject } from '../../runtime/core/bundle/chunk-index-object.js';
+import { describeIndexObject, indexObjectBytes } from '../../runtime/core/bundle/chunk-index-object.js';
 import { startZstd } from '../../runtime/core/bundle/run-zstd.js';
 import { Chunker, defaultCdcRule, type Chunk } from '../../runtime/core/bundle/chunk-index.js';
 import { hashImageFile } from './hash-image-file.js';
@@ -63,6 +65,8 @@ export interface CreateBundleOptions {
   index?: IndexForm;
   signal?: AbortSignal | undefined;
   onProgress?: (step: string, fraction?: number, bytes?: { done: number; total: number }) => void;
+  /** Where zstd writes the payload in the partial bundle, instead of the guess (tests: a wrong one must cost only a copy). */
+  payloadOffset?: number;
 }
 
 export type IndexForm = 'object' | 'inline' | 'none';
@@ -75,6 +79,8 @@ export interface CreatedBundle {
   /** Size and sha256 of the whole bundle file. */
   size: number;
   sha256: string;
+  /** The payload was copied into place because the headers' length was guessed wrong (false: zstd wrote it where it is). */
+  copiedPayload: boolean;
 }
 
 const zstdTimeoutMs = 6 * 60 * 60 * 1000;
@@ -86,6 +92,74 @@ const zstdTimeoutMs = 6 * 60 * 60 * 1000;
 const indexReadBytes = 1 << 20;
 /** Reads of the compressed payload into the tar: fewer, bigger pieces. */
 const copyReadBytes = 1 << 20;
+/** A tar header, and the unit a member's data is padded to. */
+const tarBlock = 512;
+const padded = (bytes: number) => Math.ceil(bytes / tarBlock) * tarBlock;
+/** A placeholder of a sha256's length, for guessing the manifest's. */
+const someSha256 = '0'.repeat(64);
+
+/**
+ * Where the payload's data starts in a bundle of this manifest and a signature this long: after the
+ * manifest's and the signature's headers and padded data, and the payload's header.
+ */
+function payloadOffsetOf(manifest: BundleManifest, signatureBytes: number): number {
+  return tarBlock + padded(Buffer.byteLength(canonicalJson(manifest))) + tarBlock + padded(signatureBytes) + tarBlock;
+}
+
+/**
+ * Writes a tar stream at its own offsets in `path`, except the range [from, to): zstd wrote the
+ * payload there already, and the stream's bytes for it are those same bytes, read back to hash the
+ * whole file.
+ */
+class WriteAroundPayload extends Writable {
+  private handle: FileHandle | undefined;
+  private position = 0;
+
+  constructor(private readonly path: string, private readonly from: number, private readonly to: number) {
+    super({ highWaterMark: copyReadBytes });
+  }
+
+  override _construct(callback: (error?: Error | null) => void): void {
+    open(this.path, 'r+').then((handle) => {
+      this.handle = handle;
+      callback();
+    }, callback);
+  }
+
+  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
+    const start = this.position;
+    const end = start + chunk.length;
+    this.position = end;
+    const handle = this.handle!;
+    const writes: Promise<void>[] = [];
+    if (start < this.from) writes.push(writeFully(handle, chunk.subarray(0, Math.min(end, this.from) - start), start));
+    if (end > this.to) {
+      const at = Math.max(start, this.to);
+      writes.push(writeFully(handle, chunk.subarray(at - start), at));
+    }
+    Promise.all(writes).then(() => callback(), callback);
+  }
+
+  override _final(callback: (error?: Error | null) => void): void {
+    const handle = this.handle!;
+    this.handle = undefined;
+    handle.close().then(() => callback(), callback);
+  }
+
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    const handle = this.handle;
+    this.handle = undefined;
+    if (handle === undefined) return callback(error);
+    handle.close().then(() => callback(error), (closing: Error) => callback(error ?? closing));
+  }
+}
+
+async function writeFully(handle: FileHandle, data: Buffer, position: number): Promise<void> {
+  for (let done = 0; done < data.length; ) {
+    const { bytesWritten } = await handle.write(data, done, data.length - done, position + done);
+    done += bytesWritten;
+  }
+}
 
 /** The CDC index of `path` from a read of its own (see createBundle). */
 async function indexImageFile(path: string, chunker: Chunker, signal: AbortSignal): Promise<Chunk[]> {
@@ -127,6 +201,30 @@ export async function createBundle(options: CreateBundleOptions): Promise<Create
     const compressed = new HashTap();
     const form = options.index ?? 'object';
     const chunker = form === 'none' ? undefined : new Chunker(defaultCdcRule);
+    const keyId = keyIdOf(privateKey);
+    const describe = (payload: BundleManifest['payload']): BundleManifest => ({
+      format: bundleFormat,
+      ...metadata,
+      created: created.toISOString().replace('.000Z', 'Z'),
+      keyId,
+      payload,
+    });
+    const signatureLength = (manifestBytes: Buffer) => Buffer.byteLength(canonicalJson(signBytes(privateKey, manifestBytes)));
+    // Where zstd writes: guessed from a manifest of the final shape with likely numbers (zstd -3
+    // makes root images some 40% of their size; content-defined chunks average about min + avg).
+    // Only those numbers are not known yet, and they change the manifest by a digit or two, while
+    // a tar member takes whole 512-byte blocks: the guess is nearly always the final offset.
+    const likelyChunks = Math.ceil(info.size / (defaultCdcRule.min + defaultCdcRule.avg));
+    const payloadAt = options.payloadOffset ?? payloadOffsetOf(describe({
+      compression: 'zstd',
+      size: Math.round(info.size * 0.4),
+      sha256: someSha256,
+      uncompressedSize: info.size,
+      uncompressedSha256: someSha256,
+      chunkSize,
+      chunks: new Array<string>(Math.ceil(info.size / chunkSize)).fill(someSha256),
+      ...(form === 'object' ? { indexObject: { rule: { ...defaultCdcRule }, chunkCount: likelyChunks, size: indexObjectBytes(likelyChunks), sha256: someSha256 } } : {}),
+    }), signatureLength(Buffer.alloc(0)));
     // zstd reads the file, the worker hashes it, and this thread cuts the delta index (content-
     // defined chunks) from a read of its own; the stat check below ties the three together. The
     // first of them to fail stops the others (they would each read the whole image for nothing).
@@ -146,7 +244,7 @@ export async function createBundle(options: CreateBundleOptions): Promise<Create
     const indexing = chunker === undefined ? Promise.resolve([]) : indexImageFile(rootfs, chunker, stop.signal);
     const results = await Promise.allSettled([
       stopOthers(0, hashImageFile(rootfs, chunkSize, { signal: stop.signal, onBytes: (bytes) => progress('compress', bytes / info.size, { done: bytes, total: info.size }) })),
-      stopOthers(1, pipeline(child.stdout, compressed, createWriteStream(payloadTemp), { signal: stop.signal })),
+      stopOthers(1, pipeline(child.stdout, compressed, createWriteStream(bundleTemp, { start: payloadAt }), { signal: stop.signal })),
       stopOthers(2, indexing),
     ]);
     signal?.removeEventListener('abort', onAbort);
@@ -179,22 +277,16 @@ export async function createBundle(options: CreateBundleOptions): Promise<Create
     }
 
     const index: ChunkIndexInfo | undefined = chunker === undefined ? undefined : { rule: { ...defaultCdcRule }, chunks: indexed.map((c) => [c.length, c.sha256]) };
-    const manifest: BundleManifest = validateManifest({
-      format: bundleFormat,
-      ...metadata,
-      created: created.toISOString().replace('.000Z', 'Z'),
-      keyId: keyIdOf(privateKey),
-      payload: {
-        compression: 'zstd',
-        size: compressed.bytes,
-        sha256: compressed.digest(),
-        uncompressedSize: hashes.bytes,
-        uncompressedSha256: hashes.sha256,
-        chunkSize,
-        chunks: hashes.chunks,
-        ...(index === undefined ? {} : form === 'object' ? { indexObject: describeIndexObject(index).info } : { index }),
-      },
-    });
+    const manifest: BundleManifest = validateManifest(describe({
+      compression: 'zstd',
+      size: compressed.bytes,
+      sha256: compressed.digest(),
+      uncompressedSize: hashes.bytes,
+      uncompressedSha256: hashes.sha256,
+      chunkSize,
+      chunks: hashes.chunks,
+      ...(index === undefined ? {} : form === 'object' ? { indexObject: describeIndexObject(index).info } : { index }),
+    }));
     const manifestBytes = Buffer.from(canonicalJson(manifest));
     if (manifestBytes.length > maxManifestBytes) {
       // the limit is every host's, today's included: a bigger manifest would install nowhere
@@ -206,15 +298,20 @@ export async function createBundle(options: CreateBundleOptions): Promise<Create
     const signatureBytes = Buffer.from(canonicalJson(signBytes(privateKey, manifestBytes)));
 
     progress('write bundle');
+    // the headers go around the payload where it is, or, guessed wrong, the payload is copied
+    const copiedPayload = payloadOffsetOf(manifest, signatureBytes.length) !== payloadAt;
+    if (copiedPayload) await rename(bundleTemp, payloadTemp);
+    const payloadEnd = payloadAt + compressed.bytes;
     const pack = tar.pack();
     const whole = new HashTap();
-    const writing = pipeline(pack, whole, createWriteStream(bundleTemp), { signal });
+    const writing = pipeline(pack, whole, copiedPayload ? createWriteStream(bundleTemp) : new WriteAroundPayload(bundleTemp, payloadAt, payloadEnd), { signal });
     // Fixed owner, mode and mtime: the tar headers are as reproducible as the contents.
     const header = (name: string, size: number) => ({ name, size, mode: 0o644, mtime: created, uid: 0, gid: 0, uname: '', gname: '', type: 'file' as const });
     try {
       await pipeline(Readable.from([manifestBytes]), pack.entry(header(manifestMember, manifestBytes.length)));
       await pipeline(Readable.from([signatureBytes]), pack.entry(header(signatureMember, signatureBytes.length)));
-      await pipeline(createReadStream(payloadTemp, { highWaterMark: copyReadBytes }), pack.entry(header(payloadMember, compressed.bytes)), { signal });
+      const payload = compressed.bytes === 0 ? Readable.from([]) : createReadStream(copiedPayload ? payloadTemp : bundleTemp, { start: payloadAt, end: payloadEnd - 1, highWaterMark: copyReadBytes });
+      await pipeline(payload, pack.entry(header(payloadMember, compressed.bytes)), { signal });
       pack.finalize();
     } catch (error) {
       pack.destroy(error as Error);
@@ -224,7 +321,7 @@ export async function createBundle(options: CreateBundleOptions): Promise<Create
     await writing;
     await rename(bundleTemp, out);
     progress('done');
-    return { path: out, manifest, ...(index === undefined ? {} : { index }), size: whole.bytes, sha256: whole.digest() };
+    return { path: out, manifest, ...(index === undefined ? {} : { index }), size: whole.bytes, sha256: whole.digest(), copiedPayload };
   } catch (error) {
     if (error instanceof KubeosError) throw error;
     if (signal?.aborted) throw signal.reason;

@@ -1,7 +1,7 @@
 import test from 'ava';
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { readFile, writeFile } from 'node:fs/promises';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createBundle } from '../../builder/bundle/create-bundle.js';
 import { readBuildInfo, resolveMetadata } from '../../builder/bundle/resolve-metadata.js';
@@ -68,6 +68,25 @@ test('the same inputs and SOURCE_DATE_EPOCH give a byte-identical bundle', async
   t.true((await readFile(a.path)).equals(await readFile(b.path)));
   const c = await createBundle({ rootfs, out: join(dir, 'c.kubeos'), privateKey: keys.privateKey, metadata, sourceDateEpoch: 1234567891 });
   t.not(c.sha256, a.sha256, 'the creation time is part of the bundle');
+});
+
+test('zstd writes the payload where it stays in the bundle; a wrong guess of where costs a copy, not other bytes', async (t) => {
+  const dir = await makeTempDir(t);
+  const keys = await makeKeys(dir);
+  const rootfs = await makeRootfs(join(dir, 'rootfs.img'), 5 * 1024 * 1024 + 7);
+  const make = (name: string, extra: { index?: 'none'; payloadOffset?: number } = {}) =>
+    createBundle({ rootfs, out: join(dir, name), privateKey: keys.privateKey, metadata, sourceDateEpoch: 1234567890, ...extra });
+  const guessed = await make('guessed.kubeos');
+  t.false(guessed.copiedPayload, 'the headers took the length guessed for them');
+  t.false((await make('no-index.kubeos', { index: 'none' })).copiedPayload);
+  for (const payloadOffset of [1536, 1 << 20]) {
+    const wrong = await make(`wrong-${payloadOffset}.kubeos`, { payloadOffset });
+    t.true(wrong.copiedPayload, `zstd wrote at ${payloadOffset}: the payload is copied into place`);
+    t.true((await readFile(wrong.path)).equals(await readFile(guessed.path)), 'the same bytes either way');
+    t.is(wrong.sha256, guessed.sha256);
+  }
+  t.is((await verifyBundleFile(guessed.path, { trustedKeys: keys.trusted })).sha256, guessed.sha256);
+  t.deepEqual((await readdir(dir)).filter((name) => name.includes('.tmp')), [], 'no partial or payload file is left');
 });
 
 test('build.json next to the rootfs supplies the metadata and flags override it', async (t) => {
