@@ -3,6 +3,7 @@ import test from 'ava';
 import { createCipheriv, createHash } from 'node:crypto';
 import { Chunker, defaultCdcRule, indexBuffer, indexStream, type Chunk, type ChunkRule } from '../../runtime/core/bundle/chunk-index.js';
 import { diffChunkIndexes } from '../../runtime/core/bundle/diff-chunk-indexes.js';
+import { gearWindowBytes, makeGearScanner } from '../../runtime/core/bundle/gear-scan.js';
 import { isKubeosError } from '../../runtime/core/errors.js';
 
 /** The same pseudo-random bytes on every machine (AES-256-CTR of zeros under a fixed key). */
@@ -61,6 +62,29 @@ test('streaming in pieces of any size gives the whole-buffer result', async (t) 
     for (let i = 0; i < 300_000; i++) out.push(...chunker.push(data.subarray(i, i + 1)));
     out.push(...chunker.push(data.subarray(300_000)), ...chunker.finish());
     t.deepEqual(out, whole);
+  }
+});
+
+test('the gear loop in WebAssembly cuts where the one in JavaScript does, across its window and in any pieces', (t) => {
+  t.not(makeGearScanner(new Uint32Array(256)), undefined, 'WebAssembly is there to compare');
+  // random bytes, a run of zeros (cut at max) and random again, longer than one window
+  const data = Buffer.concat([bytes(gearWindowBytes + 4321, 2), Buffer.alloc(600_000), bytes(900_001, 3)]);
+  for (const rule of [defaultCdcRule, small] as ChunkRule[]) {
+    const index = (wasm: boolean, sizes: number[]) => {
+      const chunker = new Chunker(rule, { wasm });
+      const out: Chunk[] = [];
+      for (let at = 0, i = 0; at < data.length; i++) {
+        const size = sizes[i % sizes.length]!;
+        out.push(...chunker.push(data.subarray(at, at + size)));
+        at += size;
+      }
+      return [...out, ...chunker.finish()];
+    };
+    const reference = index(false, [data.length]);
+    t.true(reference.length > 10);
+    t.deepEqual(index(true, [data.length]), reference, 'one push of more than a window');
+    t.deepEqual(index(true, [gearWindowBytes]), reference, 'whole windows');
+    t.deepEqual(index(true, [1, 65537, 3, gearWindowBytes + 1, 16383]), reference, 'odd pieces');
   }
 });
 

@@ -11,6 +11,7 @@
  */
 import { createHash, type Hash } from 'node:crypto';
 import { KubeosError } from '../errors.js';
+import { gearWindowBytes, makeGearScanner, type GearScanner } from './gear-scan.js';
 
 export interface Chunk {
   offset: number;
@@ -40,6 +41,8 @@ function makeGearTable(): Uint32Array {
 }
 
 const gear = makeGearTable();
+/** One per thread, made on first use; null where WebAssembly cannot be had (the loop in JavaScript then). */
+let sharedScanner: GearScanner | null | undefined;
 
 /**
  * A mask of `bits` one bits at the top of the 32-bit hash. Shifting the hash left by one a byte
@@ -89,8 +92,10 @@ export class Chunker {
   /** Bytes of the current chunk seen so far. */
   private length = 0;
   private offset = 0;
+  private readonly scanner: GearScanner | undefined;
 
-  constructor(readonly rule: ChunkRule = defaultCdcRule) {
+  /** `options.wasm` false: the gear loop in JavaScript (as where WebAssembly cannot be had; the tests compare the two). */
+  constructor(readonly rule: ChunkRule = defaultCdcRule, options: { wasm?: boolean } = {}) {
     checkChunkRule(rule);
     if (rule.kind === 'fixed') {
       this.fixed = true;
@@ -105,11 +110,25 @@ export class Chunker {
       this.maskHard = topBits(bits + 2);
       this.maskEasy = topBits(bits - 2);
     }
+    if (!this.fixed && options.wasm !== false) {
+      if (sharedScanner === undefined) sharedScanner = makeGearScanner(gear) ?? null;
+      this.scanner = sharedScanner ?? undefined;
+    }
   }
 
   /** The chunks that end inside `data` (in order); the bytes after the last cut stay pending. */
   push(data: Uint8Array): Chunk[] {
+    if (this.scanner === undefined || data.length <= gearWindowBytes) return this.pushWindow(data, []);
     const out: Chunk[] = [];
+    for (let at = 0; at < data.length; at += gearWindowBytes) this.pushWindow(data.subarray(at, at + gearWindowBytes), out);
+    return out;
+  }
+
+  /** push() of at most one scanner window; the scans read it from the scanner's memory. */
+  private pushWindow(data: Uint8Array, out: Chunk[]): Chunk[] {
+    // the scanner is shared: it holds this window only until this call returns, which it does
+    // without waiting on anything
+    this.scanner?.load(data);
     let start = 0;
     while (start < data.length) {
       const cut = this.fixed ? this.fixedCut(data, start) : this.findCut(data, start);
@@ -161,31 +180,42 @@ export class Chunker {
       seen += skip;
       if (i === end) return -1;
     }
-    let h = this.roll;
-    const g = gear;
     // before avg: the hard mask
     const hardEnd = Math.min(end, i + Math.max(0, this.avg - seen));
-    const hard = this.maskHard;
-    for (; i < hardEnd; i++) {
-      h = ((h << 1) + g[data[i]!]!) | 0;
-      if ((h & hard) === 0) {
-        this.roll = h;
-        return i + 1;
-      }
-    }
+    const hardCut = this.rollGear(data, i, hardEnd, this.maskHard);
+    if (hardCut >= 0) return hardCut;
+    i = hardEnd;
     seen = this.length + (i - start);
     // from avg to max: the easy mask
     const easyEnd = Math.min(end, i + (this.max - seen));
-    const easy = this.maskEasy;
-    for (; i < easyEnd; i++) {
-      h = ((h << 1) + g[data[i]!]!) | 0;
-      if ((h & easy) === 0) {
+    const easyCut = this.rollGear(data, i, easyEnd, this.maskEasy);
+    if (easyCut >= 0) return easyCut;
+    i = easyEnd;
+    if (this.length + (i - start) >= this.max) return i;
+    return -1;
+  }
+
+  /**
+   * Rolls the gear hash over data[from, to): the index just after the first byte where the masked
+   * bits are all zero, or -1. The hash carries on in `roll`.
+   */
+  private rollGear(data: Uint8Array, from: number, to: number, mask: number): number {
+    if (from >= to) return -1;
+    const scanner = this.scanner;
+    if (scanner !== undefined) {
+      const cut = scanner.scan(from, to, mask, this.roll);
+      this.roll = scanner.hash;
+      return cut;
+    }
+    let h = this.roll;
+    for (let i = from; i < to; i++) {
+      h = ((h << 1) + gear[data[i]!]!) | 0;
+      if ((h & mask) === 0) {
         this.roll = h;
         return i + 1;
       }
     }
     this.roll = h;
-    if (this.length + (i - start) >= this.max) return i;
     return -1;
   }
 }
