@@ -132,10 +132,10 @@ class WriteAroundPayload extends Writable {
     this.position = end;
     const handle = this.handle!;
     const writes: Promise<void>[] = [];
-    if (start < this.from) writes.push(writeFully(handle, chunk.subarray(0, Math.min(end, this.from) - start), start));
+    if (start < this.from) writes.push(writeExactly(handle, chunk.subarray(0, Math.min(end, this.from) - start), start));
     if (end > this.to) {
       const at = Math.max(start, this.to);
-      writes.push(writeFully(handle, chunk.subarray(at - start), at));
+      writes.push(writeExactly(handle, chunk.subarray(at - start), at));
     }
     Promise.all(writes).then(() => callback(), callback);
   }
@@ -154,11 +154,9 @@ class WriteAroundPayload extends Writable {
   }
 }
 
-async function writeFully(handle: FileHandle, data: Buffer, position: number): Promise<void> {
-  for (let done = 0; done < data.length; ) {
-    const { bytesWritten } = await handle.write(data, done, data.length - done, position + done);
-    done += bytesWritten;
-  }
+async function writeExactly(handle: FileHandle, data: Buffer, position: number): Promise<void> {
+  const { bytesWritten } = await handle.write(data, 0, data.length, position);
+  if (bytesWritten !== data.length) throw new Error(`short write: ${bytesWritten} of ${data.length} bytes at ${position}`);
 }
 
 /** The CDC index of `path` from a read of its own (see createBundle). */
@@ -209,11 +207,12 @@ export async function createBundle(options: CreateBundleOptions): Promise<Create
       keyId,
       payload,
     });
-    const signatureLength = (manifestBytes: Buffer) => Buffer.byteLength(canonicalJson(signBytes(privateKey, manifestBytes)));
     // Where zstd writes: guessed from a manifest of the final shape with likely numbers (zstd -3
     // makes root images some 40% of their size; content-defined chunks average about min + avg).
     // Only those numbers are not known yet, and they change the manifest by a digit or two, while
-    // a tar member takes whole 512-byte blocks: the guess is nearly always the final offset.
+    // a tar member takes whole 512-byte blocks: the guess is nearly always the final offset. An
+    // ed25519 signature's length does not depend on what it signs.
+    const signatureLength = Buffer.byteLength(canonicalJson(signBytes(privateKey, Buffer.alloc(0))));
     const likelyChunks = Math.ceil(info.size / (defaultCdcRule.min + defaultCdcRule.avg));
     const payloadAt = options.payloadOffset ?? payloadOffsetOf(describe({
       compression: 'zstd',
@@ -224,7 +223,7 @@ export async function createBundle(options: CreateBundleOptions): Promise<Create
       chunkSize,
       chunks: new Array<string>(Math.ceil(info.size / chunkSize)).fill(someSha256),
       ...(form === 'object' ? { indexObject: { rule: { ...defaultCdcRule }, chunkCount: likelyChunks, size: indexObjectBytes(likelyChunks), sha256: someSha256 } } : {}),
-    }), signatureLength(Buffer.alloc(0)));
+    }), signatureLength);
     // zstd reads the file, the worker hashes it, and this thread cuts the delta index (content-
     // defined chunks) from a read of its own; the stat check below ties the three together. The
     // first of them to fail stops the others (they would each read the whole image for nothing).
