@@ -13,6 +13,7 @@ import { Readable } from 'node:stream';
 import { setTimeout as delay } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { KubeosError } from '../core/errors.js';
+import { getPlainHttp } from './get-plain-http.js';
 
 export interface ResumableOptions {
   retries?: number;
@@ -84,11 +85,23 @@ export async function fetchRange(url: string, start: number, length: number, opt
   return Buffer.concat(parts, received);
 }
 
-/** GET with optional headers, following redirects; resolves with the response of the last hop. */
-async function get(url: string, headers: Record<string, string>, signal: AbortSignal | undefined, idleMs = defaultIdleMs): Promise<IncomingMessage> {
+/** What a download reads of a response, from node:http or getPlainHttp. */
+type BodyResponse = Readable & {
+  readonly statusCode?: number | undefined;
+  readonly complete: boolean;
+  readonly headers: Readonly<Record<string, string | string[] | undefined>>;
+};
+
+/**
+ * GET with optional headers, following redirects; resolves with the response of the last hop.
+ * `plain`: over http, read the body with getPlainHttp where it can (the bundle's download).
+ */
+async function get(url: string, headers: Record<string, string>, signal: AbortSignal | undefined, idleMs: number, plain: true): Promise<BodyResponse>;
+async function get(url: string, headers: Record<string, string>, signal: AbortSignal | undefined, idleMs?: number): Promise<IncomingMessage>;
+async function get(url: string, headers: Record<string, string>, signal: AbortSignal | undefined, idleMs = defaultIdleMs, plain = false): Promise<BodyResponse> {
   let target = url;
   for (let hop = 0; ; hop++) {
-    const response = await new Promise<IncomingMessage>((resolve, reject) => {
+    const response = (plain ? await getPlainHttp(new URL(target), headers, signal, idleMs) : undefined) ?? await new Promise<IncomingMessage>((resolve, reject) => {
       const request = (target.startsWith('https:') ? httpsGet : httpGet)(target, { headers, signal }, (res) => {
         // from here the body's own idle timer (below) takes over: a paused body is not idle
         request.setTimeout(0);
@@ -109,7 +122,7 @@ class ResumableDownload extends Readable {
   private received = 0;
   private total: number | undefined;
   private etag: string | undefined;
-  private response: IncomingMessage | undefined;
+  private response: BodyResponse | undefined;
   private started = false;
 
   constructor(private readonly url: string, private readonly options: ResumableOptions) {
@@ -160,7 +173,7 @@ class ResumableDownload extends Readable {
       if (this.etag) headers['if-range'] = this.etag;
     }
     const idleMs = this.options.idleMs ?? defaultIdleMs;
-    const response = await get(url, headers, this.options.signal, idleMs);
+    const response = await get(url, headers, this.options.signal, idleMs, true);
     const status = response.statusCode ?? 0;
     if (this.received > 0 && status !== 206) {
       response.resume();
@@ -184,7 +197,8 @@ class ResumableDownload extends Readable {
       throw new KubeosError('E_FETCH', `GET ${url} answered HTTP ${status}`, { details: { status } });
     }
     if (this.received === 0) {
-      this.etag = response.headers.etag;
+      const etag = response.headers['etag'];
+      this.etag = typeof etag === 'string' ? etag : undefined;
       const length = response.headers['content-length'];
       this.total = length === undefined ? undefined : Number(length);
     }
