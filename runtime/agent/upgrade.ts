@@ -164,7 +164,7 @@ export async function upgrade(config: AgentConfig, options: UpgradeOptions): Pro
         tap.destroy(error);
       });
       tap.once('close', () => download.destroy());
-      return { tap, bundle: await readBundle(download.pipe(tap), { trustedKeys, compatible: config.compatible, signal, chunkPool }) };
+      return { tap, bundle: await readBundle(download.pipe(tap), { trustedKeys, compatible: config.compatible, signal, chunkPool, startNow: true }) };
     };
     // a bundle beside a chunk store may go by delta: read only its header first (Range requests)
     const head = chunkStoreOf(source as string) === undefined ? undefined : await readBundleHead(source as string, { trustedKeys, compatible: config.compatible, signal, idleMs: config.networkTimeoutSeconds * 1000 });

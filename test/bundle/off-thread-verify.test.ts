@@ -139,3 +139,16 @@ test('OffThreadHashTap passes bytes through unchanged and hashes them, whatever 
   t.is(tap.bytes, data.length);
   t.is(await tap.digest(), sha256(data));
 });
+
+test('ChunkHasher gives the same digests while its worker boots (on this thread) as after (on the worker)', async (t) => {
+  const hasher = new ChunkHasher();
+  t.teardown(() => hasher.close());
+  const pool = new ChunkPool(4 * MiB);
+  const chunk = pool.take(MiB)!;
+  randomBytes(MiB).copy(chunk);
+  const length = MiB - 5;
+  const early = hasher.digest(chunk, length);
+  await hasher.booted;
+  t.is(await hasher.digest(chunk, length), sha256(chunk.subarray(0, length)));
+  t.is(await early, sha256(chunk.subarray(0, length)));
+});

@@ -2,6 +2,9 @@
 import test from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { Readable, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { ChunkHasher } from '../../runtime/core/bundle/chunk-hasher.js';
 import { ChunkPool } from '../../runtime/core/bundle/chunk-pool.js';
@@ -9,7 +12,7 @@ import type { PayloadInfo } from '../../runtime/core/bundle/manifest.js';
 import { readBundle } from '../../runtime/core/bundle/read-bundle.js';
 import { PooledChunkVerifier } from '../../runtime/core/bundle/verify-chunks.js';
 import { isKubeosError } from '../../runtime/core/errors.js';
-import { makeBundle, makeKeys, metadata } from '../helpers/bundle-fixtures.js';
+import { flipByte, makeBundle, makeKeys, member, metadata } from '../helpers/bundle-fixtures.js';
 import { makeTempDir } from '../helpers/temp-dir.js';
 
 const MiB = 1 << 20;
@@ -76,4 +79,19 @@ test('the pooled verifier refuses bytes past the announced size', async (t) => {
   const verifier = new PooledChunkVerifier(payload, new ChunkPool(2 * MiB), hasher, { release: () => {}, ready: () => {}, failed: () => {} });
   const error = t.throws(() => verifier.update(Buffer.alloc(11)));
   t.true(isKubeosError(error) && error.code === 'E_HASH_MISMATCH', String(error));
+});
+
+test('a payload started at once that fails before anyone reads it keeps its error for the pipeline that does', async (t) => {
+  const dir = await makeTempDir(t);
+  const keys = await makeKeys(dir);
+  const created = await makeBundle(dir, keys, { size: 6 * MiB, incompressible: true });
+  const tar = await readFile(created.path);
+  const payloadMember = member(tar, 'payload.img.zst');
+  const bundle = await readBundle(Readable.from([flipByte(tar, payloadMember.dataOffset + 100)]), {
+    trustedKeys: keys.trusted, compatible: metadata.compatible, chunkPool: new ChunkPool(4 * created.manifest.payload.chunkSize), startNow: true,
+  });
+  // nobody reads: the bad first chunk is found (and the stream closed) all the same, without an uncaught error
+  await new Promise((resolve) => bundle.payload.once('close', resolve));
+  const error = await t.throwsAsync(pipeline(bundle.payload, new Writable({ write: (_chunk, _encoding, callback) => callback() })));
+  t.true(isKubeosError(error, 'E_HASH_MISMATCH'), String(error));
 });

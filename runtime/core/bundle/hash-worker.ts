@@ -16,10 +16,21 @@ export class HashWorker {
   private readonly pending = new Map<number, Pending>();
   private nextId = 0;
   private failure: Error | undefined;
+  /** The worker has booted (some 30 ms after it was made, longer on a busy machine). */
+  online = false;
+  /** Settles once the worker booted, or failed to. */
+  readonly booted: Promise<void>;
 
   constructor(source: string) {
     this.worker = new Worker(source, { eval: true });
     this.worker.unref();
+    this.booted = new Promise((resolve) => {
+      this.worker.once('online', () => {
+        this.online = true;
+        resolve();
+      });
+      this.worker.once('exit', () => resolve());
+    });
     this.worker.on('message', ({ id, digest }: { id: number; digest?: string }) => {
       const waiter = this.pending.get(id);
       this.pending.delete(id);

@@ -44,6 +44,14 @@ export interface ReadBundleOptions {
    * receives until it gives it back to the pool; input waits while the pool is empty.
    */
   chunkPool?: ChunkPool;
+  /**
+   * Start zstd and the hashing worker as soon as the signature checked out, not on the payload's
+   * first read: their start-up (some 50-80 ms: a worker thread's boot, a process) then overlaps
+   * what the caller does between the two, and the first verified chunk waits in the stream. The
+   * payload must still be consumed or destroyed; a failure before it is read waits in it for the
+   * reader (a pipeline from it fails with that error).
+   */
+  startNow?: boolean;
 }
 
 export interface OpenedBundle {
@@ -277,6 +285,11 @@ export async function readBundle(source: Readable, options: ReadBundleOptions): 
     throw error;
   }
   const payload = new VerifiedPayload(entries, payloadEntry, manifest, options);
+  if (options.startNow === true) {
+    // nobody listens yet: the error stays on the stream (`errored`) for the pipeline that reads it
+    payload.on('error', () => {});
+    payload.read(0);
+  }
   return { manifest, keyId, payload };
 }
 
