@@ -45,7 +45,9 @@ class Response extends Readable implements PlainHttpResponse {
     bodyStart: number,
     private filled: number,
   ) {
-    super({ highWaterMark: 2 * bodyBufferBytes });
+    // one buffer's worth waits here at most: each stage after it holds a piece too (a 1 GiB
+    // install peaked 3-4 MiB higher with two)
+    super({ highWaterMark: bodyBufferBytes });
     this.start = bodyStart;
     this.filled = bodyStart;
     this.received(filled - bodyStart);
