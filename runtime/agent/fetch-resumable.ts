@@ -4,7 +4,8 @@
  * cannot change underneath), up to `retries` times. A local path or file:// URL is just read.
  *
  * Built on node:http rather than fetch: the body arrives as plain Buffers through events, with no
- * web-stream layer and its promise per piece, which matters when a gigabyte streams through.
+ * web-stream layer and its promise per piece, which matters when a gigabyte streams through. Over
+ * http the body is read by getPlainHttp where it can, into 512 KiB buffers (see there why).
  */
 import { createReadStream } from 'node:fs';
 import { get as httpGet, type IncomingMessage } from 'node:http';
