@@ -93,6 +93,17 @@ test('a connection closed inside the body is an error that says how far it got',
   t.false(response.complete);
 });
 
+test('headers that never end are refused once they pass 64 KiB, not read for ever', async (t) => {
+  const { url } = await rawServer(t, async (socket) => {
+    socket.write('HTTP/1.1 200 OK\r\n');
+    for (let i = 0; i < 2000 && !socket.destroyed; i++) {
+      if (!socket.write(`X-Filler-${i}: ${'y'.repeat(100)}\r\n`)) await once(socket, 'drain');
+    }
+  });
+  const error = await t.throwsAsync(getPlainHttp(new URL(url), {}, undefined, 5000));
+  t.regex(error?.message ?? '', /has over 65536 bytes of headers/);
+});
+
 test('a server that never answers is an error within the idle time', async (t) => {
   const { url } = await rawServer(t, async () => {});
   const error = await t.throwsAsync(getPlainHttp(new URL(url), {}, undefined, 300));
