@@ -32,7 +32,7 @@ const minReadBytes = 64 << 10;
 /** A status line and headers longer than this are refused. */
 const maxHeaderBytes = 64 << 10;
 
-class Response extends Readable implements PlainHttpResponse {
+class BodyReader extends Readable implements PlainHttpResponse {
   complete = false;
   /** Body bytes received so far. */
   arrived = 0;
@@ -138,7 +138,7 @@ export async function getPlainHttp(url: URL, headers: Readonly<Record<string, st
   const port = Number(url.port || 80);
   const request = [`GET ${url.pathname}${url.search} HTTP/1.1`, `Host: ${url.host}`, 'Connection: close', ...Object.entries(headers).map(([name, value]) => `${name}: ${value}`), '', ''].join('\r\n');
 
-  let response: Response | undefined;
+  let response: BodyReader | undefined;
   let headerDone = false;
   let settle!: { resolve: (value: PlainHttpResponse | undefined) => void; reject: (error: Error) => void };
   const settled = new Promise<PlainHttpResponse | undefined>((resolve, reject) => {
@@ -160,13 +160,13 @@ export async function getPlainHttp(url: URL, headers: Readonly<Record<string, st
   let head = Buffer.allocUnsafe(bodyBufferBytes);
   let headBytes = 0;
   /** The headers ended at head[end]: the response, or undefined for node:http. */
-  const open = (end: number): Response | undefined => {
+  const open = (end: number): BodyReader | undefined => {
     headerDone = true;
     socket.setTimeout(0);
     const parsed = parseHead(head.subarray(0, end).toString('latin1'));
     const length = parsed?.headers['content-length'];
     if (parsed === undefined || parsed.headers['transfer-encoding'] !== undefined || length === undefined || !/^\d{1,15}$/.test(length)) return undefined;
-    return new Response(socket, parsed.statusCode, parsed.headers, Number(length), head, end + 4, headBytes);
+    return new BodyReader(socket, parsed.statusCode, parsed.headers, Number(length), head, end + 4, headBytes);
   };
   const socket: Socket = connect({
     host,
