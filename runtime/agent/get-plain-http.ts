@@ -33,7 +33,6 @@ const minReadBytes = 64 << 10;
 const maxHeaderBytes = 64 << 10;
 
 class BodyReader extends Readable implements PlainHttpResponse {
-  complete = false;
   /** Body bytes received so far. */
   arrived = 0;
   /** buffer[start, filled) arrived and is not handed on yet. */
@@ -57,6 +56,10 @@ class BodyReader extends Readable implements PlainHttpResponse {
     this.received(filled - bodyStart);
   }
 
+  get complete(): boolean {
+    return this.arrived === this.length;
+  }
+
   /** Where the socket's next read lands. */
   target(): Buffer {
     if (this.buffer.length - this.filled < minReadBytes) {
@@ -74,8 +77,7 @@ class BodyReader extends Readable implements PlainHttpResponse {
     const taken = Math.min(count, this.length - this.arrived);
     this.filled += taken;
     this.arrived += taken;
-    if (this.arrived === this.length) {
-      this.complete = true;
+    if (this.complete) {
       this.flush();
       this.push(null);
       this.socket.destroy();
